@@ -1,0 +1,61 @@
+# Entry points. `make help` lists them. Everything runs from the project's virtualenv.
+SHELL := bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+BIN := $(VENV)/bin
+FRAUD := $(BIN)/fraud
+PYTEST := $(BIN)/pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: requirements.lock pyproject.toml | $(BIN)/uv
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync -q requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
+	touch $@
+
+system-packages: ## install Redis and Prometheus (Debian packages), check Java, Maven, Go
+	@infra/system-packages.sh
+
+setup: system-packages $(VENV)/.synced ## create the virtualenv from the lock file
+
+lock: | $(BIN)/uv ## re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
+
+up: setup ## install (cached) and start Kafka, Redis, MinIO, Prometheus; health-check
+	$(FRAUD) up
+
+down: ## stop the local services
+	@[ -x $(FRAUD) ] && $(FRAUD) down || true
+
+status: ## version, address, memory and health of each service
+	$(FRAUD) status
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: up ## all tests: unit, then integration against the running stack
+	$(PYTEST) -m "not integration"
+	$(PYTEST) -m integration
+
+test-unit: setup ## fast tests, no services
+	$(PYTEST) -m "not integration"
+
+test-integration: up ## tests against the real local services
+	$(PYTEST) -m integration
+
+demo: up ## the main command: brings the stack up and proves it works end to end
+	$(FRAUD) demo
+
+clean: down ## stop services and delete local state (data, logs)
+	rm -rf .state local_outputs

@@ -1,0 +1,1 @@
+"""Shared core: settings, event contract, Kafka/S3/Redis helpers, metrics, feature math."""

@@ -1,0 +1,92 @@
+"""``fraud``: the platform's command line. ``fraud --help`` lists every subcommand."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fraudcore.settings import get_settings
+
+app = typer.Typer(
+    help="Real-time fraud detection on Kafka, Feast, Kubeflow Pipelines and KServe.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def up() -> None:
+    """Install what is missing, start Kafka, Redis, MinIO and Prometheus, health-check them."""
+    from fraudcore import devstack
+
+    if devstack.ensure_env_file():
+        console.print("wrote fresh MinIO credentials to .env")
+        get_settings.cache_clear()
+    try:
+        devstack.up(get_settings(), report=console.print)
+    except devstack.StackError as exc:
+        _fail(str(exc))
+    _print_status()
+
+
+@app.command()
+def down() -> None:
+    """Stop the local services (data is kept in the state folder)."""
+    from fraudcore import devstack
+
+    devstack.down(get_settings(), report=console.print)
+
+
+@app.command()
+def status() -> None:
+    """Show each service's version, address and health; exit 1 if any is unhealthy."""
+    if not _print_status():
+        raise typer.Exit(1)
+
+
+def _print_status() -> bool:
+    from fraudcore import devstack
+
+    table = Table("service", "version", "address", "pid", "RSS MiB", "health")
+    rows = devstack.status(get_settings())
+    for s in rows:
+        table.add_row(
+            s.name,
+            s.version,
+            s.address,
+            str(s.pid or "-"),
+            f"{s.rss_mib:.0f}",
+            "[green]healthy[/green]" if s.healthy else "[red]down[/red]",
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", f"{sum(s.rss_mib for s in rows):.0f}", "")
+    console.print(table)
+    return all(s.healthy for s in rows)
+
+
+@app.command()
+def topics() -> None:
+    """List the platform's topics and their partition counts (from settings)."""
+    for spec in get_settings().topics.all():
+        console.print(f"{spec.name:<20} partitions={spec.partitions}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

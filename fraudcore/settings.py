@@ -1,0 +1,123 @@
+"""One typed settings object for every component.
+
+Values come from environment variables (prefix ``FRAUD_``, nested groups joined with
+``__``, e.g. ``FRAUD_KAFKA__BOOTSTRAP_SERVERS``) or from a ``.env`` file in the working
+directory. Secrets (S3 keys) have no default that works outside a laptop: they are read
+from the environment, never from code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TopicSpec(BaseModel):
+    name: str
+    partitions: int = Field(ge=1)
+    retention_ms: int | None = None
+
+
+class TopicSettings(BaseModel):
+    """Every topic the platform uses, defined once. Manifests are checked against these."""
+
+    # Untrusted ingress (replays, external producers); the quality gate forwards valid
+    # events from here to `transactions` and quarantines the rest in the dead-letter topic.
+    raw: TopicSpec = TopicSpec(name="transactions-raw", partitions=6)
+    transactions: TopicSpec = TopicSpec(name="transactions", partitions=6)
+    labels: TopicSpec = TopicSpec(name="fraud-labels", partitions=6)
+    scores: TopicSpec = TopicSpec(name="fraud-scores", partitions=6)
+    dead_letter: TopicSpec = TopicSpec(name="transactions-dlq", partitions=3)
+    model_events: TopicSpec = TopicSpec(name="model-events", partitions=1)
+
+    def all(self) -> list[TopicSpec]:
+        return [self.raw, self.transactions, self.labels, self.scores, self.dead_letter, self.model_events]
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    controller_port: int = 19093
+    replication_factor: int = 1
+    client_id: str = "fraud-platform"
+
+
+class RedisSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 16379
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+
+class S3Settings(BaseModel):
+    endpoint: str = "127.0.0.1:19000"
+    console_port: int = 19001
+    secure: bool = False
+    region: str = "us-east-1"
+    # Read from FRAUD_S3__ACCESS_KEY / FRAUD_S3__SECRET_KEY (or .env); `make up`
+    # writes a random pair into .env on first run when none is set.
+    access_key: str = ""
+    secret_key: SecretStr = SecretStr("")
+    raw_bucket: str = "raw-events"
+    features_bucket: str = "offline-features"
+    models_bucket: str = "models"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def buckets(self) -> list[str]:
+        return [self.raw_bucket, self.features_bucket, self.models_bucket]
+
+
+class PrometheusSettings(BaseModel):
+    port: int = 19090
+    scrape_interval_s: int = 5
+
+
+class MetricsPorts(BaseModel):
+    """The Prometheus metrics port of every component: the one place a component registers.
+
+    The local Prometheus scrape config and the Kubernetes monitors are generated from here.
+    """
+
+    producer: int = 9101
+    quality_gate: int = 9102
+    archiver: int = 9103
+    feature_job: int = 9104
+    dispatcher: int = 9105
+    transformer: int = 9106
+    predictor: int = 9107
+
+    def items(self) -> list[tuple[str, int]]:
+        return list(self.model_dump().items())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    state_dir: Path = Path(".state")
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "fraud-platform")
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    s3: S3Settings = S3Settings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    metrics_ports: MetricsPorts = MetricsPorts()
+    max_event_bytes: int = 64 * 1024
+    # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
+    metrics_host: str = "0.0.0.0"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fraudcore.events import EventKind, dumps, schema_text, validate
+
+VALID_TRANSACTION = {
+    "schema_version": 1,
+    "transaction_id": "tx-1",
+    "card_id": "card-42",
+    "terminal_id": "term-7",
+    "amount": 12.5,
+    "currency": "EUR",
+    "timestamp": "2026-03-01T12:00:00+00:00",
+}
+VALID_LABEL = {
+    "schema_version": 1,
+    "transaction_id": "tx-1",
+    "card_id": "card-42",
+    "terminal_id": "term-7",
+    "transaction_timestamp": "2026-03-01T12:00:00Z",
+    "reported_at": "2026-03-08T12:00:00Z",
+    "scenario": 2,
+}
+VALID_DECISION = {
+    "schema_version": 1,
+    "decision_id": "d-1",
+    "transaction_id": "tx-1",
+    "card_id": "card-42",
+    "score": 0.93,
+    "decision": "decline",
+    "model_version": "20260301-120000",
+    "reasons": [{"feature": "terminal_risk_7d", "contribution": 0.4}],
+    "features_fallback": False,
+    "transaction_timestamp": "2026-03-01T12:00:00Z",
+    "scored_at": "2026-03-01T12:00:00.004Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "event"),
+    [
+        (EventKind.TRANSACTION, VALID_TRANSACTION),
+        (EventKind.FRAUD_LABEL, VALID_LABEL),
+        (EventKind.DECISION, VALID_DECISION),
+    ],
+)
+def test_valid_events_pass_as_bytes_and_dicts(kind: EventKind, event: dict) -> None:
+    assert validate(kind, dumps(event)).ok
+    assert validate(kind, json.dumps(event)).event == event
+    assert validate(kind, dict(event)).ok
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"amount": -3}, "amount: must be > 0"),
+        ({"amount": 0}, "amount: must be > 0"),
+        ({"amount": "12"}, "amount: must be of type number, got string"),
+        ({"currency": "XX"}, "currency: 'XX' is not ISO-4217"),
+        ({"currency": "eur"}, "currency: 'eur' is not ISO-4217"),
+        ({"timestamp": "yesterday"}, "timestamp: 'yesterday' is not ISO-8601 with a UTC offset"),
+        (
+            {"timestamp": "2026-03-01T12:00:00"},
+            "timestamp: '2026-03-01T12:00:00' is not ISO-8601 with a UTC offset",
+        ),
+        ({"card_id": ""}, "card_id: must not be empty"),
+        ({"transaction_id": None}, "transaction_id: must be of type string, got null"),
+        ({"schema_version": 2}, "schema_version: must be 1"),
+        ({"is_fraud": 1}, "is_fraud: is not a field of this event"),
+        ({"channel": "phone"}, "channel: 'phone' is not one of ['pos', 'ecom', 'atm']"),
+    ],
+)
+def test_each_bad_field_is_named(change: dict, expected: str) -> None:
+    result = validate(EventKind.TRANSACTION, dumps({**VALID_TRANSACTION, **change}))
+    assert not result.ok
+    assert result.event is None
+    assert expected in [str(p) for p in result.problems]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    result = validate(EventKind.TRANSACTION, {"amount": -1, "currency": "XX", "timestamp": "no"})
+    fields = {p.field for p in result.problems}
+    assert {"amount", "currency", "timestamp", "card_id", "terminal_id", "transaction_id"} <= fields
+
+
+def test_missing_field_is_named() -> None:
+    event = dict(VALID_LABEL)
+    del event["reported_at"]
+    assert [str(p) for p in validate(EventKind.FRAUD_LABEL, event).problems] == ["reported_at: is required"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\xff\xfe\x00garbage", "payload: not valid UTF-8 JSON"),
+        (b'{"transaction_id": "tx-1", "amou', "payload: not valid UTF-8 JSON"),
+        (b"", "payload: is empty"),
+        (b"[1, 2]", "payload: must be a JSON object, got array"),
+        (b'"just a string"', "payload: must be a JSON object, got string"),
+        (b'{"amount": NaN}', "payload: not valid UTF-8 JSON"),
+        (b"x" * (10 * 1024 * 1024), "payload: 10485760 bytes exceeds the limit of 65536"),
+    ],
+)
+def test_garbage_is_rejected_not_raised(raw: bytes, expected: str) -> None:
+    result = validate(EventKind.TRANSACTION, raw)
+    assert not result.ok
+    assert result.reason.startswith(expected)
+
+
+def test_infinite_amount_is_rejected() -> None:
+    result = validate(EventKind.TRANSACTION, {**VALID_TRANSACTION, "amount": float("inf")})
+    assert "amount: must be finite" in result.reason
+
+
+@given(st.binary(max_size=512))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
+    result = validate(EventKind.TRANSACTION, raw)
+    assert result.ok == (result.event is not None)
+    assert all(p.field and p.message for p in result.problems)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=12), st.one_of(st.none(), st.integers(), st.floats(), st.text()), max_size=8
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_objects_never_crash(obj: dict) -> None:
+    result = validate(EventKind.TRANSACTION, obj)
+    assert not result.ok  # random objects never satisfy the contract
+    assert all(p.field for p in result.problems)
+
+
+@pytest.mark.parametrize(
+    ("kind", "event"),
+    [
+        (EventKind.TRANSACTION, VALID_TRANSACTION),
+        (EventKind.FRAUD_LABEL, VALID_LABEL),
+        (EventKind.DECISION, VALID_DECISION),
+    ],
+)
+def test_avro_schema_matches_json_schema(kind: EventKind, event: dict) -> None:
+    avro: dict[str, Any] = fastavro.parse_schema(json.loads(schema_text(kind, "avro")))  # type: ignore[assignment]
+    json_schema = json.loads(schema_text(kind))
+    assert {f["name"] for f in avro["fields"]} == set(json_schema["properties"])
+    assert {f["name"] for f in avro["fields"] if "default" not in f} == set(json_schema["required"])
+    record = {f["name"]: event.get(f["name"]) for f in avro["fields"]}
+    assert fastavro.validation.validate(record, avro)
+
+
+def test_labels_are_never_inside_a_transaction() -> None:
+    properties = json.loads(schema_text(EventKind.TRANSACTION))["properties"]
+    assert not {"is_fraud", "label", "fraud", "scenario"} & set(properties)
