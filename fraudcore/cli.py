@@ -81,6 +81,60 @@ def topics() -> None:
         console.print(f"{spec.name:<20} partitions={spec.partitions}")
 
 
+def _serve_component(component: str) -> None:
+    import logging
+
+    from fraudcore.metrics import serve_metrics
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    port = serve_metrics(get_settings(), component)
+    console.print(f"{component}: metrics on :{port}/metrics")
+
+
+@app.command()
+def gate(
+    group: str = typer.Option("quality-gate", help="Kafka consumer group."),
+    max_future_s: float = typer.Option(300, help="Reject events whose time is further ahead than this."),
+    idle_exit_s: float = typer.Option(
+        None, help="Exit after this many seconds without events (default: run forever)."
+    ),
+) -> None:
+    """Quality gate: validate transactions-raw, forward to transactions, quarantine the rest."""
+    from datetime import timedelta
+
+    from fraud_producers.gate import QualityGate
+    from fraudcore.service import stop_on_signals
+
+    _serve_component("quality_gate")
+    g = QualityGate(get_settings(), group=group, max_future=timedelta(seconds=max_future_s))
+    g.run(stop_on_signals(), idle_exit_s=idle_exit_s)
+    console.print(f"accepted {g.accepted}, rejected {g.rejected}")
+
+
+@app.command()
+def archive(
+    group: str = typer.Option("archiver", help="Kafka consumer group."),
+    block_size: int = typer.Option(
+        20_000, help="Offsets per archive block (objects are named after blocks)."
+    ),
+    flush_interval_s: float = typer.Option(10.0, help="Write a partial block at least this often."),
+    prefix: str = typer.Option("", help="Folder inside the raw-events bucket (default: the bucket's root)."),
+    idle_exit_s: float = typer.Option(
+        None, help="Exit after this many seconds without events (default: run forever)."
+    ),
+) -> None:
+    """Archiver: write accepted transactions and labels to MinIO as Parquet, without loss."""
+    from fraud_producers.archive import Archiver
+    from fraudcore.service import stop_on_signals
+
+    _serve_component("archiver")
+    a = Archiver(
+        get_settings(), group=group, block_size=block_size, flush_interval_s=flush_interval_s, prefix=prefix
+    )
+    a.run(stop_on_signals(), idle_exit_s=idle_exit_s)
+    console.print(f"archived {a.written} records")
+
+
 def main() -> None:
     try:
         app()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -56,9 +57,24 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
                 client.create_topics(new, timeout_ms=30_000)
+            _wait_for_leaders(client, [t.name for t in new])
         return [t.name for t in new]
     finally:
         client.close()
+
+
+def _wait_for_leaders(client: KafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+    """New partitions take a moment to elect leaders; producing before that only earns retries."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = client.describe_topics(names)
+        if all(
+            t["error_code"] == 0 and t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topics {names} have no leaders after {timeout_s}s")
 
 
 def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -80,7 +96,13 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
-def consumer(settings: Settings, group_id: str | None, *topics: str, **overrides: Any) -> KafkaConsumer:
+def consumer(
+    settings: Settings,
+    group_id: str | None,
+    *topics: str,
+    listener: ConsumerRebalanceListener | None = None,
+    **overrides: Any,
+) -> KafkaConsumer:
     """A consumer that commits only when told: at-least-once by default."""
     config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka.bootstrap_servers,
@@ -95,4 +117,40 @@ def consumer(settings: Settings, group_id: str | None, *topics: str, **overrides
         "heartbeat_interval_ms": 1_000,
     }
     config.update(overrides)
-    return KafkaConsumer(*topics, **config)
+    if listener is None:
+        return KafkaConsumer(*topics, **config)
+    client = KafkaConsumer(**config)
+    client.subscribe(list(topics), listener=listener)
+    return client
+
+
+def record_lag(consumer: KafkaConsumer, group: str) -> int:
+    """Publish the consumer's lag per topic (from cached high watermarks); return the total."""
+    from fraudcore.metrics import CONSUMER_LAG
+
+    per_topic: dict[str, int] = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        position = consumer.position(tp)
+        per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, high - position)
+    for topic, lag in per_topic.items():
+        CONSUMER_LAG.labels(group=group, topic=topic).set(lag)
+    return sum(per_topic.values())
+
+
+def dead_letter_headers(
+    component: str, reason: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Headers every dead-lettered record carries: who rejected it, why, and where it came from.
+
+    The record's value is always the original bytes, untouched.
+    """
+    return [
+        ("dlq-component", component.encode()),
+        ("dlq-reason", reason.encode()[:4000]),
+        ("dlq-source-topic", topic.encode()),
+        ("dlq-source-partition", str(partition).encode()),
+        ("dlq-source-offset", str(offset).encode()),
+    ]

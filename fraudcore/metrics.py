@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import yaml
-from prometheus_client import start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 from fraudcore.settings import Settings
+
+# Shared by every Kafka consumer in the platform, so dashboards and alerts use one name.
+CONSUMER_LAG = Gauge("consumer_lag_messages", "Messages behind the high watermark", ["group", "topic"])
+DEAD_LETTERS = Counter(
+    "dead_letter_messages", "Messages routed to the dead-letter topic", ["component", "reason"]
+)
 
 
 def serve_metrics(settings: Settings, component: str) -> int:

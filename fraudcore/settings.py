@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUD_",
         env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
         env_file=".env",
         extra="ignore",
     )

@@ -1,0 +1,256 @@
+"""The raw-event archive: every accepted transaction and every label, as Parquet on MinIO.
+
+Layout: ``s3://<raw bucket>/<kind>/dt=YYYY-MM-DD/hour=HH/p<partition>-b<block>.parquet``,
+partitioned by event time (labels by the time they became known). Readable by pandas,
+pyarrow, DuckDB and Feast's file offline store.
+
+No loss, no duplicates, across crashes. Each partition's offsets are cut into fixed blocks
+of ``block_size`` offsets, and an object's name is a function of its partition and block
+only. A flush (by size or time) rewrites the current block's objects with everything the
+block holds so far, and only then commits the offset after it. After a restart or a
+rebalance the archiver seeks back to the start of the block that holds the committed
+offset, so the rewritten objects are supersets of what was there: a crash between the
+write and the commit just rewrites the same objects.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from minio import Minio
+from prometheus_client import Counter, Histogram
+
+from fraudcore.kafka import consumer as make_consumer
+from fraudcore.service import Commit, Records, consume_loop
+from fraudcore.settings import Settings
+from fraudcore.storage import s3_client
+
+RECORDS_WRITTEN = Counter("archiver_records_written", "Records made durable in the archive", ["kind"])
+OBJECTS_WRITTEN = Counter(
+    "archiver_objects_written", "Parquet objects written (including rewrites)", ["kind"]
+)
+FLUSH_SECONDS = Histogram("archiver_flush_seconds", "Time to write one block's objects")
+
+TRANSACTION_SCHEMA = pa.schema(
+    [
+        ("transaction_id", pa.string()),
+        ("card_id", pa.string()),
+        ("terminal_id", pa.string()),
+        ("amount", pa.float64()),
+        ("currency", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("channel", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+    ]
+)
+LABEL_SCHEMA = pa.schema(
+    [
+        ("transaction_id", pa.string()),
+        ("card_id", pa.string()),
+        ("terminal_id", pa.string()),
+        ("transaction_timestamp", pa.timestamp("us", tz="UTC")),
+        ("reported_at", pa.timestamp("us", tz="UTC")),
+        ("scenario", pa.int8()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ArchiveKind:
+    name: str  # the object prefix
+    schema: pa.Schema
+    time_column: str  # the event time that decides dt/hour
+
+
+TRANSACTIONS = ArchiveKind("transactions", TRANSACTION_SCHEMA, "timestamp")
+LABELS = ArchiveKind("labels", LABEL_SCHEMA, "reported_at")
+
+
+@dataclass
+class Block:
+    start: int  # first offset of the block (a multiple of block_size)
+    records: list[Any] = field(default_factory=list)
+    durable: int = 0  # how many of `records` are already in the archive
+    opened: float = field(default_factory=time.monotonic)
+
+    @property
+    def next_offset(self) -> int:
+        return self.records[-1].offset + 1
+
+
+def to_table(kind: ArchiveKind, records: list[Any]) -> pa.Table:
+    events = [orjson.loads(r.value) for r in records]
+    columns: dict[str, Any] = {}
+    for name in kind.schema.names:
+        if name == "kafka_partition":
+            columns[name] = [r.partition for r in records]
+        elif name == "kafka_offset":
+            columns[name] = [r.offset for r in records]
+        else:
+            columns[name] = [e.get(name) for e in events]
+    arrays = []
+    for f in kind.schema:
+        if pa.types.is_timestamp(f.type):
+            arrays.append(pc.cast(pa.array(columns[f.name], pa.string()), f.type))
+        else:
+            arrays.append(pa.array(columns[f.name], f.type))
+    return pa.Table.from_arrays(arrays, schema=kind.schema)
+
+
+def object_names(
+    kind: ArchiveKind, table: pa.Table, partition: int, block: int, prefix: str = ""
+) -> dict[str, pa.Table]:
+    """Split a block's rows by event date and hour; name each piece after partition and block."""
+    ts = table[kind.time_column]
+    day = pc.strftime(ts, format="%Y-%m-%d")
+    hour = pc.strftime(ts, format="%H")
+    keys = pc.binary_join_element_wise(day, hour, "/")
+    pieces: dict[str, pa.Table] = {}
+    for key in pc.unique(keys).to_pylist():
+        d, h = key.split("/")
+        name = f"{prefix}{kind.name}/dt={d}/hour={h}/p{partition:03d}-b{block:012d}.parquet"
+        pieces[name] = table.filter(pc.equal(keys, key))
+    return pieces
+
+
+class Archiver(ConsumerRebalanceListener):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group: str = "archiver",
+        block_size: int = 20_000,
+        flush_interval_s: float = 10.0,
+        prefix: str = "",
+        client: Minio | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self.block_size = block_size
+        self.flush_interval_s = flush_interval_s
+        self.s3 = client or s3_client(settings)
+        self.bucket = settings.s3.raw_bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix else ""
+        self.kinds = {settings.topics.transactions.name: TRANSACTIONS, settings.topics.labels.name: LABELS}
+        self.blocks: dict[TopicPartition, Block] = {}
+        self.pending_seek: set[TopicPartition] = set()
+        self.consumer: KafkaConsumer | None = None
+        self.written = 0
+
+    # --- rebalance: resume at the start of the committed offset's block -------------
+    # kafka-python runs these callbacks on its I/O thread, where no blocking call is
+    # allowed: they only note what changed, and `handle` (main thread) acts on it.
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Unflushed records are simply dropped: they were never committed, so whoever owns
+        # the partition next reads them again from the start of their block.
+        for tp in revoked:
+            self.blocks.pop(tp, None)
+            self.pending_seek.discard(tp)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.pending_seek.update(assigned)
+
+    def _rewind(self, tp: TopicPartition) -> bool:
+        """Seek a newly assigned partition back to its block start; True if it moved."""
+        assert self.consumer is not None
+        committed = self.consumer.committed(tp)
+        if committed is None:
+            return False  # nothing archived yet: auto_offset_reset (earliest) applies
+        beginning = self.consumer.beginning_offsets([tp])[tp]
+        start = max((committed // self.block_size) * self.block_size, beginning)
+        if start == committed:
+            return False
+        self.consumer.seek(tp, start)
+        return True
+
+    # --- batches -----------------------------------------------------------------------
+    def handle(self, records: Records) -> Commit:
+        by_tp: dict[TopicPartition, list[Any]] = defaultdict(list)
+        for r in records:
+            by_tp[TopicPartition(r.topic, r.partition)].append(r)
+        offsets: Commit = {}
+        for tp, recs in by_tp.items():
+            if tp in self.pending_seek:
+                self.pending_seek.discard(tp)
+                if self._rewind(tp):
+                    continue  # these records come again, after the block's earlier ones
+            for r in recs:
+                block_start = (r.offset // self.block_size) * self.block_size
+                current = self.blocks.get(tp)
+                if current is None or current.start != block_start:
+                    if current is not None:
+                        offsets.update(self._flush([tp], force=True))
+                    self.blocks[tp] = Block(block_start)
+                self.blocks[tp].records.append(r)
+        offsets.update(self._flush(list(self.blocks), force=False))
+        return offsets
+
+    def flush_due(self) -> None:
+        offsets = self._flush(list(self.blocks), force=False)
+        if offsets and self.consumer is not None:
+            self.consumer.commit(offsets)
+
+    def _flush(self, tps: list[TopicPartition], *, force: bool) -> Commit:
+        offsets: Commit = {}
+        now = time.monotonic()
+        for tp in tps:
+            block = self.blocks[tp]
+            if block.durable == len(block.records):
+                continue
+            full = block.next_offset >= block.start + self.block_size
+            if not (force or full or now - block.opened >= self.flush_interval_s):
+                continue
+            self._write(tp, block)
+            offsets[tp] = OffsetAndMetadata(block.next_offset, "", -1)
+            block.opened = now
+        return offsets
+
+    def _write(self, tp: TopicPartition, block: Block) -> None:
+        kind = self.kinds[tp.topic]
+        with FLUSH_SECONDS.time():
+            table = to_table(kind, block.records)
+            pieces = object_names(kind, table, tp.partition, block.start // self.block_size, self.prefix)
+            for name, piece in pieces.items():
+                buf = io.BytesIO()
+                pq.write_table(piece, buf, compression="zstd")
+                size = buf.tell()
+                buf.seek(0)
+                self.s3.put_object(
+                    self.bucket, name, buf, size, content_type="application/vnd.apache.parquet"
+                )
+                OBJECTS_WRITTEN.labels(kind.name).inc()
+        new = len(block.records) - block.durable
+        RECORDS_WRITTEN.labels(kind.name).inc(new)
+        self.written += new
+        block.durable = len(block.records)
+
+    def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
+        self.consumer = make_consumer(self.settings, self.group, *self.kinds, listener=self)
+        try:
+            return consume_loop(
+                self.consumer,
+                self.group,
+                self.handle,
+                stop=stop,
+                idle_exit_s=idle_exit_s,
+                on_idle=self.flush_due,
+            )
+        finally:
+            offsets = self._flush(list(self.blocks), force=True)
+            if offsets:
+                self.consumer.commit(offsets)
+            self.consumer.close()

@@ -1,0 +1,73 @@
+"""Helpers for integration tests: isolated topics per test, sample events, reading topics back."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from fraudcore.kafka import consumer, ensure_topics
+from fraudcore.settings import Settings, TopicSettings, TopicSpec
+
+
+def isolated(settings: Settings, unique: str) -> Settings:
+    """The same stack, with this test's own topics (created here)."""
+    base = settings.topics
+    topics = TopicSettings(
+        **{
+            field: TopicSpec(name=f"{spec.name}-{unique}", partitions=spec.partitions)
+            for field, spec in base.model_dump().items()
+            for spec in [TopicSpec(**spec)]
+        }
+    )
+    isolated_settings = settings.model_copy(update={"topics": topics})
+    ensure_topics(isolated_settings)
+    return isolated_settings
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a subprocess use these settings' topics."""
+    env = dict(os.environ)
+    for field, spec in settings.topics.model_dump().items():
+        env[f"FRAUD_TOPICS__{field.upper()}__NAME"] = spec["name"]
+    env["FRAUD_METRICS_HOST"] = "127.0.0.1"
+    return env
+
+
+def transaction(i: int, ts: datetime | None = None, **overrides: Any) -> dict[str, Any]:
+    ts = ts or datetime(2026, 3, 1, tzinfo=UTC) + timedelta(seconds=37 * i)
+    event = {
+        "schema_version": 1,
+        "transaction_id": f"tx-{i:07d}",
+        "card_id": f"C{i % 97:05d}",
+        "terminal_id": f"T{i % 211:05d}",
+        "amount": round(5 + (i * 7.31) % 200, 2),
+        "currency": "EUR",
+        "timestamp": ts.isoformat(),
+    }
+    event.update(overrides)
+    return event
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
+    """Read a topic from the beginning until ``expected`` records (then 1 s of silence) or timeout."""
+    cons = consumer(settings, None, topic)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    quiet_until = None
+    while time.monotonic() < deadline:
+        batch = [r for rs in cons.poll(timeout_ms=200).values() for r in rs]
+        records.extend(batch)
+        if len(records) >= expected:
+            quiet_until = quiet_until or time.monotonic() + 1.0
+            if time.monotonic() > quiet_until:
+                break
+    cons.close()
+    return records
+
+
+def dumps(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
