@@ -122,7 +122,11 @@ def test_archive_layout_is_readable_by_pandas_pyarrow_and_duckdb(
     assert str(frame["timestamp"].dtype) == "datetime64[us, UTC]"
     assert {"dt", "hour"} <= set(frame.columns)  # hive partitions
     hours = frame.groupby(["dt", "hour"], observed=True)["timestamp"].agg(["min", "max"])
-    for (dt, hour), row in hours.iterrows():
+    for key, row in hours.iterrows():
+        dt, hour = key  # type: ignore[misc]
         assert row["min"].strftime("%Y-%m-%d/%H") == f"{dt}/{int(hour):02d}"
-    count = duckdb.sql(f"select count(*) from read_parquet('{local}/transactions/*/*/*.parquet')").fetchall()[0]
+    rows = duckdb.connect().execute(
+        f"select count(*) from read_parquet('{local}/transactions/*/*/*.parquet')"
+    )
+    count = rows.fetchall()[0]
     assert count == (300,)
