@@ -123,8 +123,8 @@ def test_archive_layout_is_readable_by_pandas_pyarrow_and_duckdb(
     assert {"dt", "hour"} <= set(frame.columns)  # hive partitions
     hours = frame.groupby(["dt", "hour"], observed=True)["timestamp"].agg(["min", "max"])
     for key, row in hours.iterrows():
-        dt, hour = key  # type: ignore[misc]
-        assert row["min"].strftime("%Y-%m-%d/%H") == f"{dt}/{int(hour):02d}"
+        dt, hour = str(key[0]), int(key[1])  # type: ignore[index]
+        assert row["min"].strftime("%Y-%m-%d/%H") == f"{dt}/{hour:02d}"
     rows = duckdb.connect().execute(
         f"select count(*) from read_parquet('{local}/transactions/*/*/*.parquet')"
     )
