@@ -9,7 +9,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraudcore import features as F
+from fraudcore import features as F  # noqa: N812
 
 DAY = 86_400
 
@@ -19,14 +19,14 @@ def _reference_card(events: list[tuple[int, int, int, int]]) -> list[dict[str, f
     out = []
     order = sorted(range(len(events)), key=lambda i: (events[i][0], events[i][1], i))
     rank = {i: r for r, i in enumerate(order)}
-    for i, (card, t, _c, _term) in enumerate(events):
+    for i, (card, _t, _c, _term) in enumerate(events):
         prev = [j for j in range(len(events)) if events[j][0] == card and rank[j] < rank[i]]
         if not prev:
             out.append(dict.fromkeys(F.CARD_FEATURES, 0.0) | {"card_last_tx_time": float("nan")})
             continue
         p = max(prev, key=lambda j: rank[j])
         tp = events[p][1]
-        upto = [j for j in prev + [p] if rank[j] <= rank[p]]
+        upto = [j for j in [*prev, p] if rank[j] <= rank[p]]
         row: dict[str, float] = {}
         for name, w in {**F.CARD_COUNT_SUM_WINDOWS, **F.CARD_COUNT_MEAN_WINDOWS}.items():
             inside = [j for j in set(upto) if tp - w * 1_000_000 < events[j][1] <= tp]
@@ -95,7 +95,7 @@ def test_history_plus_batch_gives_the_same_served_values_as_everything_at_once()
 def _reference_terminal(
     q_term: int, q_day: int, txs: list[tuple[int, int]], frauds: list[tuple[int, int, int]], delay: int
 ) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for name, w in F.TERMINAL_WINDOWS_DAYS.items():
         lo, hi = (q_day - delay - w) * F.DAY_US, (q_day - delay) * F.DAY_US
         count = sum(1 for term, t in txs if term == q_term and lo <= t < hi)
@@ -172,8 +172,10 @@ def test_offline_features_are_point_in_time() -> None:
     labels = pd.DataFrame({"transaction_id": ["a"], "reported_at": [start + timedelta(days=8, hours=1)]})
     f = F.offline_features(tx, labels).set_index("transaction_id")
     assert f.loc["a", "card_tx_count_30d"] == 0  # nothing before the first
-    assert f.loc["b", "card_tx_count_10m"] == 1 and f.loc["b", "card_amount_sum_10m"] == 10.0
-    assert f.loc["c", "card_tx_count_30d"] == 2 and f.loc["c", "card_mean_amount_30d"] == 20.0
+    assert f.loc["b", "card_tx_count_10m"] == 1
+    assert f.loc["b", "card_amount_sum_10m"] == 10.0
+    assert f.loc["c", "card_tx_count_30d"] == 2
+    assert f.loc["c", "card_mean_amount_30d"] == 20.0
     # c is on day 9: its 1-day window is day 1 (empty), its 7-day window days [-5, 2) holds a and b,
     # and a's label (reported on day 8) is known before day 9 began.
     assert f.loc["c", "terminal_tx_count_1d"] == 0
