@@ -135,6 +135,45 @@ def archive(
     console.print(f"archived {a.written} records")
 
 
+features_app = typer.Typer(
+    help="The feature layer: Feast repo, streaming job, backfill.", no_args_is_help=True
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("env")
+def features_env() -> None:
+    """Print the environment the Feast CLI needs (eval "$(fraud features env)"; feast -c feature_store/repo ...)."""
+    from fraud_features.store import feast_env
+
+    for key, value in feast_env(get_settings()).items():
+        print(f"export {key}={value}")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register entities and feature views with Feast (`feast apply`)."""
+    from fraud_features.store import apply
+
+    console.print(f"applied: {', '.join(apply(get_settings()))}")
+
+
+@features_app.command("stream")
+def features_stream(
+    group: str = typer.Option("feature-job", help="Kafka consumer group (replicas share it)."),
+    idle_exit_s: float = typer.Option(None, help="Exit after this many seconds without events."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not write the feature log."),
+) -> None:
+    """Streaming feature job: transactions and labels in, online features and a feature log out."""
+    from fraud_features.stream import FeatureJob
+    from fraudcore.service import stop_on_signals
+
+    _serve_component("feature_job")
+    job = FeatureJob(get_settings(), group=group, log_features=not no_log)
+    job.run(stop_on_signals(), idle_exit_s=idle_exit_s)
+    console.print(f"processed {job.processed} transactions")
+
+
 def main() -> None:
     try:
         app()

@@ -49,6 +49,7 @@ def consume_loop(
     max_records: int | None = None,
     idle_exit_s: float | None = None,
     on_idle: Callable[[], None] | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> int:
     """Run until ``stop`` is set (or idle for ``idle_exit_s``); return the number of records handled.
 
@@ -71,8 +72,8 @@ def consume_loop(
         else:
             if on_idle:
                 on_idle()
-            if not consumer.assignment():
-                last_data = time.monotonic()  # still joining the group: not idle yet
+            if not consumer.assignment() or (busy is not None and busy()):
+                last_data = time.monotonic()  # joining the group, or work still pending: not idle
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
         if time.monotonic() - last_lag > 1.0:

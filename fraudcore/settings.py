@@ -97,6 +97,21 @@ class MetricsPorts(BaseModel):
         return list(self.model_dump().items())
 
 
+class FeatureSettings(BaseModel):
+    """The feature layer: Feast repo, online/offline stores, the streaming job's state."""
+
+    repo: Path = Path("feature_store/repo")
+    project: str = "fraud"  # Feast project: its online keys and registry entries are separate
+    # Feast's registry: a local file, or an object-store path that a cluster shares.
+    registry: str = ".state/feast/registry.db"
+    # Offline features (backfill output, feature log): s3://<bucket>/... on MinIO/S3, or a folder.
+    offline_root: str = "s3://offline-features"
+    # Prefix of the streaming job's Redis keys (terminal counters, checkpoints, watermarks).
+    namespace: str = "fj"
+    label_delay_days: int = 7
+    checkpoint_interval_s: float = 5.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUD_",
@@ -114,6 +129,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     prometheus: PrometheusSettings = PrometheusSettings()
     metrics_ports: MetricsPorts = MetricsPorts()
+    features: FeatureSettings = FeatureSettings()
     max_event_bytes: int = 64 * 1024
     # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
     metrics_host: str = "0.0.0.0"

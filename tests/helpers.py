@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from fraudcore.kafka import consumer, ensure_topics
+from fraudcore.kafka import consumer, ensure_topics, producer
 from fraudcore.settings import Settings, TopicSettings, TopicSpec
 
 
@@ -71,3 +71,36 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float =
 
 def dumps(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
+
+
+def simulated(
+    days: int = 40, customers: int = 150, terminals: int = 300, seed: int = 11, jitter_days: float = 0.0
+) -> tuple[Any, Any]:
+    """A small simulated history: (transactions frame, labels frame)."""
+    from fraud_producers.simulator import Simulator, SimulatorConfig, labels
+
+    sim = Simulator(
+        SimulatorConfig(
+            seed=seed,
+            n_customers=customers,
+            n_terminals=terminals,
+            compromised_terminals_per_day=1,
+            compromised_cards_per_day=1,
+        )
+    )
+    batch = sim.generate(datetime(2026, 1, 1, tzinfo=UTC), days)
+    lab = labels(batch, delay=timedelta(days=7), jitter=timedelta(days=jitter_days), seed=seed)
+    return batch.transactions, lab
+
+
+def produce_history(settings: Settings, transactions: Any, labels_frame: Any) -> None:
+    """Labels first (in report order), then transactions keyed by card (in event order)."""
+    from fraud_producers.simulator import label_events, to_event_bytes
+
+    prod = producer(settings)
+    for event in label_events(labels_frame.sort_values("reported_at")):
+        prod.send(settings.topics.labels.name, key=event["card_id"].encode(), value=orjson.dumps(event))
+    for card, value in zip(transactions["card_id"], to_event_bytes(transactions), strict=True):
+        prod.send(settings.topics.transactions.name, key=card.encode(), value=value)
+    prod.flush()
+    prod.close()

@@ -9,7 +9,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraudcore import features as F  # noqa: N812
+from fraudcore import features as F
 
 DAY = 86_400
 

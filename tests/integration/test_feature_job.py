@@ -1,0 +1,193 @@
+"""The streaming feature job against real Kafka, Redis and Feast: parity with the backfill,
+replicas, crash recovery and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraud_features.stream import FeatureJob
+from fraudcore import features as F
+from fraudcore.kafka import producer
+from fraudcore.settings import Settings
+from tests.helpers import env_for, isolated, produce_history, read_topic, simulated
+
+
+def _settings(stack: Settings, unique: str, tmp_path: Path) -> Settings:
+    from fraud_features.store import apply
+
+    base = isolated(stack, unique)
+    features = base.features.model_copy(
+        update={
+            "namespace": f"t{unique}",
+            "offline_root": str(tmp_path / "offline"),
+            "checkpoint_interval_s": 0.5,
+            "project": f"t{unique}",
+            "registry": str(tmp_path / "registry.db"),
+        }
+    )
+    settings = base.model_copy(update={"features": features})
+    apply(settings)  # this test's own Feast project: online values never collide with others
+    return settings
+
+
+def _feature_log(settings: Settings) -> pd.DataFrame:
+    root = Path(settings.features.offline_root) / "feature_log"
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(root.glob("*.parquet"))], ignore_index=True)
+    return frame
+
+
+def _assert_same_features(served: pd.DataFrame, expected: pd.DataFrame) -> None:
+    merged = served.merge(expected, on="transaction_id", suffixes=("_served", "_offline"))
+    assert len(merged) == len(expected)
+    for name in F.MODEL_FEATURES:
+        np.testing.assert_allclose(
+            merged[f"{name}_served"], merged[f"{name}_offline"], rtol=0, atol=1e-6, err_msg=name
+        )
+
+
+@pytest.fixture(scope="module")
+def history() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    transactions, labels = simulated(days=40, jitter_days=2.0)
+    offline = F.offline_features(transactions, labels)
+    return transactions, labels, offline
+
+
+def test_online_features_equal_the_offline_backfill(
+    stack: Settings, unique: str, tmp_path: Path, history
+) -> None:
+    transactions, labels, offline = history
+    settings = _settings(stack, unique, tmp_path)
+    from fraud_features.store import feature_store
+
+    produce_history(settings, transactions, labels)
+    job = FeatureJob(settings, group=f"fj-{unique}")
+    job.run(threading.Event(), idle_exit_s=3)
+    assert job.processed == len(transactions)
+
+    served = _feature_log(settings)
+    assert served["transaction_id"].is_unique
+    _assert_same_features(served, offline)
+    assert (offline["terminal_risk_30d"] > 0).any()  # the comparison covered known frauds
+
+    # The online store holds each card's state after its latest transaction, and today's
+    # terminal values: what the transformer will read.
+    store = feature_store(settings)
+    last = transactions.sort_values("timestamp").groupby("card_id").tail(1).head(5)
+    rows = [{"card_id": c} for c in last["card_id"]]
+    online = store.get_online_features(
+        features=[f"card_features:{n}" for n in F.CARD_FEATURES], entity_rows=rows
+    )
+    got = online.to_df()
+    t_us = F.to_us(transactions["timestamp"])
+    state = F.card_features(
+        F.codes(transactions["card_id"]),
+        t_us,
+        F.to_cents(transactions["amount"]),
+        F.codes(transactions["terminal_id"]),
+    ).state
+    for i, idx in enumerate(last.index):
+        pos = transactions.index.get_loc(idx)
+        for name in F.CARD_FEATURES:
+            assert abs(got[name].iloc[i] - state[name][pos]) < 1e-6, name
+
+
+def test_two_replicas_produce_the_same_features_as_one(
+    stack: Settings, unique: str, tmp_path: Path, history
+) -> None:
+    transactions, labels, offline = history
+    settings = _settings(stack, unique, tmp_path)
+    produce_history(settings, transactions, labels)
+    stop = threading.Event()
+    jobs = [FeatureJob(settings, group=f"fj-{unique}") for _ in range(2)]
+    threads = [threading.Thread(target=j.run, args=(stop,), kwargs={"idle_exit_s": 4}) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert sum(j.processed for j in jobs) >= len(transactions)
+    assert all(j.processed > 0 for j in jobs), "both replicas should own partitions"
+    served = _feature_log(settings).drop_duplicates("transaction_id", keep="last")
+    _assert_same_features(served, offline)
+
+
+def test_sigkill_restart_neither_double_counts_nor_skips(
+    stack: Settings, unique: str, tmp_path: Path, history
+) -> None:
+    transactions, labels, offline = history
+    settings = _settings(stack, unique, tmp_path)
+    from fraud_features.store import apply
+
+    apply(settings)
+    env = env_for(settings)
+    env.update(
+        {
+            "FRAUD_FEATURES__NAMESPACE": settings.features.namespace,
+            "FRAUD_FEATURES__OFFLINE_ROOT": settings.features.offline_root,
+            "FRAUD_FEATURES__CHECKPOINT_INTERVAL_S": "0.3",
+            "FRAUD_METRICS_PORTS__FEATURE_JOB": "0",
+        }
+    )
+    cmd = [sys.executable, "-m", "fraudcore.cli", "features", "stream", "--group", f"fj-{unique}"]
+    log = (tmp_path / "job.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    half = len(transactions) // 2
+    produce_history(settings, transactions.iloc[:half], labels)
+    root = Path(settings.features.offline_root) / "feature_log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(root.glob("*.parquet")):
+        time.sleep(0.05)
+    # Kill it without warning while the second half streams in.
+    second = threading.Thread(
+        target=produce_history, args=(settings, transactions.iloc[half:], labels.iloc[:0])
+    )
+    second.start()
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    second.join()
+    before = _feature_log(settings)
+    assert 0 < before["transaction_id"].nunique() < len(transactions), (tmp_path / "job.log").read_text()[
+        -3000:
+    ]
+
+    done = subprocess.run([*cmd, "--idle-exit-s", "3"], env=env, capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    served = _feature_log(settings).drop_duplicates("transaction_id", keep="last")
+    assert len(served) == len(transactions)  # no gap
+    _assert_same_features(served, offline)  # no double counting
+
+
+def test_events_missing_fields_go_to_dead_letter_and_the_job_continues(
+    stack: Settings, unique: str, tmp_path: Path
+) -> None:
+    settings = _settings(stack, unique, tmp_path)
+    from fraud_features.store import apply
+
+    apply(settings)
+    transactions, labels = simulated(days=3, customers=20, terminals=40)
+    prod = producer(settings)
+    prod.send(settings.topics.transactions.name, key=b"C1", value=b'{"transaction_id": "x", "card_id": "C1"}')
+    prod.send(settings.topics.transactions.name, key=b"C1", value=b"\x00garbage")
+    prod.send(settings.topics.labels.name, key=b"C1", value=b'{"transaction_id": "y"}')
+    prod.flush()
+    produce_history(settings, transactions, labels)
+    job = FeatureJob(settings, group=f"fj-{unique}")
+    job.run(threading.Event(), idle_exit_s=3)
+    assert job.processed == len(transactions)
+    dead = read_topic(settings, settings.topics.dead_letter.name, 3)
+    reasons = sorted(dict(r.headers)["dlq-reason"].decode() for r in dead)
+    assert reasons == [
+        "payload: not valid UTF-8 JSON",
+        "terminal_id: is required; amount: is required; timestamp: is required",
+        "terminal_id: is required; transaction_timestamp: is required; reported_at: is required",
+    ]
