@@ -8,7 +8,9 @@ FRAUD := $(BIN)/fraud
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean
+.PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
+	images k8s-tools k8s-validate kind-up kind-deploy
+TAG ?= dev
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -44,11 +46,11 @@ lint: setup ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: up ## all tests: unit, then integration against the running stack
+test: up k8s-tools ## all tests: unit, then integration against the running stack
 	$(PYTEST) -m "not integration"
 	$(PYTEST) -m integration
 
-test-unit: setup ## fast tests, no services
+test-unit: setup k8s-tools ## fast tests, no services
 	$(PYTEST) -m "not integration"
 
 test-integration: up ## tests against the real local services
@@ -59,3 +61,18 @@ demo: up ## the main command: brings the stack up and proves it works end to end
 
 clean: down ## stop services and delete local state (data, logs)
 	rm -rf .state local_outputs
+
+images: ## build every container image (TAG=dev; IMAGE_PREFIX=registry/prefix to retarget)
+	docker/build-images.sh $(TAG)
+
+k8s-tools: ## install the pinned kustomize and kubeconform (cached)
+	@kustomize/validate.sh tools
+
+k8s-validate: ## render base and every overlay, validate offline with kubeconform
+	kustomize/validate.sh
+
+kind-up: ## kind cluster with cert-manager, KServe, Knative Eventing + Kafka source, Strimzi, Prometheus operator (needs Docker)
+	kustomize/kind/kind-up.sh
+
+kind-deploy: ## build the images, load them into kind, kubectl apply -k kustomize/overlays/kind
+	kustomize/kind/kind-deploy.sh
