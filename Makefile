@@ -9,7 +9,7 @@ PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
-	images k8s-tools k8s-validate kind-up kind-deploy
+	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest
 TAG ?= dev
 
 help: ## list the targets
@@ -61,6 +61,9 @@ demo: up ## the main command: brings the stack up and proves it works end to end
 
 clean: down ## stop services and delete local state (data, logs)
 	rm -rf .state local_outputs
+
+bench-ingest: up ## producer throughput, rate accuracy, ack latency, archive throughput (JSON)
+	$(BIN)/python -m fraud_producers.bench
 
 images: ## build every container image (TAG=dev; IMAGE_PREFIX=registry/prefix to retarget)
 	docker/build-images.sh $(TAG)

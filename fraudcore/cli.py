@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -133,6 +136,149 @@ def archive(
     )
     a.run(stop_on_signals(), idle_exit_s=idle_exit_s)
     console.print(f"archived {a.written} records")
+
+
+def _delay(value: str) -> timedelta:
+    import pandas as pd
+
+    try:
+        return pd.Timedelta(value).to_pytimedelta()
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a duration (examples: 7d, 12h, 90s)") from None
+
+
+def _sim_config(seed: int, customers: int, terminals: int, handbook_only: bool) -> Any:
+    from fraud_producers.simulator import SimulatorConfig
+
+    extra = {"card_testing_per_day": 0, "takeover_per_day": 0} if handbook_only else {}
+    return SimulatorConfig(seed=seed, n_customers=customers, n_terminals=terminals, **extra)
+
+
+def _report(result: Any) -> None:
+    s = result.stats
+    console.print(
+        f"sent {result.transactions:,} transactions and {result.labels:,} labels in {s.seconds:.1f}s "
+        f"({s.rate:,.0f}/s); acknowledged {s.acked:,}, errors {s.errors}"
+    )
+    if s.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def seed(
+    rate: float = typer.Option(500, help="Transactions per second (event time = now)."),
+    duration: float = typer.Option(None, help="Stop after this many seconds (default: run until Ctrl-C)."),
+    label_delay: str = typer.Option("7d", help="When a fraud's label arrives after it (e.g. 7d, 60s)."),
+    topic: str = typer.Option(None, help="Target topic (default: the ingress topic the quality gate reads)."),
+    seed_: int = typer.Option(0, "--seed", help="Random seed."),
+    customers: int = typer.Option(5_000),
+    terminals: int = typer.Option(10_000),
+) -> None:
+    """Live simulated traffic with labelled fraud scenarios, at a steady rate."""
+    from fraud_producers.modes import seed as run_seed
+
+    _serve_component("producer")
+    result = run_seed(
+        get_settings(),
+        rate=rate,
+        duration_s=duration,
+        label_delay=_delay(label_delay),
+        config=_sim_config(seed_, customers, terminals, False),
+        topic=topic,
+    )
+    _report(result)
+
+
+@app.command()
+def backfill(
+    days: int = typer.Option(30, help="Days of history, ending today."),
+    label_delay: str = typer.Option("7d", help="Delay between a fraud and its label."),
+    topic: str = typer.Option(None, help="Target topic (default: the ingress topic the quality gate reads)."),
+    seed_: int = typer.Option(0, "--seed", help="Random seed."),
+    customers: int = typer.Option(5_000),
+    terminals: int = typer.Option(10_000),
+    handbook_only: bool = typer.Option(False, help="Only the Handbook's scenarios 1-3."),
+) -> None:
+    """N days of simulated history as fast as possible (labels first: they are known by now)."""
+    from fraud_producers.modes import backfill as run_backfill
+
+    result = run_backfill(
+        get_settings(),
+        days=days,
+        label_delay=_delay(label_delay),
+        topic=topic,
+        config=_sim_config(seed_, customers, terminals, handbook_only),
+    )
+    _report(result)
+
+
+@app.command()
+def replay(
+    path: Path = typer.Argument(
+        ..., help="A CSV or Parquet file of transactions.", exists=True, dir_okay=False
+    ),
+    mapping: str = typer.Option(
+        "default",
+        help="'default' (our column names), 'handbook', or a JSON file "
+        'mapping our fields to your columns, e.g. {"amount": "TX_AMOUNT"}.',
+    ),
+    speed: str = typer.Option("max", help="'max', or a pacing multiplier (1 = original pacing)."),
+    label_delay: str = typer.Option("7d", help="Delay between a labelled fraud and its label event."),
+    topic: str = typer.Option(None, help="Target topic (default: the ingress topic the quality gate reads)."),
+) -> None:
+    """Replay a historical CSV/Parquet file through Kafka (see `--mapping`)."""
+    import json
+
+    from fraud_producers.modes import replay as run_replay
+    from fraud_producers.replay import ColumnMapping, ReplayMappingError
+
+    if mapping == "default":
+        column_mapping = ColumnMapping()
+    elif mapping == "handbook":
+        column_mapping = ColumnMapping.handbook()
+    else:
+        try:
+            column_mapping = ColumnMapping(**json.loads(Path(mapping).read_text()))
+        except (OSError, ValueError) as exc:
+            _fail(f"--mapping {mapping}: {exc}")
+    try:
+        pace = None if speed == "max" else float(speed)
+    except ValueError:
+        raise typer.BadParameter(f"--speed {speed!r}: use 'max' or a number") from None
+    try:
+        result = run_replay(
+            get_settings(), path, column_mapping, speed=pace, label_delay=_delay(label_delay), topic=topic
+        )
+    except ReplayMappingError as exc:
+        _fail(str(exc))
+    _report(result)
+
+
+@app.command()
+def dispatch(
+    sink: str = typer.Option(
+        "http://127.0.0.1:8086/v1/models/fraud:predict",
+        help="The transformer's URL (on a cluster Knative resolves the sink ref).",
+    ),
+    manifest: Path = typer.Option(
+        Path("kustomize/base/serving/eventing.yaml"), help="The KafkaSource manifest whose spec this mirrors."
+    ),
+    group: str = typer.Option(None, help="Override the manifest's consumerGroup."),
+    initial_offset: str = typer.Option(None, help="Override initialOffset (earliest or latest)."),
+    max_in_flight: int = typer.Option(64, help="Concurrent deliveries (records of one key stay in order)."),
+    idle_exit_s: float = typer.Option(None, help="Exit after this many seconds without events."),
+) -> None:
+    """Local stand-in for Knative's KafkaSource: deliver transactions to the transformer as CloudEvents."""
+    from fraudcore.eventing import Dispatcher, load_source
+    from fraudcore.service import stop_on_signals
+
+    spec = load_source(manifest)
+    updates = {k: v for k, v in {"consumer_group": group, "initial_offset": initial_offset}.items() if v}
+    spec = spec.model_copy(update=updates)
+    _serve_component("dispatcher")
+    d = Dispatcher(get_settings(), spec, sink, max_in_flight=max_in_flight)
+    d.run(stop_on_signals(), idle_exit_s=idle_exit_s)
+    console.print(f"delivered {d.delivered}, dead-lettered {d.dead_lettered}")
 
 
 features_app = typer.Typer(
