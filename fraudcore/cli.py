@@ -256,9 +256,9 @@ def replay(
 
 @app.command()
 def dispatch(
-    sink: str = typer.Option(
-        "http://127.0.0.1:8086/v1/models/fraud:predict",
-        help="The transformer's URL (on a cluster Knative resolves the sink ref).",
+    sink: list[str] = typer.Option(
+        ["http://127.0.0.1:8086/v1/models/fraud:predict"],
+        help="The transformer's URL (on a cluster Knative resolves the sink ref); repeat it for replicas.",
     ),
     manifest: Path = typer.Option(
         Path("kustomize/base/serving/eventing.yaml"), help="The KafkaSource manifest whose spec this mirrors."

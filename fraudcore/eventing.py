@@ -124,14 +124,16 @@ class Dispatcher:
         self,
         settings: Settings,
         spec: SourceSpec,
-        sink: str,
+        sink: str | list[str],
         *,
         max_in_flight: int = 64,
         timeout_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.spec = spec
-        self.sink = sink
+        # Several sinks stand for the replicas behind one Service: a key always goes to the
+        # same replica, so per-key order holds.
+        self.sinks = [sink] if isinstance(sink, str) else list(sink)
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
         self.delivered = 0
@@ -161,10 +163,9 @@ class Dispatcher:
                 factor = 2 ** (attempt - 1) if delivery.backoff_policy == "exponential" else attempt
                 await asyncio.sleep(delivery.backoff_delay_s * factor)
                 DELIVERED.labels("retry").inc()
+            sink = self.sinks[hash(record.key) % len(self.sinks)]
             try:
-                response = await client.post(
-                    self.sink, content=record.value or b"", headers=self._headers(record)
-                )
+                response = await client.post(sink, content=record.value or b"", headers=self._headers(record))
             except httpx.HTTPError as exc:
                 reason = f"sink: {type(exc).__name__}: {exc}"
                 continue

@@ -112,6 +112,27 @@ class FeatureSettings(BaseModel):
     checkpoint_interval_s: float = 5.0
 
 
+class ServingSettings(BaseModel):
+    """Scoring: decision thresholds, budgets, and the local servers' ports."""
+
+    # score >= review_threshold: review; score >= decline_threshold: decline; else approve.
+    review_threshold: float = Field(0.5, ge=0, le=1)
+    decline_threshold: float = Field(0.8, ge=0, le=1)
+    reason_codes: int = Field(3, ge=0, le=32)
+    # Budget for the online-store lookup; past it, defaults are used (features_fallback).
+    feature_timeout_ms: float = Field(50.0, gt=0)
+    # How long a request waits for the broker to acknowledge its decision events.
+    publish_timeout_s: float = Field(10.0, gt=0)
+    # Transactions per request.
+    max_batch: int = Field(256, ge=1)
+    model_name: str = "fraud"
+    model_uri: str = "s3://models/fraud/champion"
+    predictor_http_port: int = 8085
+    predictor_grpc_port: int = 8095
+    transformer_http_port: int = 8086
+    transformer_grpc_port: int = 8096
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUD_",
@@ -130,6 +151,7 @@ class Settings(BaseSettings):
     prometheus: PrometheusSettings = PrometheusSettings()
     metrics_ports: MetricsPorts = MetricsPorts()
     features: FeatureSettings = FeatureSettings()
+    serving: ServingSettings = ServingSettings()
     max_event_bytes: int = 64 * 1024
     # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
     metrics_host: str = "0.0.0.0"

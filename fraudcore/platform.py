@@ -1,0 +1,176 @@
+"""Runs the platform's components as local processes, the way Kubernetes runs their pods.
+
+Used by the demo and the end-to-end benchmark: the quality gate, the archiver, the
+streaming feature job, the KServe predictor and transformer, and the KafkaSource stand-in.
+Each is a real process with its own log under ``<state>/run/``; `start` waits until each is
+healthy, `stop` sends SIGTERM (then SIGKILL) in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from fraudcore.settings import Settings
+
+
+class ComponentError(RuntimeError):
+    pass
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready_url: str | None = None  # None: ready once it has run for a moment
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def log_path(self, settings: Settings) -> Path:
+        return settings.state_dir / "run" / f"{self.name}.log"
+
+    def start(self, settings: Settings) -> None:
+        log_path = self.log_path(settings)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+
+    def ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        if self.ready_url is None:
+            return True
+        try:
+            return httpx.get(self.ready_url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def s3_env(settings: Settings) -> dict[str, str]:
+    """KServe's storage conventions: what an InferenceService's ServiceAccount secret provides."""
+    s3 = settings.s3
+    return {
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key.get_secret_value(),
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "S3_ENDPOINT": s3.endpoint,
+        "S3_USE_HTTPS": "1" if s3.secure else "0",
+        "AWS_DEFAULT_REGION": s3.region,
+    }
+
+
+def components(
+    settings: Settings, *, dispatcher_offset: str = "latest", transformers: int = 1
+) -> list[Component]:
+    """Every long-running component, in start order."""
+    cli = [sys.executable, "-m", "fraudcore.cli"]
+    sv = settings.serving
+    predictor_ready = f"http://127.0.0.1:{sv.predictor_http_port}/v2/models/{sv.model_name}/ready"
+    out = [
+        Component("quality-gate", [*cli, "gate"]),
+        Component("archiver", [*cli, "archive"]),
+        Component("feature-job", [*cli, "features", "stream"]),
+        Component(
+            "predictor",
+            [
+                sys.executable,
+                "-m",
+                "fraud_predictor",
+                "--model_name",
+                sv.model_name,
+                "--model_dir",
+                sv.model_uri,
+                "--http_port",
+                str(sv.predictor_http_port),
+                "--grpc_port",
+                str(sv.predictor_grpc_port),
+            ],
+            predictor_ready,
+            s3_env(settings),
+        ),
+    ]
+    sinks = []
+    for i in range(transformers):
+        http, grpc = sv.transformer_http_port + 10 * i, sv.transformer_grpc_port + 10 * i
+        out.append(
+            Component(
+                f"transformer-{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "fraud_transformer",
+                    "--model_name",
+                    sv.model_name,
+                    "--predictor_host",
+                    f"127.0.0.1:{sv.predictor_http_port}",
+                    "--predictor_protocol",
+                    "v2",
+                    "--http_port",
+                    str(http),
+                    "--grpc_port",
+                    str(grpc),
+                ],
+                f"http://127.0.0.1:{http}/v2/models/{sv.model_name}/ready",
+            )
+        )
+        sinks.append(f"http://127.0.0.1:{http}/v1/models/{sv.model_name}:predict")
+    dispatch = [*cli, "dispatch", "--initial-offset", dispatcher_offset]
+    for sink in sinks:
+        dispatch += ["--sink", sink]
+    out.append(Component("dispatcher", dispatch))
+    return out
+
+
+class Platform:
+    def __init__(self, settings: Settings, parts: list[Component]) -> None:
+        self.settings = settings
+        self.parts = parts
+
+    def start(self, report: Callable[[str], None] = print, timeout_s: float = 120) -> None:
+        for part in self.parts:
+            part.start(self.settings)
+            deadline = time.monotonic() + timeout_s
+            while not part.ready():
+                if part.proc is not None and part.proc.poll() is not None:
+                    tail = part.log_path(self.settings).read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise ComponentError(f"{part.name} exited with {part.proc.returncode}:\n{tail}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ComponentError(
+                        f"{part.name} not ready after {timeout_s:.0f}s; see {part.log_path(self.settings)}"
+                    )
+                time.sleep(0.2)
+            report(f"{part.name:<14} up (pid {part.proc.pid if part.proc else '?'})")
+
+    def alive(self) -> list[str]:
+        return [p.name for p in self.parts if p.proc is not None and p.proc.poll() is None]
+
+    def stop(self) -> None:
+        for part in reversed(self.parts):
+            part.stop()
