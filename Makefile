@@ -9,7 +9,7 @@ PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
-	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest
+	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest bench-features
 TAG ?= dev
 
 help: ## list the targets
@@ -64,6 +64,9 @@ clean: down ## stop services and delete local state (data, logs)
 
 bench-ingest: up ## producer throughput, rate accuracy, ack latency, archive throughput (JSON)
 	$(BIN)/python -m fraud_producers.bench
+
+bench-features: up ## streaming job throughput, online read latency, backfill time (JSON)
+	$(BIN)/python -m fraud_features.bench
 
 images: ## build every container image (TAG=dev; IMAGE_PREFIX=registry/prefix to retarget)
 	docker/build-images.sh $(TAG)

@@ -89,6 +89,13 @@ if last > applied then redis.call('SET', KEYS[1], last) end
 return last
 """
 
+# Every counter hash of a batch's terminals in one reply (parsed in C by hiredis).
+FETCH_LUA = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
 INF = float("inf")
 
 
@@ -183,6 +190,7 @@ class FeatureJob(ConsumerRebalanceListener):
         self.label_topic = settings.topics.labels.name
         self.redis = redis_client or redis.Redis(host=settings.redis.host, port=settings.redis.port)
         self.apply_script = self.redis.register_script(APPLY_LUA)
+        self.fetch_script = self.redis.register_script(FETCH_LUA)
         if writer is None:
             from fraud_features.online import OnlineWriter
             from fraud_features.store import feature_store
@@ -370,37 +378,39 @@ class FeatureJob(ConsumerRebalanceListener):
         if not missing:
             return
         terminals = sorted({m for m, _ in missing})
-        pipe = self.redis.pipeline(transaction=False)
-        for m in terminals:
-            pipe.hgetall(self._k("tc", m))
-            pipe.hgetall(self._k("tf", m))
-        replies = pipe.execute()
-        tx_term: list[int] = []
-        tx_t: list[int] = []
-        fr_term: list[int] = []
-        fr_t: list[int] = []
-        fr_rep: list[int] = []
+        keys = [k for m in terminals for k in (self._k("tc", m), self._k("tf", m))]
+        replies = self.fetch_script(keys=keys, args=[])
         # Counters become pseudo-events at day starts: the shared function then applies the
         # very same windows and "reported before the day" rule as the backfill.
+        tx_rows: list[tuple[int, int, int]] = []  # (terminal code, day, count)
+        fr_rows: list[tuple[int, int, int, int]] = []  # (terminal code, tx day, report day, count)
         for code in range(len(terminals)):
-            for day, count in replies[2 * code].items():
-                tx_term += [code] * int(count)
-                tx_t += [int(day) * F.DAY_US] * int(count)
-            for key, count in replies[2 * code + 1].items():
-                txday, repday = key.decode().split(":")
-                fr_term += [code] * int(count)
-                fr_t += [int(txday) * F.DAY_US] * int(count)
-                fr_rep += [int(repday) * F.DAY_US] * int(count)
+            flat = replies[2 * code]
+            tx_rows += [(code, int(flat[j]), int(flat[j + 1])) for j in range(0, len(flat), 2)]
+            flat = replies[2 * code + 1]
+            for j in range(0, len(flat), 2):
+                txday, repday = flat[j].split(b":")
+                fr_rows.append((code, int(txday), int(repday), int(flat[j + 1])))
+        tx = np.array(tx_rows, dtype=np.int64).reshape(-1, 3)
+        fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
+        tx_term, tx_t = np.repeat(tx[:, 0], tx[:, 2]), np.repeat(tx[:, 1], tx[:, 2]) * F.DAY_US
+        fr_term, fr_t = np.repeat(fr[:, 0], fr[:, 3]), np.repeat(fr[:, 1], fr[:, 3]) * F.DAY_US
+        fr_rep = np.repeat(fr[:, 2], fr[:, 3]) * F.DAY_US
         index = {m: i for i, m in enumerate(terminals)}
         q_term = np.array([index[m] for m, _ in missing], dtype=np.int64)
         q_day = np.array([d for _, d in missing], dtype=np.int64)
-        arr = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
-        values = F.terminal_features(
-            q_term, q_day, arr(tx_term), arr(tx_t), arr(fr_term), arr(fr_t), arr(fr_rep), self.delay
-        )
+        values = F.terminal_features(q_term, q_day, tx_term, tx_t, fr_term, fr_t, fr_rep, self.delay)
         for i, pair in enumerate(missing):
             self.terminal_cache[pair] = tuple(float(values[n][i]) for n in F.TERMINAL_FEATURES)
-        self.writer.write_terminals([m for m, _ in missing], q_day * F.DAY_US, values)
+        # Only today's and yesterday's values can be read by a live transaction (the view's
+        # TTL is two days): a backfill computes older days for the feature log only.
+        recent = q_day >= int(time.time() // 86_400) - 1
+        if recent.any():
+            self.writer.write_terminals(
+                [m for (m, _), keep in zip(missing, recent, strict=True) if keep],
+                q_day[recent] * F.DAY_US,
+                {name: column[recent] for name, column in values.items()},
+            )
         if len(self.terminal_cache) > 500_000:  # values of past days are never needed again
             today = int(q_day.max())
             self.terminal_cache = {k: v for k, v in self.terminal_cache.items() if k[1] >= today - 1}
