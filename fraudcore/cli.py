@@ -281,6 +281,36 @@ def dispatch(
     console.print(f"delivered {d.delivered}, dead-lettered {d.dead_lettered}")
 
 
+@app.command()
+def demo(
+    duration: float = typer.Option(
+        None, help="Stop after this many seconds of live traffic (default: Ctrl-C)."
+    ),
+    rate: float = typer.Option(500, help="Live transactions per second."),
+    days: int = typer.Option(45, help="Days of simulated history to backfill and train on."),
+    customers: int = typer.Option(1_000),
+    terminals: int = typer.Option(2_000),
+    label_delay: str = typer.Option("30s", help="How late fraud labels arrive during the live part."),
+    train: bool = typer.Option(True, help="Train a model first (off: serve the current champion)."),
+) -> None:
+    """The whole loop: stack, backfill, training (kfp), serving (KServe), live traffic and a live view."""
+    from fraudcore.demo import DemoOptions
+    from fraudcore.demo import run as run_demo
+
+    options = DemoOptions(
+        duration_s=duration,
+        rate=rate,
+        days=days,
+        customers=customers,
+        terminals=terminals,
+        label_delay=_delay(label_delay),
+        train=train,
+    )
+    snapshot = run_demo(get_settings(), options, console)
+    if snapshot.decisions == 0:
+        _fail("no decisions were produced")
+
+
 features_app = typer.Typer(
     help="The feature layer: Feast repo, streaming job, backfill.", no_args_is_help=True
 )

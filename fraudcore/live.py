@@ -1,0 +1,133 @@
+"""Watches the platform from the outside: decisions on `fraud-scores`, labels on `fraud-labels`.
+
+Used by the demo's live view and the end-to-end benchmark. End-to-end latency is measured
+where a consumer of decisions sees them: from the transaction's event time (set when it
+was produced) to the moment its decision is read from `fraud-scores`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from fraudcore.events import parse_timestamp
+from fraudcore.kafka import consumer as make_consumer
+from fraudcore.settings import Settings
+
+
+@dataclass
+class Snapshot:
+    decisions: int
+    rate_per_s: float
+    latency_ms: dict[str, float]
+    outcomes: dict[str, int]
+    model_versions: dict[str, int]
+    labelled_frauds: int
+    caught: int
+    fallbacks: int
+
+
+@dataclass
+class DecisionMonitor:
+    settings: Settings
+    window_s: float = 10.0
+    seen: dict[str, str] = field(default_factory=dict)  # transaction_id -> decision
+    latencies: list[float] = field(default_factory=list)
+    recent: deque[tuple[float, float]] = field(default_factory=deque)  # (seen at, latency)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
+    frauds: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    fallbacks: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    def start(self) -> DecisionMonitor:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        topics = self.settings.topics
+        consumer = make_consumer(
+            self.settings,
+            f"monitor-{uuid.uuid4().hex[:8]}",
+            topics.scores.name,
+            topics.labels.name,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=5,
+            enable_auto_commit=False,
+        )
+        try:
+            while not self._stop.is_set():
+                batches = consumer.poll(timeout_ms=50)
+                if consumer.assignment():
+                    self._ready.set()
+                now = time.time()
+                with self._lock:
+                    for tp, records in batches.items():
+                        for r in records:
+                            if tp.topic == topics.scores.name:
+                                self._decision(r.value, now)
+                            else:
+                                self.frauds.add(orjson.loads(r.value)["transaction_id"])
+        finally:
+            consumer.close()
+
+    def _decision(self, value: bytes, now: float) -> None:
+        event = orjson.loads(value)
+        tx = event["transaction_id"]
+        if tx in self.seen:
+            self.duplicates += 1  # a redelivery: same decision id, counted once
+            return
+        self.seen[tx] = event["decision"]
+        latency = now - parse_timestamp(event["transaction_timestamp"]).timestamp()
+        self.latencies.append(latency)
+        self.recent.append((now, latency))
+        self.outcomes[event["decision"]] += 1
+        self.versions[event["model_version"]] += 1
+        self.fallbacks += bool(event.get("features_fallback"))
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            now = time.time()
+            while self.recent and self.recent[0][0] < now - self.window_s:
+                self.recent.popleft()
+            window = np.array([lat for _, lat in self.recent]) * 1000
+            pct = {
+                f"p{p}": float(np.percentile(window, p)) if len(window) else float("nan")
+                for p in (50, 95, 99)
+            }
+            labelled = [t for t in self.frauds if t in self.seen]
+            caught = sum(self.seen[t] != "approve" for t in labelled)
+            return Snapshot(
+                len(self.seen),
+                len(window) / self.window_s,
+                pct,
+                dict(self.outcomes),
+                dict(self.versions),
+                len(labelled),
+                caught,
+                self.fallbacks,
+            )
+
+    def latency_percentiles(self, since_index: int = 0) -> dict[str, float]:
+        with self._lock:
+            ms = np.array(self.latencies[since_index:]) * 1000
+        return {
+            f"p{p}": round(float(np.percentile(ms, p)), 2) if len(ms) else float("nan") for p in (50, 95, 99)
+        }
