@@ -9,7 +9,8 @@ PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
-	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest bench-features
+	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest bench-features \
+	train pipeline bench-model
 TAG ?= dev
 
 help: ## list the targets
@@ -64,6 +65,15 @@ clean: down ## stop services and delete local state (data, logs)
 
 bench-ingest: up ## producer throughput, rate accuracy, ack latency, archive throughput (JSON)
 	$(BIN)/python -m fraud_producers.bench
+
+train: up ## train locally with kfp's local runner and publish the model (ARGS="--source simulator" on a fresh stack)
+	$(FRAUD) train $(ARGS)
+
+pipeline: setup ## compile the Kubeflow pipeline to its YAML package
+	$(FRAUD) pipeline compile $(ARGS)
+
+bench-model: up ## the Handbook benchmark of the training pipeline (JSON)
+	$(BIN)/python -m fraud_pipelines.bench
 
 bench-features: up ## streaming job throughput, online read latency, backfill time (JSON)
 	$(BIN)/python -m fraud_features.bench

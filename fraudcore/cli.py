@@ -311,6 +311,19 @@ def demo(
         _fail("no decisions were produced")
 
 
+def _mount_pipeline() -> None:
+    """`fraud train` and `fraud pipeline ...` come from the training package."""
+    from fraud_pipelines.cli import app as pipeline_app
+    from fraud_pipelines.cli import train as pipeline_train
+
+    app.command("train", help="Run the training pipeline locally (kfp local runner) and publish the model.")(
+        pipeline_train
+    )
+    app.add_typer(pipeline_app, name="pipeline", help="The Kubeflow pipeline: train, compile, submit, bench.")
+
+
+_mount_pipeline()
+
 features_app = typer.Typer(
     help="The feature layer: Feast repo, streaming job, backfill.", no_args_is_help=True
 )

@@ -1,0 +1,201 @@
+"""Command line of the training pipeline: run it locally, compile it, submit it, benchmark it.
+
+``python -m fraud_pipelines.cli --help``; the ``fraud`` command mounts these.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from fraud_pipelines.defaults import CANDIDATES, DEFAULT_MODEL_NAME
+
+app = typer.Typer(
+    help="The fraud model's training pipeline (Kubeflow Pipelines).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+LOCAL_ROOT = Path("local_outputs") / "pipeline"
+BENCH_ROOT = Path("local_outputs") / "bench"
+PACKAGE_PATH = Path("local_outputs") / "fraud-training.yaml"
+
+SourceOpt = typer.Option(
+    "archive", help="archive (MinIO raw events), file (labelled CSV/Parquet) or simulator."
+)
+
+
+def _simulation(
+    seed: int, customers: int, terminals: int, days: int, start: str, handbook: bool
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "seed": seed,
+        "n_customers": customers,
+        "n_terminals": terminals,
+        "days": days,
+        "start": start,
+    }
+    if handbook:
+        options.update({"card_testing_per_day": 0, "takeover_per_day": 0})
+    return options
+
+
+def pipeline_arguments(
+    *,
+    source: str,
+    source_path: str = "",
+    source_options: str = "",
+    seed: int = 0,
+    customers: int = 5_000,
+    terminals: int = 10_000,
+    days: int = 183,
+    start: str = "2018-04-01",
+    handbook_scenarios: bool = False,
+    **rest: Any,
+) -> dict[str, Any]:
+    """The pipeline's arguments; for the simulator, the simulation options come from the flags
+    unless ``source_options`` (JSON) is given."""
+    options = source_options
+    if source == "simulator" and not options:
+        options = json.dumps(_simulation(seed, customers, terminals, days, start, handbook_scenarios))
+    return {"source": source, "source_path": source_path, "source_options": options or "{}", **rest}
+
+
+@app.command()
+def train(
+    source: str = SourceOpt,
+    source_path: str = typer.Option(
+        "", help="file: the CSV/Parquet path (or s3://bucket/key); archive: the prefix."
+    ),
+    source_options: str = typer.Option(
+        "", help='JSON: {"mapping": {...} | "handbook"} for a file; simulator options.'
+    ),
+    seed: int = typer.Option(0, help="simulator: random seed."),
+    customers: int = typer.Option(5_000, help="simulator: customers."),
+    terminals: int = typer.Option(10_000, help="simulator: terminals."),
+    days: int = typer.Option(183, help="simulator: days of data."),
+    start: str = typer.Option("2018-04-01", help="simulator: first day."),
+    handbook_scenarios: bool = typer.Option(
+        False, help="simulator: fraud scenarios 1-3 only (the Handbook's)."
+    ),
+    train_start: str = typer.Option("", help="YYYY-MM-DD; empty: the latest windows the data allows."),
+    train_days: int = typer.Option(7),
+    delay_days: int = typer.Option(7, help="label delay: the gap between training and test."),
+    test_days: int = typer.Option(7),
+    history_days: int = typer.Option(28, help="days before the training window for prequential validation."),
+    burn_in_days: int = typer.Option(30, help="first days of data never used as examples."),
+    candidates: str = typer.Option(",".join(CANDIDATES)),
+    folds: int = typer.Option(3, help="prequential validation folds."),
+    search: str = typer.Option("standard", help="standard or quick (one setting per candidate)."),
+    threshold: float = typer.Option(-1.0, help="decision threshold; < 0: the best-F1 one from validation."),
+    model_name: str = typer.Option(
+        DEFAULT_MODEL_NAME, help="prefix in the models bucket and model-events key."
+    ),
+    version: str = typer.Option("", help="model version; empty: time + hash."),
+    upload: bool = typer.Option(True, help="publish to MinIO (champion/challenger, Kafka event)."),
+    output_dir: str = typer.Option(str(LOCAL_ROOT), help="kfp's local pipeline root."),
+    verbose: bool = typer.Option(False, help="print every step's log."),
+) -> None:
+    """Run the training pipeline on this machine (kfp local runner, offline)."""
+    from fraud_pipelines.local import run_local
+
+    arguments = pipeline_arguments(
+        source=source,
+        source_path=source_path,
+        source_options=source_options,
+        seed=seed,
+        customers=customers,
+        terminals=terminals,
+        days=days,
+        start=start,
+        handbook_scenarios=handbook_scenarios,
+        train_start=train_start,
+        train_days=train_days,
+        delay_days=delay_days,
+        test_days=test_days,
+        history_days=history_days,
+        burn_in_days=burn_in_days,
+        candidates=candidates,
+        folds=folds,
+        search=search,
+        threshold=threshold,
+        model_name=model_name,
+        version=version,
+        upload=upload,
+    )
+    try:
+        run_local(arguments, pipeline_root=output_dir, verbose=verbose, console=console)
+    except RuntimeError:
+        raise typer.Exit(1) from None
+
+
+@app.command("compile")
+def compile_command(
+    output: str = typer.Option(str(PACKAGE_PATH), help="where to write the YAML package."),
+    image: str = typer.Option(
+        "", help="component image (default: $FRAUD_PIPELINE_IMAGE or the built-in default)."
+    ),
+    cluster: bool = typer.Option(True, help="include the cluster settings (Secret, environment, resources)."),
+) -> None:
+    """Compile the pipeline to a kfp YAML package."""
+    from fraud_pipelines.pipeline import ClusterConfig, compile
+
+    path = compile(output, image or None, ClusterConfig() if cluster else None)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def submit(
+    host: str = typer.Option(..., help="Kubeflow Pipelines API, e.g. http://localhost:8080."),
+    image: str = typer.Option(
+        "", help="component image (default: $FRAUD_PIPELINE_IMAGE or the built-in default)."
+    ),
+    pipeline_root: str = typer.Option("s3://models/kfp-root", help="where kfp keeps the artifacts."),
+    experiment: str = typer.Option("fraud"),
+    namespace: str = typer.Option("", help="Kubeflow profile namespace (multi-user)."),
+    arguments: str = typer.Option(
+        "{}", help='pipeline parameters as JSON, e.g. {"train_start": "2026-03-01"}.'
+    ),
+) -> None:
+    """Submit a run to a Kubeflow Pipelines cluster."""
+    from fraud_pipelines.pipeline import submit as submit_run
+
+    run_id = submit_run(
+        host,
+        json.loads(arguments),
+        image=image or None,
+        pipeline_root=pipeline_root,
+        experiment=experiment,
+        namespace=namespace or None,
+    )
+    console.print(f"run {run_id} submitted to {host}")
+
+
+@app.command()
+def bench(
+    model_name: str = typer.Option(
+        "fraud-bench", help="where the benchmark publishes (never the real champion by default)."
+    ),
+    upload: bool = typer.Option(True, help="publish to MinIO as the pipeline does."),
+    seed: int = typer.Option(0),
+    output_dir: str = typer.Option(str(BENCH_ROOT), help="kfp's local pipeline root."),
+) -> None:
+    """Handbook benchmark: the full pipeline on 183 simulated days; prints one JSON object."""
+    from fraud_pipelines.bench import run_benchmark
+
+    result = run_benchmark(model_name=model_name, upload=upload, seed=seed, pipeline_root=output_dir)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

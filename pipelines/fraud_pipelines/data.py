@@ -1,0 +1,401 @@
+"""The training data: point-in-time features over a history of transactions and labels,
+split by time as a fraud team does it.
+
+Sources (all give the same two frames, ``transactions`` and fraud ``labels``):
+
+* ``archive``: the raw-event archive on MinIO (``transactions/dt=.../hour=.../*.parquet`` and
+  ``labels/dt=.../hour=.../*.parquet`` in the raw bucket, under an optional prefix);
+* ``file``: a user's labelled CSV/Parquet file read with ``fraud_producers.replay.load_replay``
+  (local path or ``s3://bucket/key``), labels reported ``label_delay_days`` after each fraud;
+* ``simulator``: ``fraud_producers.simulator`` (local runs, tests, the benchmark).
+
+The split (``plan_windows``): ``[history_start, train_start)`` is earlier history the training
+step uses for time-ordered validation, ``[train_start, train_end)`` the training window, then a
+gap of ``delay_days`` (the label delay: the fraud team trains on the day the test starts, so
+it cannot know labels reported after it), then ``[test_start, test_end)`` the test window. All
+days are whole UTC days. The first ``burn_in_days`` of the data are never used as examples, so
+every window feature has a full history behind it.
+
+Labels: a training example is fraud when its fraud label was reported before the *cutoff*
+(= ``test_start`` = ``train_end + delay``); labels not yet reported count as legitimate, as
+they would in reality. The train frame keeps ``label_reported_at`` of those known labels
+(NaT otherwise) so validation folds can cut their own labels at their own cutoffs. Test
+examples carry the ground truth: every label of the test transactions, whenever reported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fraudcore.features import LABEL_DELAY_DAYS, MODEL_FEATURES, model_matrix, offline_features
+from fraudcore.settings import Settings
+
+DAY = pd.Timedelta(days=1)
+#: How far back a feature looks: card windows are 30 days; terminal windows end ``delay`` days
+#: before the transaction's day and span up to 30 days.
+FEATURE_LOOKBACK_DAYS = 30
+SOURCES = ("archive", "file", "simulator")
+METADATA_KEY = b"fraud_pipelines"
+ID_COLUMNS = ["transaction_id", "card_id", "terminal_id", "timestamp"]
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- windows
+@dataclass(frozen=True)
+class Windows:
+    """Whole-day UTC boundaries (start inclusive, end exclusive) of the time split."""
+
+    data_start: pd.Timestamp
+    history_start: pd.Timestamp
+    train_start: pd.Timestamp
+    train_end: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+    delay_days: int
+
+    @property
+    def cutoff(self) -> pd.Timestamp:
+        """When the model is trained: labels reported before this are known."""
+        return self.test_start
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            k: (v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v) for k, v in asdict(self).items()
+        }
+        out["cutoff"] = self.cutoff.strftime("%Y-%m-%d")
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Windows:
+        days = {
+            k: _day(values[k])
+            for k in ("data_start", "history_start", "train_start", "train_end", "test_start", "test_end")
+        }
+        return cls(**days, delay_days=int(values["delay_days"]))
+
+
+def _day(value: Any) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.floor("D")
+
+
+def plan_windows(
+    data_start: Any,
+    data_end: Any,
+    *,
+    train_start: str = "",
+    train_days: int = 7,
+    delay_days: int = LABEL_DELAY_DAYS,
+    test_days: int = 7,
+    history_days: int = 28,
+    burn_in_days: int = 30,
+    auto_end: Any = None,
+) -> Windows:
+    """The time split for data covering the days ``[data_start, data_end)``.
+
+    ``train_start`` (YYYY-MM-DD) fixes the windows; empty places the test window as late as
+    the data allows: ending at ``auto_end`` (default ``data_end``; the archive passes the day
+    before which every label is in). Raises ``ValueError`` when the windows do not fit.
+    """
+    if min(train_days, test_days) < 1 or min(delay_days, history_days, burn_in_days) < 0:
+        raise ValueError("train_days and test_days must be >= 1; the other lengths >= 0")
+    first, end = _day(data_start), _day(data_end)
+    warm = first + burn_in_days * DAY
+    if train_start:
+        start = _day(train_start)
+        test_start = start + (train_days + delay_days) * DAY
+        test_end = test_start + test_days * DAY
+        if test_end > end:
+            raise ValueError(
+                f"the test window {test_start:%Y-%m-%d}..{test_end - DAY:%Y-%m-%d} ends after the data "
+                f"(last day {end - DAY:%Y-%m-%d})"
+            )
+    else:
+        test_end = min(end, _day(auto_end)) if auto_end is not None else end
+        test_start = test_end - test_days * DAY
+        start = test_start - (train_days + delay_days) * DAY
+    if start < warm:
+        raise ValueError(
+            f"the training window starts {start:%Y-%m-%d}, inside the {burn_in_days}-day burn-in "
+            f"(data from {first:%Y-%m-%d}; first usable day {warm:%Y-%m-%d}): "
+            "use more data, a later train_start or a shorter burn-in"
+        )
+    history_start = max(start - history_days * DAY, warm)
+    return Windows(first, history_start, start, start + train_days * DAY, test_start, test_end, delay_days)
+
+
+# --------------------------------------------------------------------------- sources
+@dataclass
+class RawData:
+    """Transactions (id, card, terminal, amount, timestamp, ...) and fraud labels
+    (transaction_id, reported_at, scenario)."""
+
+    transactions: pd.DataFrame
+    labels: pd.DataFrame
+    source: str
+    first_day: pd.Timestamp | None = None  # the data's first day (default: the first transaction's)
+    complete_end: pd.Timestamp | None = None  # auto-planned windows end here (exclusive day)
+
+
+def simulate(options: dict[str, Any], delay_days: int = LABEL_DELAY_DAYS) -> RawData:
+    """Generate data with the simulator. ``options``: ``start`` (YYYY-MM-DD, default
+    2018-04-01), ``days`` (default 183), ``label_delay_days`` (default ``delay_days``) and any
+    ``SimulatorConfig`` field (``seed``, ``n_customers``, ``n_terminals``, ...)."""
+    from fraud_producers.simulator import Simulator, SimulatorConfig, labels
+
+    opts = dict(options)
+    start = _day(opts.pop("start", "2018-04-01")).to_pydatetime()
+    days = int(opts.pop("days", 183))
+    label_delay = int(opts.pop("label_delay_days", delay_days))
+    batch = Simulator(SimulatorConfig(**opts)).generate(start, days)
+    frame = labels(batch, delay=timedelta(days=label_delay))
+    return RawData(batch.transactions, frame, "simulator", _day(start), _day(start) + days * DAY)
+
+
+def load_file(
+    path: str, options: dict[str, Any], settings: Settings | None = None, delay_days: int = LABEL_DELAY_DAYS
+) -> RawData:
+    """A user's labelled file via ``load_replay``. ``options["mapping"]``: ``ColumnMapping``
+    fields, or the string ``"handbook"``; ``options["label_delay_days"]``: when each label is
+    taken as reported (default ``delay_days``). ``s3://bucket/key`` paths are downloaded first."""
+    from fraud_producers.replay import ColumnMapping, load_replay
+    from fraud_producers.simulator import labels
+
+    mapping_opt = options.get("mapping", {})
+    mapping = ColumnMapping.handbook() if mapping_opt == "handbook" else ColumnMapping(**mapping_opt)
+    label_delay = int(options.get("label_delay_days", delay_days))
+    if mapping.is_fraud is None and mapping.scenario is None:
+        raise ValueError(f"{path}: the mapping names no is_fraud/scenario column, so the file has no labels")
+    if path.startswith("s3://"):
+        if settings is None:
+            raise ValueError("an s3:// path needs settings")
+        from fraudcore.storage import s3_client
+
+        bucket, _, key = path[len("s3://") :].partition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(key).name
+            s3_client(settings).fget_object(bucket, key, str(local))
+            frame = load_replay(local, mapping)
+    else:
+        frame = load_replay(path, mapping)
+    return RawData(frame, labels(frame, delay=timedelta(days=label_delay)), "file")
+
+
+def _partition_days(settings: Settings, prefix: str, kind: str) -> list[pd.Timestamp]:
+    from fraudcore.storage import s3_client
+
+    client = s3_client(settings)
+    days = []
+    for obj in client.list_objects(settings.s3.raw_bucket, prefix=f"{prefix}{kind}/", recursive=False):
+        name = obj.object_name.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("dt="):
+            days.append(_day(name[3:]))
+    return sorted(days)
+
+
+def _read_partitions(settings: Settings, prefix: str, kind: str, days: list[pd.Timestamp]) -> pd.DataFrame:
+    from fraudcore.storage import s3_client
+
+    client = s3_client(settings)
+    bucket = settings.s3.raw_bucket
+    names = [
+        obj.object_name
+        for day in days
+        for obj in client.list_objects(bucket, prefix=f"{prefix}{kind}/dt={day:%Y-%m-%d}/", recursive=True)
+        if obj.object_name.endswith(".parquet")
+    ]
+
+    def read(name: str) -> pa.Table:
+        response = client.get_object(bucket, name)
+        try:
+            return pq.read_table(io.BytesIO(response.read()))
+        finally:
+            response.close()
+            response.release_conn()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tables = list(pool.map(read, names))
+    if not tables:
+        return pd.DataFrame()
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def load_archive(
+    settings: Settings,
+    prefix: str = "",
+    since: pd.Timestamp | None = None,
+    delay_days: int = LABEL_DELAY_DAYS,
+) -> RawData:
+    """Archived transactions (from ``since``'s day on) and every label reported since then.
+
+    Duplicates (a block rewritten in a crash window) are dropped on ``transaction_id``. The
+    newest day is taken as incomplete, and its last ``delay_days`` as lacking labels.
+    """
+    prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    days = _partition_days(settings, prefix, "transactions")
+    if not days:
+        raise ValueError(
+            f"no archived transactions under s3://{settings.s3.raw_bucket}/{prefix}transactions/"
+        )
+    wanted = [d for d in days if since is None or d >= _day(since)]
+    tx = _read_partitions(settings, prefix, "transactions", wanted)
+    if tx.empty:
+        raise ValueError(f"no archived transactions under {prefix}transactions/ since {since}")
+    label_days = [d for d in _partition_days(settings, prefix, "labels") if not wanted or d >= wanted[0]]
+    lab = _read_partitions(settings, prefix, "labels", label_days)
+    if lab.empty:
+        lab = pd.DataFrame(
+            {
+                "transaction_id": pd.Series([], dtype=object),
+                "reported_at": pd.Series([], dtype="datetime64[ns, UTC]"),
+                "scenario": pd.Series([], dtype=np.int8),
+            }
+        )
+    order = [c for c in ("kafka_partition", "kafka_offset") if c in tx.columns]
+    if order:
+        tx = tx.sort_values(order, kind="stable")
+    tx = tx.drop_duplicates("transaction_id", keep="first")
+    tx = tx.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    return RawData(tx, lab, "archive", days[0], days[-1] - delay_days * DAY)
+
+
+# --------------------------------------------------------------------------- datasets
+def _label_table(labels: pd.DataFrame) -> pd.DataFrame:
+    """One row per labelled transaction: its earliest report and scenario."""
+    if labels is None or len(labels) == 0:
+        return pd.DataFrame(
+            {
+                "reported_at": pd.Series([], dtype="datetime64[ns, UTC]"),
+                "scenario": pd.Series([], dtype=np.int8),
+            },
+            index=pd.Index([], dtype=object, name="transaction_id"),
+        )
+    frame = labels[["transaction_id", "reported_at", *(["scenario"] if "scenario" in labels else [])]].copy()
+    frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
+    if "scenario" not in frame:
+        frame["scenario"] = 1
+    frame = frame.sort_values("reported_at", kind="stable").drop_duplicates("transaction_id", keep="first")
+    return frame.set_index("transaction_id")
+
+
+@dataclass
+class Datasets:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    windows: Windows
+    info: dict[str, Any]
+
+
+def build_datasets(raw: RawData, windows: Windows, log: Log = _quiet) -> Datasets:
+    """Point-in-time features (``fraudcore.features.offline_features``) and labels for the
+    history+training window and the test window."""
+    tx = raw.transactions.drop_duplicates("transaction_id", keep="first")
+    ts = pd.to_datetime(tx["timestamp"], utc=True)
+    lookback = (FEATURE_LOOKBACK_DAYS + windows.delay_days) * DAY
+    keep = ((ts >= windows.history_start - lookback) & (ts < windows.test_end)).to_numpy()
+    tx = tx.loc[keep].sort_values("timestamp", kind="stable").reset_index(drop=True)
+    log(f"features for {len(tx):,} transactions (history, windows and their look-back)")
+    known = _label_table(raw.labels)  # one label per transaction, even if the archive has two
+    features = offline_features(tx, known.reset_index(), delay_days=windows.delay_days)
+    reported = known["reported_at"].reindex(features["transaction_id"].to_numpy()).to_numpy()
+    scenario = known["scenario"].reindex(features["transaction_id"].to_numpy()).fillna(0).to_numpy(np.int8)
+    when = pd.to_datetime(features["timestamp"], utc=True)
+
+    train_rows = ((when >= windows.history_start) & (when < windows.train_end)).to_numpy()
+    train = features.loc[train_rows].reset_index(drop=True)
+    rep = pd.DatetimeIndex(pd.to_datetime(reported[train_rows], utc=True))
+    known_at_cutoff = np.asarray(rep < windows.cutoff, dtype=bool)
+    train["label_reported_at"] = rep.where(known_at_cutoff)
+    train["is_fraud"] = known_at_cutoff.astype(np.int8)
+
+    test_rows = ((when >= windows.test_start) & (when < windows.test_end)).to_numpy()
+    test = features.loc[test_rows].reset_index(drop=True)
+    test["is_fraud"] = pd.notna(reported[test_rows]).astype(np.int8)
+    test["scenario"] = scenario[test_rows]
+    in_window = (pd.to_datetime(train["timestamp"], utc=True) >= windows.train_start).to_numpy()
+    info = {
+        "source": raw.source,
+        "transactions": len(raw.transactions),
+        "labels": len(raw.labels),
+        "train_rows": int(in_window.sum()),
+        "train_frauds": int(train["is_fraud"].to_numpy()[in_window].sum()),
+        "history_rows": int((~in_window).sum()),
+        "test_rows": len(test),
+        "test_frauds": int(test["is_fraud"].sum()),
+        "features": list(MODEL_FEATURES),
+        "windows": windows.to_dict(),
+    }
+    if len(test) == 0 or info["train_rows"] == 0:
+        raise ValueError(f"empty training or test window: {info}")
+    return Datasets(train, test, windows, info)
+
+
+def feature_matrix(frame: pd.DataFrame) -> npt.NDArray[np.float32]:
+    """``fraudcore.features.model_matrix`` of a frame's MODEL_FEATURES columns."""
+    return model_matrix({name: frame[name].to_numpy() for name in MODEL_FEATURES})
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path, info: dict[str, Any]) -> None:
+    """Parquet with ``info`` (windows, counts) in the file's key-value metadata."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = dict(table.schema.metadata or {})
+    metadata[METADATA_KEY] = json.dumps(info).encode()
+    pq.write_table(table.replace_schema_metadata(metadata), str(path))
+
+
+def read_parquet(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    table = pq.read_table(str(path))
+    raw = (table.schema.metadata or {}).get(METADATA_KEY, b"{}")
+    return table.to_pandas(), json.loads(raw)
+
+
+def load_source(
+    source: str,
+    source_path: str,
+    options: dict[str, Any],
+    settings_factory: Callable[[], Settings],
+    delay_days: int,
+    since: pd.Timestamp | None = None,
+) -> RawData:
+    if source == "simulator":
+        return simulate(options, delay_days)
+    if source == "file":
+        if not source_path:
+            raise ValueError("source 'file' needs source_path")
+        return load_file(
+            source_path, options, settings_factory() if source_path.startswith("s3://") else None, delay_days
+        )
+    if source == "archive":
+        return load_archive(settings_factory(), source_path, since, delay_days)
+    raise ValueError(f"unknown source {source!r}; one of {SOURCES}")
+
+
+def data_bounds(raw: RawData) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+    """First day, end of the data (exclusive day) and where auto-planned windows end."""
+    ts = pd.to_datetime(raw.transactions["timestamp"], utc=True)
+    if len(ts) == 0:
+        raise ValueError(f"the {raw.source} source has no transactions")
+    first = raw.first_day if raw.first_day is not None else ts.min().floor("D")
+    end = ts.max().floor("D") + DAY
+    auto_end = min(end, raw.complete_end) if raw.complete_end is not None else end
+    return first, end, auto_end

@@ -1,0 +1,10 @@
+"""Constants shared by the steps, kept free of heavy imports (each step is its own process)."""
+
+from __future__ import annotations
+
+#: The model families the training step chooses from.
+CANDIDATES = ("logreg", "random_forest", "hist_gb")
+#: Largest allowed |ONNX - scikit-learn| fraud probability on the test set.
+PARITY_TOLERANCE = 1e-5
+#: The model's name: its prefix in the models bucket and its model-events key.
+DEFAULT_MODEL_NAME = "fraud"

@@ -1,0 +1,314 @@
+"""Publishing to the model store (MinIO/S3) and the champion/challenger decision.
+
+Layout in the models bucket, for a model name ``<m>`` (default ``fraud``)::
+
+    <m>/<version>/model.onnx            every published model, immutable
+    <m>/<version>/metadata.json         metrics, features, data window, code revision, decision
+    <m>/decisions/<version>.json        the champion/challenger decision of that run
+    <m>/champion/model.onnx             the current champion (KServe: storageUri s3://models/<m>/champion)
+    <m>/champion/metadata.json
+    <m>/triton/<m>/config.pbtxt         a Triton model repository (storageUri s3://models/<m>/triton)
+    <m>/triton/<m>/<n>/model.onnx       champion number n (1, 2, ...; Triton serves the highest)
+
+The champion moves only when the new model's average precision beats the champion's on
+the same test window: the champion's ONNX file is re-scored on this run's test set. A
+champion whose ONNX cannot take today's features (another feature list) cannot be compared
+and is replaced. When the champion moves, a ``champion-changed`` record goes to the
+``model-events`` topic, keyed by the model name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from minio import Minio
+from minio.error import S3Error
+from sklearn.metrics import average_precision_score
+
+from fraud_pipelines.onnx_export import INPUT_NAME, LABEL, PROBABILITIES, metadata_of, onnx_scores
+from fraudcore.features import MODEL_FEATURES
+from fraudcore.settings import Settings
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+Log = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+def check_model_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"model name {name!r}: use lower-case letters, digits, '-' and '_' (at most 63)")
+    return name
+
+
+def code_revision(explicit: str = "", cwd: str | Path | None = None) -> str:
+    """The code's revision: ``explicit``, else ``FRAUD_CODE_REVISION``, else the git commit of
+    ``cwd`` (with ``-dirty`` when the tree has changes), else ``unknown``."""
+    if explicit:
+        return explicit
+    env = os.environ.get("FRAUD_CODE_REVISION", "")
+    if env:
+        return env
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev or "unknown"
+
+
+def triton_config(model_name: str, n_features: int) -> str:
+    """``config.pbtxt`` for Triton's ONNX Runtime backend (no server-side batching: the
+    batch dimension is part of the dims, as in the ONNX model)."""
+    return (
+        f'name: "{model_name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        "max_batch_size: 0\n"
+        "input [\n"
+        f'  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ -1, {n_features} ] }}\n'
+        "]\n"
+        "output [\n"
+        f'  {{ name: "{PROBABILITIES}" data_type: TYPE_FP32 dims: [ -1, 2 ] }},\n'
+        f'  {{ name: "{LABEL}" data_type: TYPE_INT64 dims: [ -1 ] }}\n'
+        "]\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+    )
+
+
+class ModelStore:
+    """The models bucket, seen through a model name's prefix."""
+
+    def __init__(self, client: Minio, bucket: str, model_name: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.name = check_model_name(model_name)
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.name, *parts])
+
+    def uri(self, *parts: str) -> str:
+        return f"s3://{self.bucket}/{self.key(*parts)}"
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as exc:  # a concurrent creator won
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put(key, json.dumps(value, indent=2, sort_keys=True, default=str).encode(), "application/json")
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                return None
+            raise
+        try:
+            return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        data = self.get(key)
+        return json.loads(data) if data is not None else None
+
+    def triton_versions(self) -> list[int]:
+        prefix = self.key("triton", self.name) + "/"
+        found = []
+        for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=False):
+            part = obj.object_name[len(prefix) :].strip("/")
+            if part.isdigit():
+                found.append(int(part))
+        return sorted(found)
+
+
+@dataclass
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+    challenger_ap: float
+    champion_version: str | None
+    champion_ap: float | None
+    test_window: dict[str, Any]
+    decided_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_champion(
+    store: ModelStore, x: npt.NDArray[np.float32], y: npt.NDArray[Any], features: list[str]
+) -> tuple[str | None, float | None, str]:
+    """The current champion's version and its AP re-scored on (x, y), or why it cannot be."""
+    data = store.get(store.key("champion", MODEL_FILE))
+    if data is None:
+        return None, None, "no champion yet"
+    props = metadata_of(data)
+    version = props.get("model_version") or (store.get_json(store.key("champion", METADATA_FILE)) or {}).get(
+        "version"
+    )
+    champion_features = json.loads(props.get("feature_names", "null") or "null")
+    if champion_features != features:
+        return version, None, "the champion takes other features, so it cannot score this test set"
+    ap = float(average_precision_score(y, onnx_scores(data, x)))
+    return version, ap, ""
+
+
+def decide(
+    version: str,
+    challenger_ap: float,
+    champion_version: str | None,
+    champion_ap: float | None,
+    why_not_comparable: str,
+    test_window: dict[str, Any],
+    min_improvement: float = 0.0,
+) -> Decision:
+    """Promote when there is no comparable champion, or the challenger's AP beats it by more
+    than ``min_improvement`` on the same test window."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if champion_ap is None:
+        return Decision(
+            version,
+            True,
+            f"promoted: {why_not_comparable}",
+            challenger_ap,
+            champion_version,
+            None,
+            test_window,
+            now,
+        )
+    if challenger_ap > champion_ap + min_improvement:
+        reason = (
+            f"promoted: AP {challenger_ap:.4f} beats the champion's {champion_ap:.4f} on the same test window"
+        )
+        return Decision(version, True, reason, challenger_ap, champion_version, champion_ap, test_window, now)
+    reason = f"kept the champion: AP {challenger_ap:.4f} does not beat its {champion_ap:.4f} on the same test window"
+    return Decision(version, False, reason, challenger_ap, champion_version, champion_ap, test_window, now)
+
+
+def champion_event(model_name: str, version: str, uri: str, ap: float, champion_uri: str) -> dict[str, Any]:
+    """The ``model-events`` record: ``uri`` is the version's immutable folder,
+    ``champion_uri`` the folder KServe serves from (now holding the same model)."""
+    return {
+        "type": "champion-changed",
+        "model": model_name,
+        "version": version,
+        "uri": uri,
+        "champion_uri": champion_uri,
+        "ap": ap,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def send_event(settings: Settings, key: str, event: dict[str, Any], timeout_s: float = 30.0) -> None:
+    from fraudcore.kafka import producer
+
+    prod = producer(settings)
+    try:
+        prod.send(settings.topics.model_events.name, key=key.encode(), value=json.dumps(event).encode()).get(
+            timeout=timeout_s
+        )
+        prod.flush(timeout=timeout_s)
+    finally:
+        prod.close(timeout=timeout_s)
+
+
+def publish(
+    settings: Settings,
+    onnx_bytes: bytes,
+    x_test: npt.NDArray[np.float32],
+    y_test: npt.NDArray[Any],
+    metadata: dict[str, Any],
+    *,
+    model_name: str,
+    version: str,
+    min_improvement: float = 0.0,
+    client: Minio | None = None,
+    log: Log = _quiet,
+) -> dict[str, Any]:
+    """Upload the model, decide champion/challenger, move the champion (files, Triton
+    repository, Kafka event) when it wins. Returns a summary."""
+    from fraudcore.storage import s3_client
+
+    store = ModelStore(client or s3_client(settings), settings.s3.models_bucket, model_name)
+    store.ensure_bucket()
+    features = list(metadata.get("features", MODEL_FEATURES))
+    window = metadata.get("data_window", {}).get("test", {})
+    challenger_ap = float(average_precision_score(y_test, onnx_scores(onnx_bytes, x_test)))
+    champion_version, champion_ap, why = score_champion(store, x_test, y_test, features)
+    if champion_ap is not None:
+        log(f"champion {champion_version}: AP {champion_ap:.4f} re-scored on this test window")
+    decision = decide(version, challenger_ap, champion_version, champion_ap, why, window, min_improvement)
+    log(decision.reason)
+    summary: dict[str, Any] = {
+        "model_name": model_name,
+        "version": version,
+        "uri": store.uri(version),
+        "model_uri": store.uri(version, MODEL_FILE),
+        "champion_uri": store.uri("champion"),
+        "promoted": decision.promoted,
+        "decision": decision.to_dict(),
+    }
+    document = {
+        **metadata,
+        "model_name": model_name,
+        "version": version,
+        "uri": summary["uri"],
+        "model_file": MODEL_FILE,
+        "decision": decision.to_dict(),
+    }
+    store.put(store.key(version, MODEL_FILE), onnx_bytes)
+    store.put_json(store.key(version, METADATA_FILE), document)
+    store.put_json(store.key("decisions", f"{version}.json"), decision.to_dict())
+    if decision.promoted:
+        champion_doc = {**document, "champion_since": decision.decided_at}
+        store.put(store.key("champion", MODEL_FILE), onnx_bytes)
+        store.put_json(store.key("champion", METADATA_FILE), champion_doc)
+        triton_n = (store.triton_versions() or [0])[-1] + 1
+        store.put(store.key("triton", model_name, str(triton_n), MODEL_FILE), onnx_bytes)
+        store.put(
+            store.key("triton", model_name, "config.pbtxt"),
+            triton_config(model_name, len(features)).encode(),
+            "text/plain",
+        )
+        summary["triton_version"] = triton_n
+        summary["triton_uri"] = store.uri("triton")
+        event = champion_event(model_name, version, summary["uri"], challenger_ap, summary["champion_uri"])
+        send_event(settings, model_name, event)
+        summary["event"] = event
+        log(f"champion is now {version}; model-events record sent")
+    return summary

@@ -1,0 +1,81 @@
+"""Champion/challenger against the real MinIO and Kafka: a worse (or merely equal)
+challenger never replaces the champion; the decision is recorded either way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from fraud_pipelines.data import build_datasets, feature_matrix, plan_windows, simulate
+from fraud_pipelines.onnx_export import convert, metadata_of
+from fraud_pipelines.publish import publish
+from fraud_pipelines.training import make_estimator
+from fraudcore.settings import Settings
+from fraudcore.storage import s3_client
+from tests.helpers import isolated, read_topic
+from tests.integration.test_pipeline_local import SMALL_SIMULATION, remove_prefix
+
+
+@pytest.fixture
+def model_name(stack: Settings, unique: str) -> Iterator[str]:
+    name = f"test-champion-{unique}"
+    yield name
+    remove_prefix(stack, f"{name}/")
+
+
+def test_worse_challenger_does_not_replace_the_champion(
+    stack: Settings, unique: str, model_name: str
+) -> None:
+    settings = isolated(stack, unique)
+    raw = simulate(SMALL_SIMULATION)
+    windows = plan_windows(
+        "2024-01-01", "2024-03-01", train_start="2024-02-01", history_days=0, burn_in_days=14
+    )
+    sets = build_datasets(raw, windows)
+    train = sets.train.loc[sets.train["timestamp"] >= windows.train_start]
+    x_train, y_train = feature_matrix(train), train["is_fraud"].to_numpy()
+    x_test, y_test = feature_matrix(sets.test), sets.test["is_fraud"].to_numpy()
+
+    good = make_estimator("random_forest", {"n_estimators": 30, "max_depth": 8}).fit(x_train, y_train)
+    shuffled = np.random.default_rng(0).permutation(y_train)  # learns nothing
+    worse = make_estimator("logreg", {"C": 1.0}).fit(x_train, shuffled)
+    metadata = {"data_window": {"test": windows.to_dict()}}
+
+    def publish_model(estimator: object, version: str) -> dict[str, object]:
+        onnx_bytes = convert(estimator, {"model_version": version}).SerializeToString()
+        return publish(settings, onnx_bytes, x_test, y_test, metadata, model_name=model_name, version=version)
+
+    first = publish_model(good, "v1-good")
+    assert first["promoted"] is True
+    second = publish_model(worse, "v2-worse")
+    assert second["promoted"] is False
+    decision = second["decision"]
+    assert isinstance(decision, dict)
+    assert decision["champion_version"] == "v1-good"
+    assert decision["challenger_ap"] < decision["champion_ap"]
+    third = publish_model(good, "v3-equal")  # the same model: equal AP does not win
+    assert third["promoted"] is False
+
+    client = s3_client(stack)
+    bucket = stack.s3.models_bucket
+    champion = client.get_object(bucket, f"{model_name}/champion/model.onnx").read()
+    assert metadata_of(champion)["model_version"] == "v1-good"
+    champion_meta = json.loads(client.get_object(bucket, f"{model_name}/champion/metadata.json").read())
+    assert champion_meta["version"] == "v1-good"
+    recorded = json.loads(client.get_object(bucket, f"{model_name}/decisions/v2-worse.json").read())
+    assert recorded["promoted"] is False
+    assert recorded["champion_ap"] == pytest.approx(first["decision"]["challenger_ap"])  # type: ignore[index]
+    version_meta = json.loads(client.get_object(bucket, f"{model_name}/v2-worse/metadata.json").read())
+    assert version_meta["decision"]["promoted"] is False  # the challenger is kept, not served
+    triton = {
+        o.object_name
+        for o in client.list_objects(bucket, prefix=f"{model_name}/triton/{model_name}/", recursive=True)
+    }
+    assert f"{model_name}/triton/{model_name}/1/model.onnx" in triton
+    assert not any("/2/" in name for name in triton)
+
+    records = read_topic(settings, settings.topics.model_events.name, expected=1, timeout_s=20)
+    assert [json.loads(r.value)["version"] for r in records] == ["v1-good"]

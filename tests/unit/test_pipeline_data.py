@@ -1,0 +1,167 @@
+"""The training data: time split, point-in-time labels and prequential folds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraud_pipelines import steps
+from fraud_pipelines.data import (
+    RawData,
+    Windows,
+    build_datasets,
+    plan_windows,
+    read_parquet,
+    simulate,
+    write_parquet,
+)
+from fraud_pipelines.training import prequential_folds
+from fraudcore.features import MODEL_FEATURES
+
+
+def _d(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def test_handbook_protocol_windows() -> None:
+    w = plan_windows("2018-04-01", "2018-10-01", train_start="2018-07-25", history_days=28, burn_in_days=30)
+    assert (w.train_start, w.train_end) == (_d("2018-07-25"), _d("2018-08-01"))
+    assert (w.test_start, w.test_end) == (_d("2018-08-08"), _d("2018-08-15"))
+    assert w.cutoff == _d("2018-08-08")
+    assert w.history_start == _d("2018-06-27")
+    assert Windows.from_dict(w.to_dict()) == w
+
+
+def test_auto_windows_end_where_labels_are_complete() -> None:
+    w = plan_windows("2024-01-01", "2024-04-01", auto_end="2024-03-25", history_days=14, burn_in_days=30)
+    assert w.test_end == _d("2024-03-25")
+    assert w.test_start == _d("2024-03-18")
+    assert w.train_start == _d("2024-03-04")
+    assert w.history_start == _d("2024-02-19")
+
+
+def test_history_is_clipped_by_the_burn_in_and_windows_must_fit() -> None:
+    w = plan_windows("2024-01-01", "2024-03-01", train_start="2024-02-05", history_days=28, burn_in_days=30)
+    assert w.history_start == _d("2024-01-31")  # burn-in ends there
+    with pytest.raises(ValueError, match="burn-in"):
+        plan_windows("2024-01-01", "2024-03-01", train_start="2024-01-20", burn_in_days=30)
+    with pytest.raises(ValueError, match="ends after the data"):
+        plan_windows("2024-01-01", "2024-03-01", train_start="2024-02-20", burn_in_days=30)
+
+
+def test_prequential_folds_slide_back_with_the_delay_gap() -> None:
+    w = plan_windows("2018-04-01", "2018-10-01", train_start="2018-07-25", history_days=28, burn_in_days=30)
+    folds = prequential_folds(w, n_folds=5)
+    assert len(folds) == 3  # 28 days of history hold three 7+7+7-day folds
+    first = folds[0]
+    assert (first.valid_start, first.valid_end) == (w.train_start, w.train_end)
+    assert (first.train_start, first.train_end) == (_d("2018-07-11"), _d("2018-07-18"))
+    for a, b in itertools.pairwise(folds):
+        assert b.valid_start == a.valid_start - timedelta(days=7)
+    for f in folds:
+        assert f.valid_start - f.train_end == timedelta(days=7)
+        assert f.train_start >= w.history_start
+
+
+def _raw() -> RawData:
+    """Three cards, one terminal, a transaction a day per card over 60 days; three frauds."""
+    start = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    rows = []
+    for day in range(60):
+        for card in range(3):
+            rows.append(
+                {
+                    "transaction_id": f"t{day:02d}-{card}",
+                    "card_id": f"C{card}",
+                    "terminal_id": "T0",
+                    "amount": 10.0 + card,
+                    "timestamp": pd.Timestamp(start + timedelta(days=day, minutes=card)),
+                }
+            )
+    tx = pd.DataFrame(rows)
+    labels = pd.DataFrame(
+        {
+            # In the training window and reported before the cutoff; in the training window and
+            # reported after it (unknown when training); in the test window (ground truth).
+            "transaction_id": ["t40-0", "t42-1", "t52-2"],
+            "reported_at": pd.to_datetime(["2024-02-12", "2024-03-01", "2024-03-20"], utc=True),
+            "scenario": np.array([1, 2, 3], dtype=np.int8),
+        }
+    )
+    return RawData(tx, labels, "test")
+
+
+def test_point_in_time_labels(tmp_path: Path) -> None:
+    raw = _raw()
+    # Day 0 is 2024-01-01: training days 38-44 (02-08..02-14), test days 52-58 (02-22..02-28).
+    w = plan_windows("2024-01-01", "2024-03-01", train_start="2024-02-08", history_days=7, burn_in_days=30)
+    assert w.cutoff == _d("2024-02-22")
+    sets = build_datasets(raw, w)
+    train, test = sets.train, sets.test
+    assert set(MODEL_FEATURES) <= set(train.columns)
+    frauds = dict(zip(train["transaction_id"], train["is_fraud"], strict=True))
+    assert frauds["t40-0"] == 1  # reported 2024-02-12 < cutoff
+    assert frauds["t42-1"] == 0  # reported 2024-03-01, after the cutoff: legit for training
+    assert train["label_reported_at"].notna().sum() == 1
+    assert test["transaction_id"].str.startswith(("t52", "t53", "t54", "t55", "t56", "t57", "t58")).all()
+    truth = dict(zip(test["transaction_id"], test["is_fraud"], strict=True))
+    assert truth["t52-2"] == 1  # the ground truth, reported whenever
+    assert sets.info["test_frauds"] == 1
+    assert pd.to_datetime(train["timestamp"], utc=True).min() >= w.history_start
+    assert pd.to_datetime(train["timestamp"], utc=True).max() < w.train_end
+
+    write_parquet(train, tmp_path / "train.parquet", sets.info)
+    back, info = read_parquet(tmp_path / "train.parquet")
+    assert info["windows"] == w.to_dict()
+    assert len(back) == len(train)
+
+
+def test_duplicate_transactions_count_once() -> None:
+    raw = _raw()
+    raw.transactions = pd.concat([raw.transactions, raw.transactions.iloc[:50]], ignore_index=True)
+    w = plan_windows("2024-01-01", "2024-03-01", train_start="2024-02-08", history_days=7, burn_in_days=30)
+    sets = build_datasets(raw, w)
+    assert sets.train["transaction_id"].is_unique
+    assert sets.test["transaction_id"].is_unique
+
+
+def test_dataset_step_reads_a_labelled_handbook_file(tmp_path: Path) -> None:
+    simulation = {"seed": 2, "n_customers": 120, "n_terminals": 240, "days": 40, "start": "2024-01-01"}
+    raw = simulate(simulation)
+    tx = raw.transactions
+    csv = tmp_path / "handbook.csv"
+    pd.DataFrame(
+        {
+            "TRANSACTION_ID": np.arange(len(tx)),
+            "TX_DATETIME": tx["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "CUSTOMER_ID": tx["card_id"],
+            "TERMINAL_ID": tx["terminal_id"],
+            "TX_AMOUNT": tx["amount"],
+            "TX_FRAUD": tx["is_fraud"],
+            "TX_FRAUD_SCENARIO": tx["scenario"],
+        }
+    ).to_csv(csv, index=False)
+    params = {"train_days": 5, "delay_days": 7, "test_days": 5, "history_days": 0, "burn_in_days": 10}
+    info = steps.dataset_step(
+        str(tmp_path / "train"),
+        str(tmp_path / "test"),
+        source="file",
+        source_path=str(csv),
+        source_options=json.dumps({"mapping": "handbook"}),
+        log=lambda _m: None,
+        **params,  # type: ignore[arg-type]
+    )
+    assert info["source"] == "file"
+    assert info["windows"]["test_end"] == "2024-02-10"  # the data's end: ground truth is complete
+    test, _ = read_parquet(tmp_path / "test")
+    windows = plan_windows("2024-01-01", "2024-02-10", train_start=info["windows"]["train_start"], **params)
+    expected = build_datasets(raw, windows).test
+    assert len(test) == len(expected)
+    assert test["is_fraud"].sum() == expected["is_fraud"].sum()
+    assert np.allclose(test[MODEL_FEATURES].to_numpy(), expected[MODEL_FEATURES].to_numpy())
