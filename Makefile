@@ -10,7 +10,7 @@ PYTEST := $(BIN)/pytest
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
 	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest bench-features \
-	train pipeline bench-model
+	train pipeline bench-model bench
 TAG ?= dev
 
 help: ## list the targets
@@ -65,6 +65,9 @@ clean: down ## stop services and delete local state (data, logs)
 
 bench-ingest: up ## producer throughput, rate accuracy, ack latency, archive throughput (JSON)
 	$(BIN)/python -m fraud_producers.bench
+
+bench: up ## the scoring path under load, end to end (JSON); RATES=500,1000,2000 TRANSFORMERS=2
+	$(BIN)/python -m fraudcore.bench_e2e $(or $(RATES),500,1000,1500,2000,3000) $(or $(TRANSFORMERS),2)
 
 train: up ## train locally with kfp's local runner and publish the model (ARGS="--source simulator" on a fresh stack)
 	$(FRAUD) train $(ARGS)
