@@ -136,7 +136,6 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
     from fraud_features.store import apply
     from fraud_producers.modes import backfill, seed
     from fraud_producers.simulator import SimulatorConfig
-
     from fraudcore.metrics import serve_metrics
 
     settings = get_settings()

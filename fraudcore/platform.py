@@ -127,9 +127,9 @@ def components(
                     "--model_name",
                     sv.model_name,
                     "--predictor_host",
-                    f"127.0.0.1:{sv.predictor_http_port}",
+                    f"127.0.0.1:{sv.predictor_grpc_port}",
                     "--predictor_protocol",
-                    "v2",
+                    "grpc-v2",  # cheaper per request than REST
                     "--http_port",
                     str(http),
                     "--grpc_port",

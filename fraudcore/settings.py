@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -131,6 +131,12 @@ class ServingSettings(BaseModel):
     predictor_grpc_port: int = 8095
     transformer_http_port: int = 8086
     transformer_grpc_port: int = 8096
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> ServingSettings:
+        if self.review_threshold > self.decline_threshold:
+            raise ValueError("serving.review_threshold must not exceed serving.decline_threshold")
+        return self
 
 
 class Settings(BaseSettings):

@@ -96,12 +96,9 @@ class OnlineWriter:
         return int(self.script(keys=[], args=argv))
 
     def write_cards(self, card_ids: Sequence[str], event_us: np.ndarray, state: dict[str, np.ndarray]) -> int:
-        values = []
-        for name in CARD_STATE:
-            if name == "card_last_tx_time":
-                values.append([Value(unix_timestamp_val=int(v)).SerializeToString() for v in state[name]])
-            else:
-                values.append([Value(double_val=float(v)).SerializeToString() for v in state[name]])
+        values = [
+            [Value(double_val=float(v)).SerializeToString() for v in state[name]] for name in CARD_STATE
+        ]
         return self._write("card_features", "card_id", card_ids, event_us, self.card_fields, values)
 
     def write_terminals(

@@ -70,8 +70,7 @@ def offline_path(settings: Settings, name: str) -> str:
 
 CARD_STATE_SCHEMA = pa.schema(
     [("card_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
-    + [(n, pa.float64()) for n in CARD_STATE if n != "card_last_tx_time"]
-    + [("card_last_tx_time", pa.timestamp("us", tz="UTC"))]
+    + [(n, pa.float64()) for n in CARD_STATE]
 )
 TERMINAL_DAILY_SCHEMA = pa.schema(
     [("terminal_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
@@ -104,9 +103,7 @@ def apply(settings: Settings) -> list[str]:
     write_offline(
         settings,
         "card_state",
-        empty_card.astype(
-            {"event_timestamp": "datetime64[us, UTC]", "card_last_tx_time": "datetime64[us, UTC]"}
-        ),
+        empty_card.astype({"event_timestamp": "datetime64[us, UTC]", "card_last_tx_time": "float64"}),
         CARD_STATE_SCHEMA,
         "_schema",
     )

@@ -13,7 +13,7 @@ import os
 from datetime import timedelta
 
 from feast import Entity, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
-from feast.types import Float64, String, UnixTimestamp
+from feast.types import Float64, String
 
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
 
@@ -56,8 +56,8 @@ card_features = FeatureView(
     ttl=timedelta(days=30),  # older than the longest window: the card is new again
     schema=[
         Field(name="card_id", dtype=String),
-        *[Field(name=name, dtype=Float64) for name in CARD_STATE if name != "card_last_tx_time"],
-        Field(name="card_last_tx_time", dtype=UnixTimestamp),
+        # card_last_tx_time is epoch seconds with microseconds (Feast's timestamp type keeps seconds).
+        *[Field(name=name, dtype=Float64) for name in CARD_STATE],
     ],
     source=card_push,
     online=True,

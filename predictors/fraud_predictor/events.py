@@ -1,0 +1,111 @@
+"""Model changes are events: a background consumer of ``model-events``.
+
+Every predictor process must see every ``champion-changed`` record, so each uses its own
+consumer group id and assigns itself all partitions of the topic at the latest offset
+(no group rebalance: it is positioned, and reports ready, as soon as it starts; nothing is
+committed, a restart loads the champion folder anyway). A record for this model name makes
+the predictor load that version beside the current one and swap (``FraudPredictor.update``).
+Kafka being unreachable never stops serving: the consumer retries in the background.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from fraud_predictor.metrics import EVENTS_READY
+from fraud_predictor.model import FraudPredictor
+from fraudcore.kafka import consumer
+from fraudcore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION_CHANGED = "champion-changed"
+
+
+def parse_event(key: bytes | None, value: bytes | None, model_name: str) -> tuple[str, str] | None:
+    """``(uri, version)`` of a champion-changed record for ``model_name``, else None."""
+    try:
+        event = json.loads(value or b"")
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or event.get("type") != CHAMPION_CHANGED:
+        return None
+    name = event.get("model") or (key.decode("utf-8", "replace") if key else "")
+    uri = event.get("uri")
+    if name != model_name or not isinstance(uri, str) or not uri:
+        return None
+    return uri.rstrip("/"), str(event.get("version") or "")
+
+
+class ChampionWatcher(threading.Thread):
+    def __init__(self, settings: Settings, predictor: FraudPredictor, poll_timeout_ms: int = 500) -> None:
+        super().__init__(name="model-events", daemon=True)
+        self.settings = settings
+        self.predictor = predictor
+        self.topic = settings.topics.model_events.name
+        self.group = (
+            f"fraud-predictor-{predictor.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.poll_timeout_ms = poll_timeout_ms
+        self.stop_event = threading.Event()
+        self.positioned = threading.Event()
+        self.handled = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _assign(self, client: KafkaConsumer) -> bool:
+        partitions = client.partitions_for_topic(self.topic)
+        if not partitions:
+            return False
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        client.assign(tps)
+        client.seek_to_end(*tps)
+        for tp in tps:
+            client.position(tp)  # resolve now: events published from here on are seen
+        return True
+
+    def handle(self, records: list[Any]) -> None:
+        for record in records:
+            parsed = parse_event(record.key, record.value, self.predictor.name)
+            self.handled += 1
+            if parsed is None:
+                continue
+            uri, version = parsed
+            log.info("champion-changed: %s version %s at %s", self.predictor.name, version or "?", uri)
+            self.predictor.update(uri, version)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            client: KafkaConsumer | None = None
+            try:
+                client = consumer(
+                    self.settings,
+                    self.group,
+                    auto_offset_reset="latest",
+                    max_poll_records=100,
+                    client_id=f"{self.settings.kafka.client_id}-predictor",
+                )
+                while not self.stop_event.is_set() and not self._assign(client):
+                    time.sleep(1.0)
+                EVENTS_READY.labels(self.predictor.name).set(1)
+                self.positioned.set()
+                while not self.stop_event.is_set():
+                    batches = client.poll(timeout_ms=self.poll_timeout_ms)
+                    self.handle([r for rs in batches.values() for r in rs])
+            except Exception:
+                EVENTS_READY.labels(self.predictor.name).set(0)
+                log.exception("model-events consumer failed; retrying")
+                self.stop_event.wait(2.0)
+            finally:
+                if client is not None:
+                    client.close()

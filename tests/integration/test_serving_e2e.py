@@ -1,0 +1,517 @@
+"""Transformer and predictor as real servers against Kafka, Redis (Feast) and MinIO:
+every request shape end to end, decisions on fraud-scores, fallbacks, bad input, fuzzing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraud_transformer.scoring import decision_id
+from fraudcore.events import EventKind, validate
+from fraudcore.features import TERMINAL_FEATURES
+from fraudcore.kafka import consumer, producer
+from fraudcore.settings import Settings
+from tests.helpers import isolated
+from tests.serving_helpers import (
+    Server,
+    expected_row,
+    make_model,
+    onnx_scores,
+    predictor,
+    seed_card,
+    seed_terminal,
+    transformer,
+    upload_model,
+)
+
+pytestmark = pytest.mark.slow
+
+VERSION = "v-e2e-1"
+PREDICT = "/v1/models/fraud:predict"
+INFER = "/v2/models/fraud/infer"
+KAFKA_SOURCE_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-source": "/apis/v1/namespaces/fraud/kafkasources/fraud-transactions#transactions",
+    "ce-type": "dev.knative.kafka.event",
+    "content-type": "application/json",
+}
+
+
+@dataclass
+class Served:
+    settings: Settings
+    model: bytes
+    card: dict[str, float]
+    terminal: dict[str, float]
+    predictor: Server
+    transformer: Server
+    client: httpx.Client
+    now: datetime
+    prefix: str  # the models bucket prefix of this module's model
+
+    def txn(self, n: int, **overrides: Any) -> dict[str, Any]:
+        event = {
+            "schema_version": 1,
+            "transaction_id": f"e2e-{uuid.uuid4().hex[:8]}-{n}",
+            "card_id": "C-known",
+            "terminal_id": "T-known",
+            "amount": 12.5 + 17 * n,
+            "currency": "EUR",
+            "timestamp": (self.now - timedelta(seconds=n)).isoformat(),
+        }
+        return {**event, **overrides}
+
+    def expected_score(self, txn: dict[str, Any]) -> float:
+        card = self.card if txn["card_id"] == "C-known" else None
+        terminal = self.terminal if txn["terminal_id"] == "T-known" else None
+        return float(onnx_scores(self.model, expected_row(txn, card, terminal))[0])
+
+
+@pytest.fixture(scope="module")
+def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from fraud_features.store import apply
+
+    unique = uuid.uuid4().hex[:10]
+    tmp = tmp_path_factory.mktemp("serving")
+    base = isolated(stack, unique)  # own topics: fraud-scores and model-events included
+    features = base.features.model_copy(
+        update={
+            "project": f"t{unique}",
+            "registry": str(tmp / "registry.db"),
+            "offline_root": str(tmp / "offline"),
+        }
+    )
+    settings = base.model_copy(update={"features": features})
+    model = make_model(VERSION, seed=5, baselines=[1.0] * 22)
+    prefix = f"test-{unique}"
+    upload_model(settings, prefix, VERSION, model)
+    pred = predictor(settings, f"s3://models/{prefix}/champion", tmp / "predictor.log")  # starts meanwhile
+    trans: Server | None = None
+    try:
+        apply(settings)  # this module's own Feast project
+        now = datetime.now(UTC).replace(microsecond=0)
+        card = seed_card(settings, "C-known", now - timedelta(minutes=20))
+        terminal = {name: 0.05 * (i + 1) for i, name in enumerate(TERMINAL_FEATURES)}
+        seed_terminal(settings, "T-known", now, terminal)
+        trans = transformer(settings, pred.url, tmp / "transformer.log")
+        pred.wait_ready()
+        trans.wait_ready()
+        with httpx.Client(base_url=trans.url, timeout=10) as client:
+            yield Served(settings, model, card, terminal, pred, trans, client, now, prefix)
+    finally:
+        if trans is not None:
+            trans.stop()
+        pred.stop()
+
+
+def published(settings: Settings, transaction_ids: list[str], timeout_s: float = 20) -> list[Any]:
+    """The fraud-scores records of these transactions (read from the beginning)."""
+    wanted = set(transaction_ids)
+    cons = consumer(settings, None, settings.topics.scores.name)
+    found: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and wanted - {r.key.decode() for r in found}:
+            batch = cons.poll(timeout_ms=200)
+            found += [r for rs in batch.values() for r in rs if r.key.decode() in wanted]
+    finally:
+        cons.close()
+    return found
+
+
+def _check_decision(served: Served, decision: dict[str, Any], txn: dict[str, Any], fallback: bool) -> None:
+    assert validate(EventKind.DECISION, decision).ok, validate(EventKind.DECISION, decision).reason
+    assert decision["transaction_id"] == txn["transaction_id"]
+    assert decision["model_version"] == VERSION
+    assert decision["decision_id"] == decision_id(txn["transaction_id"], VERSION)
+    assert decision["features_fallback"] is fallback
+    assert abs(decision["score"] - served.expected_score(txn)) < 1e-6
+    assert len(decision["reasons"]) <= 3
+    assert all(r["contribution"] > 0 for r in decision["reasons"])
+
+
+def test_v1_batch_scores_equal_onnxruntime_and_decisions_are_published(served: Served) -> None:
+    txns = [served.txn(i) for i in range(3)]
+    response = served.client.post(PREDICT, json={"instances": txns})
+    assert response.status_code == 200, response.text
+    decisions = response.json()["predictions"]
+    for decision, txn in zip(decisions, txns, strict=True):
+        _check_decision(served, decision, txn, fallback=False)
+    records = published(served.settings, [t["transaction_id"] for t in txns])
+    assert {r.key.decode(): json.loads(r.value) for r in records} == {
+        d["transaction_id"]: d for d in decisions
+    }
+    for record in records:
+        assert validate(EventKind.DECISION, record.value).ok
+        assert record.key.decode() == json.loads(record.value)["transaction_id"]
+
+
+def test_v2_bytes_tensor(served: Served) -> None:
+    txns = [served.txn(i) for i in range(2)]
+    body = {
+        "inputs": [
+            {"name": "transactions", "shape": [2], "datatype": "BYTES", "data": [json.dumps(t) for t in txns]}
+        ]
+    }
+    response = served.client.post(INFER, json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["model_version"] == VERSION
+    outputs = {o["name"]: o for o in result["outputs"]}
+    decisions = [json.loads(d) for d in outputs["decisions"]["data"]]
+    for decision, txn in zip(decisions, txns, strict=True):
+        _check_decision(served, decision, txn, fallback=False)
+    assert np.allclose(outputs["score"]["data"], [d["score"] for d in decisions], atol=1e-6)
+
+
+def test_cloudevent_binary_mode_as_kafkasource_sends_it_and_redelivery(served: Served) -> None:
+    txn = served.txn(1)
+    headers = {
+        **KAFKA_SOURCE_HEADERS,
+        "ce-id": "partition:3/offset:1234",
+        "ce-subject": "partition:3#1234",
+        "ce-key": txn["card_id"],
+    }
+    body = json.dumps(txn).encode()
+    first = served.client.post(PREDICT, content=body, headers=headers)
+    again = served.client.post(PREDICT, content=body, headers=headers)  # KafkaSource redelivers
+    assert first.status_code == again.status_code == 200, first.text
+    assert first.headers["ce-type"] == "io.kserve.inference.response"
+    (decision,) = first.json()["predictions"]
+    _check_decision(served, decision, txn, fallback=False)
+    assert again.json()["predictions"][0]["decision_id"] == decision["decision_id"]
+    records = published(served.settings, [txn["transaction_id"]])
+    deadline = time.monotonic() + 10
+    while len(records) < 2 and time.monotonic() < deadline:
+        records = published(served.settings, [txn["transaction_id"]])
+    assert {json.loads(r.value)["decision_id"] for r in records} == {decision["decision_id"]}
+
+
+@pytest.mark.parametrize("with_time", [True, False])
+def test_cloudevent_structured_mode(served: Served, with_time: bool) -> None:
+    txn = served.txn(2)
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": "partition:1/offset:77",
+        "source": KAFKA_SOURCE_HEADERS["ce-source"],
+        "type": "dev.knative.kafka.event",
+        "subject": "partition:1#77",
+        "datacontenttype": "application/json",
+        "data": txn,
+    }
+    if with_time:
+        event["time"] = served.now.isoformat()
+    response = served.client.post(
+        PREDICT, content=json.dumps(event), headers={"content-type": "application/cloudevents+json"}
+    )
+    assert response.status_code == 200, response.text
+    (decision,) = response.json()["data"]["predictions"]
+    _check_decision(served, decision, txn, fallback=False)
+
+
+def test_unknown_card_or_terminal_falls_back(served: Served) -> None:
+    txns = [
+        served.txn(3, card_id=f"C-new-{uuid.uuid4().hex[:6]}"),
+        served.txn(4, terminal_id=f"T-new-{uuid.uuid4().hex[:6]}"),
+    ]
+    response = served.client.post(PREDICT, json={"instances": txns})
+    assert response.status_code == 200, response.text
+    for decision, txn in zip(response.json()["predictions"], txns, strict=True):
+        _check_decision(served, decision, txn, fallback=True)
+    records = published(served.settings, [t["transaction_id"] for t in txns])
+    assert all(json.loads(r.value)["features_fallback"] for r in records)
+    assert len(records) == 2
+
+
+def test_metrics(served: Served) -> None:
+    served.client.post(PREDICT, json={"instances": [served.txn(5)]}).raise_for_status()
+    text = served.client.get("/metrics").text
+    for name in (
+        "fraud_decisions_total{",
+        'fraud_e2e_latency_seconds_bucket{le="0.001"}',
+        'fraud_e2e_latency_seconds_bucket{le="10.0"}',
+        "transformer_feature_lookup_seconds_count",
+        'transformer_errors_total{kind="invalid_input"}',
+        "request_predict_seconds",
+    ):
+        assert name in text, name
+    assert 'predictor_model_info{model="fraud",version="v-e2e-1"} 1.0' in served.predictor.metric_text()
+
+
+BAD = [
+    ({"instances": [{"amount": -5}]}, {}, "amount: must be > 0"),
+    ({"instances": "nope"}, {}, "instances: must be an array"),
+    ("{not json", {"content-type": "application/json"}, "Unrecognized request format"),
+    (
+        {"schema_version": 1},
+        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t"},
+        "card_id: is required",
+    ),
+    (
+        {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": {"amount": "1"}},
+        {"content-type": "application/cloudevents+json"},
+        "amount: must be of type number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "message"), BAD)
+def test_bad_requests_get_4xx_naming_the_field(
+    served: Served, body: Any, headers: dict[str, str], message: str
+) -> None:
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = served.client.post(
+        PREDICT, content=content, headers={"content-type": "application/json", **headers}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert message in response.text
+
+
+def test_bad_v2_requests_get_4xx(served: Served) -> None:
+    bad_txn = json.dumps(served.txn(0, currency="ZZZ"))
+    for body in (
+        {"inputs": [{"name": "transactions", "shape": [1], "datatype": "BYTES", "data": [bad_txn]}]},
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+        {"inputs": "nope"},
+    ):
+        response = served.client.post(INFER, json=body)
+        assert 400 <= response.status_code < 500, response.text
+    assert (
+        "currency"
+        in served.client.post(
+            INFER,
+            json={"inputs": [{"name": "transactions", "shape": [1], "datatype": "BYTES", "data": [bad_txn]}]},
+        ).text
+    )
+
+
+# --------------------------------------------------------------------------- fuzzing
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=10,
+)
+field_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.just(""),
+)
+mutated_transactions = st.builds(
+    lambda base, changes, drop: {k: v for k, v in {**base, **changes}.items() if k not in drop},
+    st.just(
+        {
+            "schema_version": 1,
+            "transaction_id": "fz",
+            "card_id": "C-known",
+            "terminal_id": "T-known",
+            "amount": 10.0,
+            "currency": "EUR",
+            "timestamp": "2026-03-01T12:00:00+00:00",
+        }
+    ),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "transaction_id",
+                "card_id",
+                "terminal_id",
+                "amount",
+                "currency",
+                "timestamp",
+                "channel",
+                "extra",
+            ]
+        ),
+        field_values | st.floats(min_value=1e-300, max_value=1e300),
+        max_size=3,
+    ),
+    st.sets(st.sampled_from(["transaction_id", "amount", "timestamp", "currency"]), max_size=2),
+)
+# Printable ASCII without surrounding blanks: anything else is refused by the HTTP client itself.
+header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20).map(str.strip)
+random_headers = st.dictionaries(
+    st.sampled_from(
+        [
+            "ce-specversion",
+            "ce-id",
+            "ce-source",
+            "ce-type",
+            "ce-time",
+            "ce-key",
+            "ce-datacontenttype",
+            "content-type",
+            "inference-header-content-length",
+        ]
+    ),
+    header_values
+    | st.sampled_from(["1.0", "0.3", "application/json", "application/cloudevents+json", "12", "-1"]),
+    max_size=5,
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
+    path = draw(st.sampled_from([PREDICT, INFER]))
+    kind = draw(st.sampled_from(["json", "instances", "v2", "ce", "bytes"]))
+    if kind == "json":
+        body = json.dumps(draw(json_values)).encode()
+    elif kind == "instances":
+        body = json.dumps(
+            {"instances": draw(st.lists(mutated_transactions | json_values, max_size=3))}
+        ).encode()
+    elif kind == "v2":
+        items = draw(st.lists(mutated_transactions.map(json.dumps) | st.text(max_size=10), max_size=3))
+        shape = draw(st.sampled_from([[len(items)], [1], [len(items), 1], []]))
+        datatype = draw(st.sampled_from(["BYTES", "FP32", "INT64", "BOOL", "XYZ"]))
+        body = json.dumps(
+            {"inputs": [{"name": "transactions", "shape": shape, "datatype": datatype, "data": items}]}
+        ).encode()
+    elif kind == "ce":
+        data = draw(mutated_transactions | json_values)
+        envelope = {
+            "specversion": draw(st.sampled_from(["1.0", "0.3", "2"])),
+            "id": "1",
+            "source": "s",
+            "type": "t",
+        }
+        if draw(st.booleans()):
+            envelope["time"] = "2026-03-01T12:00:00Z"
+        body = json.dumps({**envelope, "data": data}).encode()
+    else:
+        body = draw(st.binary(max_size=60))
+    headers = draw(random_headers)
+    if kind != "bytes" and draw(st.integers(0, 3)):  # mostly declared JSON, as real clients do
+        headers = {"content-type": "application/json", **headers}
+    return path, body, headers
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(request=requests())
+def test_fuzzed_requests_never_get_a_5xx(served: Served, request: tuple[str, bytes, dict[str, str]]) -> None:
+    path, body, headers = request
+    response = served.client.post(path, content=body, headers=headers)
+    assert response.status_code < 500, (path, body[:300], headers, response.status_code, response.text[:300])
+
+
+# --------------------------------------------------------------------------- model swap (last: it changes the model)
+def test_model_swap_under_load_fails_no_request(served: Served) -> None:
+    new_version = "v-e2e-2"
+    new_model = make_model(new_version, seed=11, baselines=[0.5] * 22)
+    uri = upload_model(served.settings, served.prefix, new_version, new_model)
+    assert served.predictor.metric('predictor_model_events_ready{model="fraud"}') == 1.0
+    txn = served.txn(6)
+    results: list[tuple[int | None, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=served.transformer.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(PREDICT, json={"instances": [txn]})
+                    version = (
+                        response.json()["predictions"][0]["model_version"]
+                        if response.status_code == 200
+                        else response.text
+                    )
+                    results.append((response.status_code, version))
+                except Exception as exc:  # a failed request is what this test looks for
+                    results.append((None, repr(exc)))
+
+    def publish(event: dict[str, Any]) -> None:
+        prod = producer(served.settings)
+        prod.send(
+            served.settings.topics.model_events.name, key=b"fraud", value=json.dumps(event).encode()
+        ).get(10)
+        prod.close()
+
+    def wait_for(condition: Any, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert condition(), served.predictor.tail()
+
+    client = threading.Thread(target=load)
+    client.start()
+    try:
+        wait_for(lambda: len(results) >= 20)
+        # A champion that cannot be loaded: the current version keeps serving.
+        publish(
+            {"type": "champion-changed", "model": "fraud", "version": "v-missing", "uri": uri + "-missing"}
+        )
+        wait_for(lambda: served.predictor.metric('predictor_model_load_failures_total{model="fraud"}') == 1.0)
+        publish({"type": "champion-changed", "model": "fraud", "version": new_version, "uri": uri, "ap": 0.7})
+        wait_for(lambda: any(v == new_version for _, v in results))
+        seen = len(results)
+        wait_for(lambda: len(results) >= seen + 20)
+    finally:
+        stop.set()
+        client.join(timeout=30)
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, failed[:5]
+    versions = [v for _, v in results]
+    first_new = versions.index(new_version)
+    assert set(versions[:first_new]) == {VERSION}
+    assert set(versions[first_new:]) == {new_version}
+    response = served.client.post(PREDICT, json={"instances": [txn]}).json()["predictions"][0]
+    expected = float(onnx_scores(new_model, expected_row(txn, served.card, served.terminal))[0])
+    assert response["decision_id"] == decision_id(txn["transaction_id"], new_version)
+    assert abs(response["score"] - expected) < 1e-6
+
+
+# --------------------------------------------------------------------------- kill -9 (last: it kills the transformer)
+def test_sigkill_loses_no_acknowledged_decision(served: Served) -> None:
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        with httpx.Client(base_url=served.transformer.url, timeout=5) as client:
+            for n in range(100_000):
+                if stop.is_set():
+                    return
+                txn = served.txn(n, transaction_id=f"kill-{worker}-{n}-{uuid.uuid4().hex[:6]}")
+                try:
+                    response = client.post(PREDICT, json={"instances": [txn]})
+                except httpx.HTTPError:
+                    return  # the server died under this request: it was never acknowledged
+                if response.status_code == 200:
+                    acknowledged.append(txn["transaction_id"])
+
+    workers = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(served.transformer.proc.pid, signal.SIGKILL)
+    stop.set()
+    for w in workers:
+        w.join(timeout=10)
+    assert len(acknowledged) >= 40
+    found = {r.key.decode() for r in published(served.settings, acknowledged)}
+    assert not set(acknowledged) - found

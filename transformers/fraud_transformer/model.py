@@ -1,0 +1,265 @@
+"""The KServe transformer: transactions in, decisions out.
+
+``preprocess`` turns any accepted request into validated transactions and their model rows
+(online features from Feast plus request-time features); ``predict`` calls the predictor
+(KServe forwards over V2 REST or gRPC) with the rows and their occluded copies in one batch;
+``postprocess`` decides, publishes every decision event and waits for the broker's ack,
+then answers: V1 / CloudEvents ``{"predictions": [decision, ...]}``, V2 a response with a
+BYTES output ``decisions`` (JSON) and an FP32 output ``score``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    to_http_parameters,
+)
+
+from fraud_predictor.protocol import MODEL_INFO_PARAMETER, UNKNOWN_VERSION, VERSION_PARAMETER, ModelInfo
+from fraud_transformer.inputs import V2, Batch, extract, validate_batch
+from fraud_transformer.metrics import DECISIONS, E2E_LATENCY, ERRORS
+from fraud_transformer.online import Features, OnlineFeatures
+from fraud_transformer.publish import DecisionPublisher
+from fraud_transformer.scoring import (
+    check_features,
+    contributions,
+    decide,
+    decision_event,
+    event_time_us,
+    model_rows,
+    occluded,
+    top_reasons,
+)
+from fraudcore.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+class ScoringRequest(InferRequest):
+    """What preprocess hands to predict: the rows, and the request's context for postprocess."""
+
+    def __init__(self, model_name: str, batch: Batch, features: Features, x: npt.NDArray[np.float32]) -> None:
+        super().__init__(model_name=model_name, infer_inputs=[], request_id=batch.request_id)
+        self.batch = batch
+        self.features = features
+        self.x = x
+
+
+@dataclass
+class Scored:
+    request: ScoringRequest
+    scores: npt.NDArray[np.float32]
+    contributions: npt.NDArray[np.float64]
+    info: ModelInfo
+
+
+class FraudTransformer(Model):
+    def __init__(
+        self,
+        name: str,
+        features: OnlineFeatures,
+        publisher: DecisionPublisher,
+        serving: ServingSettings,
+        max_event_bytes: int,
+    ) -> None:
+        super().__init__(name)
+        if serving.review_threshold > serving.decline_threshold:
+            raise ValueError(
+                f"review_threshold {serving.review_threshold} exceeds decline_threshold {serving.decline_threshold}"
+            )
+        self.features = features
+        self.publisher = publisher
+        self.serving = serving
+        self.max_event_bytes = max_event_bytes
+        self._info: ModelInfo | None = None  # the predictor's model, learnt from its responses
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        self.publisher.close()
+        super().stop()
+
+    # ------------------------------------------------------------------ preprocess
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> ScoringRequest:
+        try:
+            batch = extract(payload, headers)
+            events = validate_batch(batch, self.serving.max_batch, self.max_event_bytes)
+        except InvalidInput:
+            ERRORS.labels("invalid_input").inc()
+            raise
+        features = await self.features.lookup(
+            [e["card_id"] for e in events], [e["terminal_id"] for e in events]
+        )
+        t_us = [event_time_us(e["timestamp"]) for e in events]
+        x = model_rows([float(e["amount"]) for e in events], t_us, features.values)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            ERRORS.labels("invalid_input").inc()
+            i = int(np.flatnonzero(bad)[0])
+            where = f"{batch.where}[{i}]: " if batch.where else ""
+            raise InvalidInput(
+                f"{where}amount: {events[i]['amount']!r} is outside the range the model can score"
+            )
+        return ScoringRequest(self.name, batch, features, x)
+
+    # ------------------------------------------------------------------ predict
+    async def _call(
+        self, request: ScoringRequest, x: npt.NDArray[np.float32], info: ModelInfo | None, headers: Any
+    ) -> tuple[npt.NDArray[np.float32], ModelInfo]:
+        """Score ``x`` on the predictor; the model's info comes back with the scores."""
+        # JSON data (binary data + KServe's JSON content type = 400 at the predictor), as a
+        # list: KServe's own numpy-to-JSON conversion goes element by element.
+        tensor = InferInput(
+            name=info.input_name if info else "input",
+            shape=list(x.shape),
+            datatype="FP32",
+            data=x.ravel().tolist(),
+        )
+        outputs = [RequestedOutput(info.output_name)] if info else None
+        call = InferRequest(
+            model_name=self.name,
+            infer_inputs=[tensor],
+            request_id=request.id or str(uuid.uuid4()),
+            parameters=None if info else {MODEL_INFO_PARAMETER: True},
+            request_outputs=outputs,
+        )
+        try:
+            response = await self._send(call, headers)
+        except InferenceError:
+            if info is not None:
+                raise
+            # A strict V2 server may refuse the unknown parameter: ask without it (the
+            # model's info then falls back to the platform's feature order, zero baselines).
+            call.parameters = None
+            response = await self._send(call, headers)
+        params = response.parameters
+        params = to_http_parameters(params) if params is not None and not isinstance(params, dict) else params
+        version = str((params or {}).get(VERSION_PARAMETER) or response.model_version or UNKNOWN_VERSION)
+        got = info
+        if got is None or version != got.version:
+            got = ModelInfo.from_parameters(version, params)
+        output = next((o for o in response.outputs if o.name == got.output_name), None)
+        if output is None:
+            ERRORS.labels("predictor").inc()
+            raise InferenceError(f"the predictor returned no {got.output_name!r} output")
+        probabilities = np.asarray(output.as_numpy(), dtype=np.float32).reshape(len(x), -1)
+        return probabilities[:, got.positive_index], got
+
+    async def _send(self, call: InferRequest, headers: Any) -> InferResponse:
+        try:
+            response = await super().predict(call, headers)
+        except Exception as exc:  # the request was validated: whatever fails here is ours
+            ERRORS.labels("predictor").inc()
+            log.exception("predictor call failed")
+            raise InferenceError(f"predictor call failed: {type(exc).__name__}") from exc
+        if not isinstance(response, InferResponse):
+            ERRORS.labels("predictor").inc()
+            raise InferenceError("the predictor's answer is not a V2 inference response")
+        return response
+
+    async def predict(self, payload: ScoringRequest, headers: dict[str, str] | None = None) -> Scored:
+        x = payload.x
+        n, f = x.shape
+        for _attempt in range(3):
+            info = self._info
+            if info is None:
+                # First call, or the model changed: learn its version, features and
+                # baselines with the plain rows, then score the occluded rows.
+                scores, info = await self._call(payload, x, None, headers)
+                self._check(info)
+                occluded_scores, again = await self._call(payload, occluded(x, info.baselines), info, headers)
+                if again.version != info.version:
+                    continue
+                self._info = info
+            else:
+                both, got = await self._call(
+                    payload, np.concatenate([x, occluded(x, info.baselines)]), info, headers
+                )
+                if got.version != info.version:  # swapped since we last looked: refresh
+                    self._info = None
+                    continue
+                scores, occluded_scores = both[:n], both[n:]
+            return Scored(payload, scores, contributions(scores, occluded_scores, f), info)
+        ERRORS.labels("predictor").inc()
+        raise InferenceError("the predictor's model kept changing during the request")
+
+    def _check(self, info: ModelInfo) -> None:
+        try:
+            check_features(info.feature_names)
+        except ValueError as exc:
+            ERRORS.labels("model_features").inc()
+            raise InferenceError(str(exc)) from None
+
+    # ------------------------------------------------------------------ postprocess
+    async def postprocess(
+        self,
+        result: Scored,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        request = result.request
+        events = request.batch.events
+        scored_at = datetime.now(UTC)
+        fallback = request.features.fallback
+        decisions = []
+        for i, txn in enumerate(events):
+            score = float(result.scores[i])
+            if not np.isfinite(score):
+                ERRORS.labels("invalid_input").inc()
+                raise InvalidInput(f"amount: {txn['amount']!r} is outside the range the model can score")
+            decision = decide(score, self.serving.review_threshold, self.serving.decline_threshold)
+            reasons = top_reasons(
+                result.contributions[i], result.info.feature_names, self.serving.reason_codes
+            )
+            decisions.append(
+                decision_event(
+                    txn, score, decision, result.info.version, reasons, bool(fallback[i]), scored_at
+                )
+            )
+        try:
+            await self.publisher.publish([(d["transaction_id"].encode(), orjson.dumps(d)) for d in decisions])
+        except Exception as exc:
+            ERRORS.labels("publish").inc()
+            log.exception("publishing decisions failed")
+            raise InferenceError(f"decisions could not be published: {type(exc).__name__}") from exc
+        now = time.time()
+        for d, txn in zip(decisions, events, strict=True):
+            DECISIONS.labels(d["decision"]).inc()
+            E2E_LATENCY.observe(max(0.0, now - event_time_us(txn["timestamp"]) / 1e6))
+        if request.batch.protocol == V2:
+            return self._v2_response(request, decisions, result)
+        return {"predictions": decisions}
+
+    def _v2_response(
+        self, request: ScoringRequest, decisions: list[dict[str, Any]], result: Scored
+    ) -> InferResponse:
+        texts = InferOutput(name="decisions", shape=[len(decisions)], datatype="BYTES")
+        texts.set_data_from_numpy(
+            np.array([orjson.dumps(d).decode() for d in decisions], dtype=np.object_), binary_data=False
+        )
+        scores = InferOutput(name="score", shape=[len(decisions)], datatype="FP32")
+        scores.set_data_from_numpy(np.asarray(result.scores, dtype=np.float32), binary_data=False)
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            model_version=result.info.version,
+            infer_outputs=[texts, scores],
+        )
