@@ -249,14 +249,13 @@ def test_unknown_cards_and_terminals_fall_back() -> None:
 def test_thresholds_come_from_the_serving_settings_and_must_be_ordered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fraud_transformer.model import FraudTransformer
-
-    monkeypatch.setenv("FRAUD_SERVING__REVIEW_THRESHOLD", "0.9")
+    monkeypatch.setenv("FRAUD_SERVING__REVIEW_THRESHOLD", "0.4")
     monkeypatch.setenv("FRAUD_SERVING__DECLINE_THRESHOLD", "0.6")
     serving = Settings().serving
-    assert (serving.review_threshold, serving.decline_threshold) == (0.9, 0.6)
-    with pytest.raises(ValueError, match="exceeds decline_threshold"):
-        FraudTransformer("fraud", None, None, serving, 65536)  # type: ignore[arg-type]
+    assert (serving.review_threshold, serving.decline_threshold) == (0.4, 0.6)
+    monkeypatch.setenv("FRAUD_SERVING__REVIEW_THRESHOLD", "0.9")
+    with pytest.raises(ValueError, match="review_threshold must not exceed"):
+        Settings()
 
 
 # --------------------------------------------------------------------------- publishing
