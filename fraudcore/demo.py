@@ -61,11 +61,12 @@ def _wait_until(what: str, check: Any, console: Console, timeout_s: float = 600)
             time.sleep(0.5)
 
 
-def _view(s: Snapshot, started: float, alive: list[str]) -> Table:
+def _view(s: Snapshot, started: float, alive: list[str], produced: int) -> Table:
     table = Table(title=f"fraud platform, live ({time.monotonic() - started:,.0f}s)", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("decisions/s", f"{s.rate_per_s:,.0f}   (total {s.decisions:,})")
+    table.add_row("produced", f"{produced:,}   (waiting for a decision: {max(0, produced - s.decisions):,})")
     table.add_row("end-to-end ms", "  ".join(f"{k} {v:,.1f}" for k, v in s.latency_ms.items()))
     table.add_row("decisions", "  ".join(f"{k} {v:,}" for k, v in sorted(s.outcomes.items())))
     table.add_row("fraud caught", f"{s.caught} of {s.labelled_frauds} labelled so far (review or decline)")
@@ -78,6 +79,7 @@ def _view(s: Snapshot, started: float, alive: list[str]) -> Table:
 def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
     from fraud_features.store import apply
     from fraud_producers.modes import backfill, seed
+    from fraud_producers.producer import EventProducer
     from fraud_producers.simulator import SimulatorConfig
 
     devstack.up(settings, report=lambda m: console.print(f"[dim]{m}[/dim]"))
@@ -114,10 +116,12 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
         serving.start(report=console.print)
         monitor = DecisionMonitor(settings).start()
         stop = threading.Event()
+        producer = EventProducer(settings)
         producer_thread = threading.Thread(
             target=seed,
             kwargs={
                 "settings": settings,
+                "producer": producer,
                 "rate": options.rate,
                 "duration_s": options.duration_s,
                 "config": config.model_copy(update={"seed": options.seed + 1}),
@@ -129,10 +133,20 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
         producer_thread.start()
         with Live(console=console, refresh_per_second=2) as live:
             while producer_thread.is_alive() and not stop.is_set():
-                live.update(_view(monitor.snapshot(), started, serving.alive() + ingest.alive()))
+                live.update(
+                    _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
+                )
                 time.sleep(0.5)
-            time.sleep(3)  # the last events' decisions
-            live.update(_view(monitor.snapshot(), started, serving.alive() + ingest.alive()))
+            # The backlog drains for up to a minute after the producer stops.
+            deadline = time.monotonic() + 60
+            while monitor.snapshot().decisions < producer.stats.sent and time.monotonic() < deadline:
+                live.update(
+                    _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
+                )
+                time.sleep(0.5)
+            live.update(
+                _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
+            )
         return monitor.snapshot()
     finally:
         if monitor:
