@@ -142,7 +142,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
     devstack.up(settings, report=lambda m: None)
     serve_metrics(settings, "producer")  # this process produces: its send-to-ack histogram
     apply(settings)
-    config = SimulatorConfig(seed=3, n_customers=2_000, n_terminals=4_000)
+    config = SimulatorConfig(seed=3, n_customers=1_000, n_terminals=2_000)
     parts = components(settings, transformers=transformers)
     ingest = Platform(settings, [p for p in parts if p.name in ("quality-gate", "archiver", "feature-job")])
     ingest.start(report=lambda m: console.print(m, style="dim"))
@@ -226,7 +226,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         )
         results["lost"] = sum(s["lost"] for s in steps)
         results["errors"] = sum(s["errors"] for s in steps)
-        transformer_ports = [settings.serving.transformer_http_port + 10 * i for i in range(transformers)]
+        transformer_ports = [settings.serving.transformer_http_port + 100 * i for i in range(transformers)]
         results["hops_ms"] = {
             "producer_send_to_ack": histogram_quantiles([ports.producer], "producer_send_latency_seconds"),
             "dispatcher_record_to_sink": histogram_quantiles(

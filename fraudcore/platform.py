@@ -116,7 +116,7 @@ def components(
     ]
     sinks = []
     for i in range(transformers):
-        http, grpc = sv.transformer_http_port + 10 * i, sv.transformer_grpc_port + 10 * i
+        http, grpc = sv.transformer_http_port + 100 * i, sv.transformer_grpc_port + 100 * i
         out.append(
             Component(
                 f"transformer-{i}",
