@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,12 @@ def components(
             )
         )
         sinks.append(f"http://127.0.0.1:{http}/v1/models/{sv.model_name}:predict")
-    dispatch = [*cli, "dispatch", "--initial-offset", dispatcher_offset]
+    # A consumer group of its own per run: it starts at the latest offset instead of scoring
+    # whatever a previous run (or a backfill) left behind in the topic.
+    from fraudcore.eventing import load_source
+
+    group = f"{load_source().consumer_group}-{uuid.uuid4().hex[:8]}"
+    dispatch = [*cli, "dispatch", "--initial-offset", dispatcher_offset, "--group", group]
     for sink in sinks:
         dispatch += ["--sink", sink]
     out.append(Component("dispatcher", dispatch))
