@@ -137,8 +137,8 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
                     _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
                 )
                 time.sleep(0.5)
-            # The backlog drains for up to a minute after the producer stops.
-            deadline = time.monotonic() + 60
+            # The backlog drains for up to half a minute after the producer stops.
+            deadline = time.monotonic() + 30
             while monitor.snapshot().decisions < producer.stats.sent and time.monotonic() < deadline:
                 live.update(
                     _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)

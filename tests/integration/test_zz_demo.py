@@ -17,6 +17,7 @@ from fraudcore.settings import Settings
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # backfill, training and a minute of live traffic
 def test_demo_runs_unattended_and_produces_decisions(stack: Settings) -> None:
     cmd = [
         sys.executable,
