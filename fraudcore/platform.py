@@ -34,6 +34,7 @@ class Component:
     ready_url: str | None = None  # None: ready once it has run for a moment
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
 
     def log_path(self, settings: Settings) -> Path:
         return settings.state_dir / "run" / f"{self.name}.log"
@@ -48,11 +49,14 @@ class Component:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env},
-                start_new_session=True,
+                preexec_fn=_own_group_dying_with_parent,
             )
+        self.started = time.monotonic()
 
     def ready(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
+        # A process that cannot start (a port taken, say) exits within a moment: wait that
+        # long, so an old process answering on the same port is not taken for this one.
+        if self.proc is None or self.proc.poll() is not None or time.monotonic() - self.started < 1.5:
             return False
         if self.ready_url is None:
             return True
@@ -70,6 +74,18 @@ class Component:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def _own_group_dying_with_parent() -> None:
+    """In the child: its own process group (stopped as a whole), and SIGTERM when the
+    process that started it dies, so a killed demo leaves no component behind (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def s3_env(settings: Settings) -> dict[str, str]:
@@ -90,12 +106,16 @@ def components(
 ) -> list[Component]:
     """Every long-running component, in start order."""
     cli = [sys.executable, "-m", "fraudcore.cli"]
+
+    def metrics(component: str) -> str:
+        return f"http://127.0.0.1:{getattr(settings.metrics_ports, component)}/metrics"
+
     sv = settings.serving
     predictor_ready = f"http://127.0.0.1:{sv.predictor_http_port}/v2/models/{sv.model_name}/ready"
     out = [
-        Component("quality-gate", [*cli, "gate"]),
-        Component("archiver", [*cli, "archive"]),
-        Component("feature-job", [*cli, "features", "stream"]),
+        Component("quality-gate", [*cli, "gate"], metrics("quality_gate")),
+        Component("archiver", [*cli, "archive"], metrics("archiver")),
+        Component("feature-job", [*cli, "features", "stream"], metrics("feature_job")),
         Component(
             "predictor",
             [
@@ -148,7 +168,7 @@ def components(
     dispatch = [*cli, "dispatch", "--initial-offset", dispatcher_offset, "--group", group]
     for sink in sinks:
         dispatch += ["--sink", sink]
-    out.append(Component("dispatcher", dispatch))
+    out.append(Component("dispatcher", dispatch, metrics("dispatcher")))
     return out
 
 
