@@ -16,8 +16,9 @@ Delivery follows KafkaSource's contract:
 * a failed delivery (connection error, 5xx, 404, 408, 409, 429) is retried ``retry`` times
   with ``linear`` or ``exponential`` backoff from ``backoffDelay``; other 4xx answers are
   final. After the retries the record goes to the dead-letter topic with the reason;
-* offsets are committed only after every record of the batch was answered 2xx or
-  dead-lettered: at-least-once, never a loss.
+* records are delivered as soon as they are read (no batch barrier), and a partition's
+  offset is committed only past records answered 2xx or dead-lettered: at-least-once,
+  never a loss.
 """
 
 from __future__ import annotations
@@ -27,19 +28,20 @@ import logging
 import re
 import threading
 import time
-from collections import defaultdict
+import zlib
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import confluent_kafka
 import httpx
 import yaml
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from fraudcore.kafka import consumer as make_consumer
-from fraudcore.kafka import dead_letter_headers
+from fraudcore.kafka import dead_letter_headers, librdkafka_consumer, record_lag_librdkafka
 from fraudcore.kafka import producer as make_producer
 from fraudcore.metrics import DEAD_LETTERS
 from fraudcore.settings import Settings
@@ -113,13 +115,83 @@ def load_source(path: Path = DEFAULT_MANIFEST, name: str | None = None) -> Sourc
     raise ValueError(f"{path}: no KafkaSource{' named ' + name if name else ''}")
 
 
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+    @classmethod
+    def of(cls, message: Any) -> Record:
+        _kind, timestamp = message.timestamp()
+        return cls(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            message.key(),
+            message.value() or b"",
+            timestamp if timestamp > 0 else int(time.time() * 1000),
+        )
+
+
 @dataclass
 class Outcome:
     ok: bool
     reason: str = ""
 
 
+class OffsetTracker:
+    """What may be committed per partition: the offset after the longest run of finished
+    records. Records finish out of order (different keys run concurrently); the committed
+    position never passes one that has not finished, so a crash redelivers, never skips."""
+
+    def __init__(self) -> None:
+        self._order: dict[tuple[str, int], deque[int]] = {}  # started offsets, oldest first
+        self._unfinished: dict[tuple[str, int], set[int]] = {}
+        self._safe: dict[tuple[str, int], int] = {}
+        self.outstanding = 0
+
+    def started(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        unfinished = self._unfinished.setdefault(tp, set())
+        if record.offset in unfinished:  # redelivered after a rebalance while still in flight
+            return
+        unfinished.add(record.offset)
+        self._order.setdefault(tp, deque()).append(record.offset)
+        self.outstanding += 1
+
+    def finished(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        unfinished = self._unfinished.get(tp)
+        if unfinished is None or record.offset not in unfinished:  # partition revoked meanwhile
+            return
+        unfinished.remove(record.offset)
+        self.outstanding -= 1
+        order = self._order[tp]
+        while order and order[0] not in unfinished:
+            self._safe[tp] = order.popleft() + 1
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """Positions not yet handed out for commit (and forgets them)."""
+        safe, self._safe = self._safe, {}
+        return safe
+
+    def forget(self, topic: str, partition: int) -> None:
+        tp = (topic, partition)
+        self.outstanding -= len(self._unfinished.pop(tp, ()))
+        self._order.pop(tp, None)
+        self._safe.pop(tp, None)
+
+
 class Dispatcher:
+    """Records are delivered as they arrive: each key's records one after another (``ordered``),
+    different keys concurrently up to ``max_in_flight``; consumption pauses while
+    ``max_pending`` records are unfinished; finished positions are committed every
+    ``commit_interval_s``."""
+
     def __init__(
         self,
         settings: Settings,
@@ -127,7 +199,9 @@ class Dispatcher:
         sink: str | list[str],
         *,
         max_in_flight: int = 64,
+        max_pending: int = 5_000,
         timeout_s: float = 10.0,
+        commit_interval_s: float = 0.1,
     ) -> None:
         self.settings = settings
         self.spec = spec
@@ -135,114 +209,177 @@ class Dispatcher:
         # same replica, so per-key order holds.
         self.sinks = [sink] if isinstance(sink, str) else list(sink)
         self.max_in_flight = max_in_flight
+        self.max_pending = max_pending
         self.timeout_s = timeout_s
+        self.commit_interval_s = commit_interval_s
         self.delivered = 0
         self.dead_lettered = 0
         self.dlq = make_producer(settings)
+        self._source = f"/apis/v1/namespaces/{spec.namespace}/kafkasources/{spec.name}#"
 
-    def _headers(self, record: Any) -> dict[str, str]:
-        topic, p, o = record.topic, record.partition, record.offset
+    def _headers(self, record: Record) -> dict[str, str]:
+        p, o = record.partition, record.offset
         headers = {
             "ce-specversion": "1.0",
             "ce-id": f"partition:{p}/offset:{o}",
             "ce-type": "dev.knative.kafka.event",
-            "ce-source": f"/apis/v1/namespaces/{self.spec.namespace}/kafkasources/{self.spec.name}#{topic}",
+            "ce-source": self._source + record.topic,
             "ce-subject": f"partition:{p}#{o}",
-            "ce-time": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(),
+            "ce-time": datetime.fromtimestamp(record.timestamp_ms / 1000, UTC).isoformat(),
             "content-type": "application/json",
         }
         if record.key is not None:
             headers["ce-key"] = record.key.decode(errors="replace")
         return headers
 
-    async def _deliver(self, client: httpx.AsyncClient, record: Any) -> Outcome:
+    def _sink_for(self, record: Record) -> str:
+        if len(self.sinks) == 1:
+            return self.sinks[0]
+        return self.sinks[zlib.crc32(record.key or b"") % len(self.sinks)]
+
+    async def _deliver(self, client: httpx.AsyncClient, record: Record) -> Outcome:
         delivery = self.spec.delivery
         reason = ""
+        sink, headers = self._sink_for(record), self._headers(record)
         for attempt in range(delivery.retry + 1):
             if attempt:
                 factor = 2 ** (attempt - 1) if delivery.backoff_policy == "exponential" else attempt
                 await asyncio.sleep(delivery.backoff_delay_s * factor)
                 DELIVERED.labels("retry").inc()
-            sink = self.sinks[hash(record.key) % len(self.sinks)]
             try:
-                response = await client.post(sink, content=record.value or b"", headers=self._headers(record))
+                response = await client.post(sink, content=record.value, headers=headers)
             except httpx.HTTPError as exc:
                 reason = f"sink: {type(exc).__name__}: {exc}"
                 continue
             if 200 <= response.status_code < 300:
                 DELIVERED.labels("success").inc()
-                DELIVERY_SECONDS.observe(max(0.0, time.time() - record.timestamp / 1000))
+                DELIVERY_SECONDS.observe(max(0.0, time.time() - record.timestamp_ms / 1000))
                 return Outcome(True)
             reason = f"sink: HTTP {response.status_code}: {response.text[:500]}"
             if response.status_code < 500 and response.status_code not in RETRYABLE:
                 break  # the event itself is bad: retrying cannot help
         return Outcome(False, reason)
 
-    async def _deliver_chain(
-        self, client: httpx.AsyncClient, records: list[Any], gate: asyncio.Semaphore
-    ) -> None:
-        for record in records:  # one key's records, in order
-            async with gate:
-                outcome = await self._deliver(client, record)
-            if outcome.ok:
-                self.delivered += 1
-            else:
-                self._dead_letter(record, outcome.reason)
-
-    def _dead_letter(self, record: Any, reason: str) -> None:
+    def _dead_letter(self, record: Record, reason: str) -> None:
         DELIVERED.labels("dead_letter").inc()
         DEAD_LETTERS.labels(COMPONENT, "delivery").inc()
         headers = dead_letter_headers(COMPONENT, reason, record.topic, record.partition, record.offset)
-        self.dlq.send(
-            self.settings.topics.dead_letter.name, key=record.key, value=record.value or b"", headers=headers
+        future = self.dlq.send(
+            self.settings.topics.dead_letter.name, key=record.key, value=record.value, headers=headers
         )
+        future.get(timeout=30)  # durable before its offset can be committed
         self.dead_lettered += 1
 
-    async def deliver_batch(self, client: httpx.AsyncClient, records: list[Any]) -> None:
-        gate = asyncio.Semaphore(self.max_in_flight)
-        if self.spec.ordering == "ordered":
-            chains: dict[Any, list[Any]] = defaultdict(list)
-            for r in records:
-                chains[(r.topic, r.partition, r.key)].append(r)
-            groups = list(chains.values())
-        else:
-            groups = [[r] for r in records]
-        await asyncio.gather(*(self._deliver_chain(client, g, gate) for g in groups))
-        if self.dead_lettered:
-            self.dlq.flush()  # dead letters are durable before the offsets move
+    async def _handle(self, client: httpx.AsyncClient, record: Record, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            outcome = await self._deliver(client, record)
+        if outcome.ok:
+            self.delivered += 1
+            return
+        while True:  # the record's offset stays uncommitted until its dead letter is durable
+            try:
+                await asyncio.to_thread(self._dead_letter, record, outcome.reason)
+                return
+            except Exception as exc:
+                log.error(
+                    "dead-lettering %s/%d@%d failed (%s); retrying",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    exc,
+                )
+                await asyncio.sleep(1)
 
     async def run_async(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:
-        consumer = make_consumer(
+        tracker = OffsetTracker()
+        consumer = librdkafka_consumer(
             self.settings,
             self.spec.consumer_group,
-            *self.spec.topics,
-            auto_offset_reset=self.spec.initial_offset,
-            fetch_max_wait_ms=5,
-            max_poll_records=1000,
+            self.spec.topics,
+            on_revoke=lambda c, partitions: self._revoked(c, partitions, tracker),
+            **{"auto.offset.reset": self.spec.initial_offset},
         )
         limits = httpx.Limits(
             max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
         )
-        last = time.monotonic()
-        from fraudcore.kafka import record_lag
+        gate = asyncio.Semaphore(self.max_in_flight)
+        chains: dict[Any, deque[Record]] = {}  # per key: records waiting behind the one in flight
+        tasks: set[asyncio.Task[None]] = set()
+        ordered = self.spec.ordering == "ordered"
 
+        async def run_chain(client: httpx.AsyncClient, key: Any, first: Record) -> None:
+            record: Record | None = first
+            while record is not None:
+                await self._handle(client, record, gate)
+                tracker.finished(record)
+                waiting = chains.get(key)
+                record = waiting.popleft() if waiting else None
+            chains.pop(key, None)
+
+        def start(client: httpx.AsyncClient, record: Record) -> None:
+            tracker.started(record)
+            key: Any = (record.topic, record.partition, record.key) if ordered else None
+            if ordered and key in chains:
+                chains[key].append(record)
+                return
+            if ordered:
+                chains[key] = deque()
+            task = asyncio.create_task(run_chain(client, key, record))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        last_event = last_commit = last_lag = time.monotonic()
         try:
             async with httpx.AsyncClient(limits=limits, timeout=self.timeout_s) as client:
                 while not stop.is_set():
-                    batches = await asyncio.to_thread(consumer.poll, 20)
-                    records = [r for batch in batches.values() for r in batch]
-                    if records:
-                        await self.deliver_batch(client, records)
-                        await asyncio.to_thread(consumer.commit)
-                        last = time.monotonic()
-                        record_lag(consumer, self.spec.consumer_group)
-                    elif not consumer.assignment():
-                        last = time.monotonic()
-                    elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    if tracker.outstanding >= self.max_pending:
+                        await asyncio.sleep(0.005)
+                        messages = []
+                    else:
+                        messages = await asyncio.to_thread(consumer.consume, 500, 0.02)
+                    for message in messages:
+                        if message.error():
+                            log.warning("consumer: %s", message.error())
+                            continue
+                        start(client, Record.of(message))
+                    now = time.monotonic()
+                    if messages or tracker.outstanding:
+                        last_event = now
+                    elif idle_exit_s is not None and consumer.assignment() and now - last_event > idle_exit_s:
                         break
+                    if now - last_commit >= self.commit_interval_s:
+                        self._commit(consumer, tracker, asynchronous=True)
+                        last_commit = now
+                    if now - last_lag >= 5:
+                        await asyncio.to_thread(record_lag_librdkafka, consumer, self.spec.consumer_group)
+                        last_lag = now
+                if tasks:  # finish what was started: those records are not committed yet
+                    await asyncio.wait(set(tasks), timeout=self.timeout_s * (self.spec.delivery.retry + 1))
         finally:
+            self._commit(consumer, tracker, asynchronous=False)
             consumer.close()
             self.dlq.flush()
+
+    @staticmethod
+    def _commit(consumer: confluent_kafka.Consumer, tracker: OffsetTracker, asynchronous: bool) -> None:
+        positions = tracker.committable()
+        if not positions:
+            return
+        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except confluent_kafka.KafkaException as exc:  # redelivered later: at-least-once
+            log.warning("offset commit failed: %s", exc)
+
+    def _revoked(self, consumer: Any, partitions: list[Any], tracker: OffsetTracker) -> None:
+        """Before a partition moves: commit what finished; what is still in flight will be
+        delivered again by its next owner (at-least-once)."""
+        self._commit(consumer, tracker, asynchronous=False)
+        for tp in partitions:
+            tracker.forget(tp.topic, tp.partition)
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:
         asyncio.run(self.run_async(stop, idle_exit_s))

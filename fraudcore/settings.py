@@ -125,6 +125,9 @@ class ServingSettings(BaseModel):
     publish_timeout_s: float = Field(10.0, gt=0)
     # Transactions per request.
     max_batch: int = Field(256, ge=1)
+    # Transactions of concurrent requests that share one Feast lookup and one predictor
+    # call (KafkaSource sends one event per request; see fraud_transformer.coalesce).
+    coalesce_max: int = Field(512, ge=1)
     model_name: str = "fraud"
     model_uri: str = "s3://models/fraud/champion"
     predictor_http_port: int = 8085

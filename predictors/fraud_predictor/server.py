@@ -3,17 +3,22 @@ with the few things this platform changes about them.
 
 * Per-request log lines are off unless asked for (``--access_log true``,
   ``--enable_latency_logging true``; KServe has both on): on this path they cost more CPU
-  than the model, and /metrics has the request latencies.
+  than the model, and /metrics has the request latencies. Without the latency log, its
+  timing middleware goes too.
 * A request KServe cannot decode is a 400 (its decoders raise KeyError/ValueError on some
   malformed input, which its generic handler would turn into a 500), and an invalid input
   is logged as one warning line instead of an ERROR with a traceback.
 * The garbage collector: the start-up heap is frozen and collections are rarer.
+* ``--event-loop auto`` (the default) or ``uvloop`` really runs the servers on uvloop:
+  KServe passes the choice to uvicorn only, while its own ``asyncio.run`` would start the
+  standard loop.
 * ``kill -USR1 <pid>`` prints every thread's stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import gc
 import logging
@@ -85,13 +90,41 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 1_000)
 
 
+def _drop_latency_log_middleware() -> None:
+    """KServe's TimingMiddleware only feeds its latency log, and formats two log lines per
+    request even when that log is off. Starlette builds the middleware stack on its first
+    call (the lifespan startup), so the stack is rebuilt without it on the next one."""
+    from timing_asgi import TimingMiddleware
+
+    kept = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+    if len(kept) != len(app.user_middleware):
+        app.user_middleware[:] = kept
+        app.middleware_stack = None
+
+
 def _freeze_after_startup() -> None:
     tune_gc()
     log.info("gc frozen: %d objects in the permanent generation", gc.get_freeze_count())
 
 
+def use_event_loop(choice: str) -> str:
+    """Install uvloop's policy for ``auto`` (when installed) and ``uvloop``; return the loop used."""
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("--event-loop uvloop: uvloop is not installed") from None
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())  # KServe asks for the current loop first
+    return "uvloop"
+
+
 def model_server_for(args: argparse.Namespace, predictor: PredictorConfig | None = None) -> ModelServer:
     """A KServe ModelServer configured from the command line, with the changes above."""
+    log.info("event loop: %s", use_event_loop(args.event_loop))
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -113,6 +146,8 @@ def model_server_for(args: argparse.Namespace, predictor: PredictorConfig | None
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call otherwise
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if not args.enable_latency_logging:
+        app.router.on_startup.append(_drop_latency_log_middleware)
     app.router.on_startup.append(_freeze_after_startup)  # again, once routes and server exist
     tune_gc()
     return server

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--predictor_host is required (KServe adds it on a cluster)")
     serving = settings.serving
     store = feature_store(settings)
-    features = OnlineFeatures(store, serving.feature_timeout_ms / 1000)
+    features = OnlineFeatures(store, serving.feature_timeout_ms / 1000, serving.coalesce_max)
     features.warm_up()
     stop = threading.Event()
     refresh_registry_every(store, REGISTRY_REFRESH_S, stop)

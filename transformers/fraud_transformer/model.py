@@ -32,6 +32,7 @@ from kserve.protocol.infer_type import (
 )
 
 from fraud_predictor.protocol import MODEL_INFO_PARAMETER, UNKNOWN_VERSION, VERSION_PARAMETER, ModelInfo
+from fraud_transformer.coalesce import Coalescer
 from fraud_transformer.inputs import V2, Batch, extract, validate_batch
 from fraud_transformer.metrics import DECISIONS, E2E_LATENCY, ERRORS
 from fraud_transformer.online import Features, OnlineFeatures
@@ -62,6 +63,18 @@ class ScoringRequest(InferRequest):
 
 
 @dataclass
+class Scores:
+    """The predictor's answer for some rows: score and per-feature contributions per row."""
+
+    scores: npt.NDArray[np.float32]
+    contributions: npt.NDArray[np.float64]
+    info: ModelInfo
+
+    def take(self, start: int, stop: int) -> Scores:
+        return Scores(self.scores[start:stop], self.contributions[start:stop], self.info)
+
+
+@dataclass
 class Scored:
     request: ScoringRequest
     scores: npt.NDArray[np.float32]
@@ -88,6 +101,10 @@ class FraudTransformer(Model):
         self.serving = serving
         self.max_event_bytes = max_event_bytes
         self._info: ModelInfo | None = None  # the predictor's model, learnt from its responses
+        # Rows of concurrent requests share one predictor call (see fraud_transformer.coalesce).
+        self._scoring: Coalescer[npt.NDArray[np.float32], Scores, Scores] = Coalescer(
+            self._score_together, Scores.take, len, serving.coalesce_max
+        )
 
     def load(self) -> bool:
         self.ready = True
@@ -122,7 +139,7 @@ class FraudTransformer(Model):
 
     # ------------------------------------------------------------------ predict
     async def _call(
-        self, request: ScoringRequest, x: npt.NDArray[np.float32], info: ModelInfo | None, headers: Any
+        self, x: npt.NDArray[np.float32], info: ModelInfo | None
     ) -> tuple[npt.NDArray[np.float32], ModelInfo]:
         """Score ``x`` on the predictor; the model's info comes back with the scores."""
         # JSON data (binary data + KServe's JSON content type = 400 at the predictor), as a
@@ -137,19 +154,19 @@ class FraudTransformer(Model):
         call = InferRequest(
             model_name=self.name,
             infer_inputs=[tensor],
-            request_id=request.id or str(uuid.uuid4()),
+            request_id=str(uuid.uuid4()),
             parameters=None if info else {MODEL_INFO_PARAMETER: True},
             request_outputs=outputs,
         )
         try:
-            response = await self._send(call, headers)
+            response = await self._send(call)
         except InferenceError:
             if info is not None:
                 raise
             # A strict V2 server may refuse the unknown parameter: ask without it (the
             # model's info then falls back to the platform's feature order, zero baselines).
             call.parameters = None
-            response = await self._send(call, headers)
+            response = await self._send(call)
         params = response.parameters
         params = to_http_parameters(params) if params is not None and not isinstance(params, dict) else params
         version = str((params or {}).get(VERSION_PARAMETER) or response.model_version or UNKNOWN_VERSION)
@@ -163,9 +180,10 @@ class FraudTransformer(Model):
         probabilities = np.asarray(output.as_numpy(), dtype=np.float32).reshape(len(x), -1)
         return probabilities[:, got.positive_index], got
 
-    async def _send(self, call: InferRequest, headers: Any) -> InferResponse:
+    async def _send(self, call: InferRequest) -> InferResponse:
         try:
-            response = await super().predict(call, headers)
+            # No request's headers are forwarded: the call carries several requests' rows.
+            response = await super().predict(call)
         except Exception as exc:  # the request was validated: whatever fails here is ours
             ERRORS.labels("predictor").inc()
             log.exception("predictor call failed")
@@ -176,28 +194,32 @@ class FraudTransformer(Model):
         return response
 
     async def predict(self, payload: ScoringRequest, headers: dict[str, str] | None = None) -> Scored:
-        x = payload.x
+        mine = await self._scoring.submit(payload.x)
+        return Scored(payload, mine.scores, mine.contributions, mine.info)
+
+    async def _score_together(self, xs: list[npt.NDArray[np.float32]]) -> Scores:
+        """One predictor call for the rows of every waiting request, with their occluded
+        copies (for the reason codes) in the same batch."""
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
         n, f = x.shape
         for _attempt in range(3):
             info = self._info
             if info is None:
                 # First call, or the model changed: learn its version, features and
                 # baselines with the plain rows, then score the occluded rows.
-                scores, info = await self._call(payload, x, None, headers)
+                scores, info = await self._call(x, None)
                 self._check(info)
-                occluded_scores, again = await self._call(payload, occluded(x, info.baselines), info, headers)
+                occluded_scores, again = await self._call(occluded(x, info.baselines), info)
                 if again.version != info.version:
                     continue
                 self._info = info
             else:
-                both, got = await self._call(
-                    payload, np.concatenate([x, occluded(x, info.baselines)]), info, headers
-                )
+                both, got = await self._call(np.concatenate([x, occluded(x, info.baselines)]), info)
                 if got.version != info.version:  # swapped since we last looked: refresh
                     self._info = None
                     continue
                 scores, occluded_scores = both[:n], both[n:]
-            return Scored(payload, scores, contributions(scores, occluded_scores, f), info)
+            return Scores(scores, contributions(scores, occluded_scores, f), info)
         ERRORS.labels("predictor").inc()
         raise InferenceError("the predictor's model kept changing during the request")
 

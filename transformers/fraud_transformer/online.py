@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from feast import FeatureStore
 
+from fraud_transformer.coalesce import Coalescer
 from fraud_transformer.metrics import ERRORS, FEATURE_LOOKUP
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
 from fraudcore.settings import Settings
@@ -50,6 +51,14 @@ class Features:
     @property
     def fallback(self) -> npt.NDArray[np.bool_]:
         return ~(self.card_known & self.terminal_known)
+
+    def take(self, start: int, stop: int) -> Features:
+        """Rows start..stop (views, not copies)."""
+        return Features(
+            {name: column[start:stop] for name, column in self.values.items()},
+            self.card_known[start:stop],
+            self.terminal_known[start:stop],
+        )
 
     @classmethod
     def defaults(cls, n: int) -> Features:
@@ -112,10 +121,18 @@ def refresh_registry_every(store: FeatureStore, interval_s: float, stop: threadi
     return thread
 
 
+EntityIds = tuple[Sequence[str], Sequence[str]]  # one request's card ids and terminal ids
+
+
 class OnlineFeatures:
-    def __init__(self, store: FeatureStore, timeout_s: float) -> None:
+    """Lookups of concurrent requests share one Feast call (see ``fraud_transformer.coalesce``)."""
+
+    def __init__(self, store: FeatureStore, timeout_s: float, coalesce_max: int = 512) -> None:
         self.store = store
         self.timeout_s = timeout_s
+        self._shared: Coalescer[EntityIds, Features, Features] = Coalescer(
+            self._lookup_together, Features.take, lambda ids: len(ids[0]), coalesce_max
+        )
 
     def warm_up(self) -> None:
         """Resolve the feature views once (sync path: the async Redis client belongs to the
@@ -125,8 +142,16 @@ class OnlineFeatures:
         )
 
     async def lookup(self, card_ids: Sequence[str], terminal_ids: Sequence[str]) -> Features:
-        n = len(card_ids)
-        rows = [{"card_id": c, "terminal_id": t} for c, t in zip(card_ids, terminal_ids, strict=True)]
+        """Features per transaction; never raises (falls back to defaults, see above)."""
+        return await self._shared.submit((card_ids, terminal_ids))
+
+    async def _lookup_together(self, parts: list[EntityIds]) -> Features:
+        rows = [
+            {"card_id": c, "terminal_id": t}
+            for cards, terminals in parts
+            for c, t in zip(cards, terminals, strict=True)
+        ]
+        n = len(rows)
         start = time.perf_counter()
         try:
             response = await asyncio.wait_for(

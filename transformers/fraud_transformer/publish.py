@@ -1,8 +1,9 @@
 """Decision events to ``fraud-scores``, acknowledged before the caller gets a 2xx.
 
-kafka-python's producer runs its network I/O in a sender thread and resolves each record's
-future there. Each future's callbacks are bridged to an asyncio future on the server's event
-loop (``call_soon_threadsafe``), so a request awaits its acks without blocking the loop.
+The producer is librdkafka's (``confluent_kafka``): batching, retries and network I/O run in
+its C threads, so a decision costs the event loop a few microseconds. Delivery reports are
+served by one poller thread and bridged to asyncio futures on the server's loop
+(``call_soon_threadsafe``), so a request awaits its acks without blocking the loop.
 With ``acks=all`` and idempotence, an acknowledged decision is on the broker: a kill -9 of
 the transformer afterwards loses nothing the caller saw acknowledged; one killed before the
 ack never answered 2xx, and the redelivered event yields the same ``decision_id``.
@@ -12,58 +13,84 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from kafka import KafkaProducer
+import confluent_kafka
 
-from fraudcore.kafka import producer
+from fraudcore.kafka import librdkafka_producer
 from fraudcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def serving_producer(settings: Settings) -> KafkaProducer:
-    """The platform's durable producer, tuned for one small batch per request: no linger
-    (a request waits for its own acks), and a short block when the broker is away."""
-    return producer(
-        settings, linger_ms=0, max_block_ms=2_000, client_id=f"{settings.kafka.client_id}-transformer"
+def serving_producer(settings: Settings) -> confluent_kafka.Producer:
+    """The platform's durable producer for decisions: no linger (a request waits for its own
+    acks) and a bounded local queue, so a broker outage fails requests instead of piling up."""
+    return librdkafka_producer(
+        settings,
+        **{"client.id": f"{settings.kafka.client_id}-transformer", "queue.buffering.max.messages": 100_000},
     )
 
 
-def _resolve(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
+class PublishError(Exception):
+    pass
 
 
-def _reject(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+def _settle(future: asyncio.Future[Any], error: Any, message: Any) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(PublishError(str(error)))
+    else:
+        future.set_result((message.partition(), message.offset()))
 
 
 class DecisionPublisher:
-    def __init__(self, client: KafkaProducer, topic: str, timeout_s: float) -> None:
+    def __init__(self, client: confluent_kafka.Producer, topic: str, timeout_s: float) -> None:
         self.client = client
         self.topic = topic
         self.timeout_s = timeout_s
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, name="decision-acks", daemon=True)
+        self._poller.start()
 
-    def warm_up(self) -> None:
-        """Fetch the topic's metadata now: a first send would otherwise block for it."""
-        partitions = self.client.partitions_for(self.topic)
-        log.info("publishing decisions to %s (%d partitions)", self.topic, len(partitions or ()))
+    def _serve_reports(self) -> None:
+        while not self._stop.is_set():
+            self.client.poll(0.05)  # runs the delivery callbacks in this thread
 
-    async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> list[Any]:
-        """Send every (key, value) and wait until the broker has acknowledged them all."""
+    def warm_up(self, timeout_s: float = 10.0) -> None:
+        """Fetch the topic's metadata now rather than on the first request."""
+        metadata = self.client.list_topics(self.topic, timeout=timeout_s)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None:
+            raise RuntimeError(
+                f"topic {self.topic!r} is not available: {topic.error if topic else 'missing'}"
+            )
+        log.info("publishing decisions to %s (%d partitions)", self.topic, len(topic.partitions))
+
+    async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+        """Send every (key, value) and wait until the broker has acknowledged them all;
+        return their (partition, offset)."""
         loop = asyncio.get_running_loop()
         waiting: list[asyncio.Future[Any]] = []
         for key, value in records:
             done: asyncio.Future[Any] = loop.create_future()
-            sent = self.client.send(self.topic, key=key, value=value)
-            sent.add_callback(lambda metadata, f=done: loop.call_soon_threadsafe(_resolve, f, metadata))
-            sent.add_errback(lambda error, f=done: loop.call_soon_threadsafe(_reject, f, error))
+
+            def report(error: Any, message: Any, f: asyncio.Future[Any] = done) -> None:
+                loop.call_soon_threadsafe(_settle, f, error, message)
+
+            try:
+                self.client.produce(self.topic, value=value, key=key, on_delivery=report)
+            except BufferError as exc:  # the local queue is full: the broker is away or slow
+                raise PublishError(f"producer queue full: {exc}") from exc
             waiting.append(done)
         return list(await asyncio.wait_for(asyncio.gather(*waiting), timeout=self.timeout_s))
 
     def close(self, timeout_s: float = 10.0) -> None:
-        self.client.flush(timeout=timeout_s)
-        self.client.close(timeout=timeout_s)
+        remaining = self.client.flush(timeout_s)
+        self._stop.set()
+        self._poller.join(timeout=1)
+        if remaining:
+            log.warning("%d decisions were not acknowledged before shutdown", remaining)

@@ -1,0 +1,88 @@
+"""The KafkaSource stand-in's offset bookkeeping and manifest reading (no broker needed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fraudcore.eventing import OffsetTracker, Record, iso_duration_s, load_source
+
+
+def record(offset: int, partition: int = 0, topic: str = "t") -> Record:
+    return Record(topic, partition, offset, b"k", b"{}", 0)
+
+
+def test_commits_never_pass_an_unfinished_record() -> None:
+    tracker = OffsetTracker()
+    for o in range(10, 15):
+        tracker.started(record(o))
+    tracker.finished(record(12))
+    tracker.finished(record(11))
+    assert tracker.committable() == {}  # 10 is still in flight
+    tracker.finished(record(10))
+    assert tracker.committable() == {("t", 0): 13}
+    assert tracker.committable() == {}  # handed out once
+    tracker.finished(record(14))
+    assert tracker.committable() == {}
+    tracker.finished(record(13))
+    assert tracker.committable() == {("t", 0): 15}
+    assert tracker.outstanding == 0
+
+
+def test_random_finish_order_matches_the_lowest_unfinished_offset() -> None:
+    rng = random.Random(7)
+    tracker = OffsetTracker()
+    offsets = {p: list(range(100 * p, 100 * p + 50)) for p in range(3)}
+    for p, os_ in offsets.items():
+        for o in os_:
+            tracker.started(record(o, p))
+    pending = [(p, o) for p, os_ in offsets.items() for o in os_]
+    rng.shuffle(pending)
+    committed: dict[tuple[str, int], int] = {}
+    for i, (p, o) in enumerate(pending):
+        tracker.finished(record(o, p))
+        committed.update(tracker.committable())
+        unfinished = {pp: [oo for (pp2, oo) in pending[i + 1 :] if pp2 == pp] for pp in offsets}
+        for pp in offsets:
+            if ("t", pp) in committed:
+                # nothing below the committed position is still unfinished
+                assert all(oo >= committed[("t", pp)] for oo in unfinished[pp])
+    assert committed == {("t", p): 100 * p + 50 for p in offsets}
+    assert tracker.outstanding == 0
+
+
+def test_a_revoked_partition_is_forgotten_and_late_finishes_ignored() -> None:
+    tracker = OffsetTracker()
+    tracker.started(record(1, 0))
+    tracker.started(record(5, 1))
+    tracker.forget("t", 0)
+    assert tracker.outstanding == 1
+    tracker.finished(record(1, 0))  # finished after the revoke: no effect
+    assert tracker.outstanding == 1
+    assert tracker.committable() == {}
+    tracker.finished(record(5, 1))
+    assert tracker.committable() == {("t", 1): 6}
+
+
+def test_a_record_started_twice_counts_once() -> None:
+    tracker = OffsetTracker()
+    tracker.started(record(3))
+    tracker.started(record(3))
+    assert tracker.outstanding == 1
+    tracker.finished(record(3))
+    tracker.finished(record(3))
+    assert tracker.outstanding == 0
+    assert tracker.committable() == {("t", 0): 4}
+
+
+def test_durations_and_the_manifest() -> None:
+    assert iso_duration_s("PT0.2S") == pytest.approx(0.2)
+    assert iso_duration_s("PT1M30S") == 90
+    assert iso_duration_s("P1DT1H") == 90_000
+    with pytest.raises(ValueError, match="backoffDelay"):
+        iso_duration_s("soon")
+    spec = load_source()
+    assert spec.topics == ["transactions"]
+    assert spec.delivery.retry >= 1
+    assert spec.sink_path.endswith(":predict")
