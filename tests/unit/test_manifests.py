@@ -360,6 +360,16 @@ def test_inference_service_model_storage_and_credentials(target: str) -> None:
     models_bucket = platform_config(docs)["FRAUD_S3__MODELS_BUCKET"]
     storage = model["storageUri"]
     assert re.fullmatch(rf"(s3|gs)://{re.escape(models_bucket)}/fraud/champion", storage), storage
+    # Hot swaps on a cluster: the model container reads model-events and downloads the new
+    # champion itself, so it needs the platform's settings and the same champion URI.
+    env = {e["name"]: e.get("value") for e in model.get("env", [])}
+    # (S3 API in every overlay: on GKE through Cloud Storage's interoperability endpoint.)
+    own_uri = env.get("FRAUD_SERVING__MODEL_URI") or ""
+    assert own_uri.startswith("s3://"), own_uri
+    assert own_uri.split("://", 1)[1] == storage.split("://", 1)[1], (own_uri, storage)
+    config_maps = {c["metadata"]["name"] for c in objects(docs, "ConfigMap")}
+    refs = [r["configMapRef"]["name"] for r in model.get("envFrom", []) if "configMapRef" in r]
+    assert any(r in config_maps and r.startswith("fraud-config") for r in refs), refs
 
     account = one(docs, "ServiceAccount", predictor["serviceAccountName"])
     secrets = objects(docs, "Secret")
