@@ -3,6 +3,7 @@
 ``preprocess`` turns any accepted request into validated transactions and their model rows
 (online features from Feast plus request-time features); ``predict`` calls the predictor
 (KServe forwards over V2 REST or gRPC) with the rows and their occluded copies in one batch;
+concurrent requests share the Feast lookup and the predictor call (``coalesce``);
 ``postprocess`` decides, publishes every decision event and waits for the broker's ack,
 then answers: V1 / CloudEvents ``{"predictions": [decision, ...]}``, V2 a response with a
 BYTES output ``decisions`` (JSON) and an FP32 output ``score``.
