@@ -109,6 +109,9 @@ def librdkafka_producer(settings: Settings, **overrides: Any) -> confluent_kafka
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 0,  # latency first; batches still form while requests are in flight
+        # Keyed records land where Java clients and kafka-python put them (murmur2), so a
+        # card's events share a partition whichever client wrote them.
+        "partitioner": "murmur2_random",
         "message.timeout.ms": 120_000,
         "socket.nagle.disable": True,
     }

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
-from kafka import KafkaProducer
+import confluent_kafka
 from prometheus_client import Counter, Histogram
 
-from fraudcore.kafka import producer as make_producer
+from fraudcore.kafka import librdkafka_producer
 from fraudcore.settings import Settings
 
 MESSAGES_SENT = Counter("producer_messages_sent", "Messages acknowledged by the broker", ["topic"])
@@ -49,12 +50,19 @@ class SendStats:
 
 
 class EventProducer:
-    """A kafka-python producer with the project's durable defaults and ack-time metrics."""
+    """A librdkafka producer with the project's durable defaults and ack-time metrics.
+
+    librdkafka batches, retries and talks to the brokers in its own C threads; this class
+    only queues messages and serves their delivery reports (``poll``) as it goes."""
 
     def __init__(
-        self, settings: Settings, *, keep_latencies: bool = False, client: KafkaProducer | None = None
+        self,
+        settings: Settings,
+        *,
+        keep_latencies: bool = False,
+        client: confluent_kafka.Producer | None = None,
     ) -> None:
-        self.client = client or make_producer(settings)
+        self.client = client or librdkafka_producer(settings, **{"linger.ms": 1})
         self.stats = SendStats()
         self._keep = keep_latencies
         self._children: dict[str, tuple[Counter, Counter, Histogram]] = {}
@@ -73,29 +81,37 @@ class EventProducer:
     ) -> None:
         sent, errors, latency = self._metrics(topic)
         t0 = time.perf_counter()
-        future = self.client.send(topic, key=key, value=value, headers=headers)
-        future.add_callback(self._on_ack, t0, sent, latency)
-        future.add_errback(self._on_error, errors)
+
+        def report(error: Any, _message: Any) -> None:
+            if error is not None:
+                errors.inc()
+                self.stats.errors += 1
+                return
+            elapsed = time.perf_counter() - t0
+            latency.observe(elapsed)
+            sent.inc()
+            self.stats.acked += 1
+            if self._keep:
+                self.stats.ack_latencies.append(elapsed)
+
+        while True:
+            try:
+                self.client.produce(
+                    topic, value=value, key=key, headers=cast(Any, headers), on_delivery=report
+                )
+                break
+            except BufferError:  # the local queue is full: wait for the broker to catch up
+                self.client.poll(0.05)
         self.stats.sent += 1
-
-    def _on_ack(self, t0: float, sent: Counter, latency: Histogram, _metadata: object) -> None:
-        elapsed = time.perf_counter() - t0
-        latency.observe(elapsed)
-        sent.inc()
-        self.stats.acked += 1
-        if self._keep:
-            self.stats.ack_latencies.append(elapsed)
-
-    def _on_error(self, errors: Counter, _exc: BaseException) -> None:
-        errors.inc()
-        self.stats.errors += 1
+        self.client.poll(0)  # serve the delivery reports that are ready
 
     def flush(self, timeout_s: float | None = None) -> None:
-        self.client.flush(timeout=timeout_s)
+        remaining = self.client.flush(-1 if timeout_s is None else timeout_s)
+        if remaining:
+            raise TimeoutError(f"{remaining} messages not acknowledged within {timeout_s}s")
 
     def close(self) -> None:
         self.client.flush()
-        self.client.close()
 
 
 def paced(
