@@ -186,9 +186,15 @@ def consumer(
     }
     config.update(overrides)
     if listener is None:
-        return KafkaConsumer(*topics, **config)
-    client = KafkaConsumer(**config)
-    client.subscribe(list(topics), listener=listener)
+        client = KafkaConsumer(*topics, **config)
+    else:
+        client = KafkaConsumer(**config)
+        client.subscribe(list(topics), listener=listener)
+    # Learn the topics' partitions before the first poll joins the group: kafka-python 3.0
+    # otherwise joins with an empty assignment, rejoins once the metadata arrives, and with
+    # short polls may never apply the second assignment (a consumer that reads nothing).
+    for topic in topics:
+        client.partitions_for_topic(topic)
     return client
 
 

@@ -1,0 +1,256 @@
+"""kill -9 of the transformer or the predictor while the dispatcher (the KafkaSource stand-in)
+delivers transactions: once the killed server is back on its ports, every transaction has a
+decision on fraud-scores (after dedupe by transaction_id), none missing, none dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from fraud_transformer.scoring import decision_id
+from fraudcore.eventing import DEFAULT_MANIFEST, Delivery, Dispatcher, load_source
+from fraudcore.kafka import consumer, producer
+from fraudcore.settings import Settings
+from tests.helpers import dumps, isolated, read_topic, transaction
+from tests.serving_helpers import (
+    ROOT,
+    Server,
+    make_model,
+    predictor,
+    serving_env,
+    transformer,
+    upload_model,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+VERSION = "v-kill-1"
+N_TRANSACTIONS = 600
+PRODUCE_S = 6.0  # the transactions are spread over this long
+KILL_AFTER_DECISIONS = 60  # the kill comes once this many decisions are out, while events still flow
+DOWN_S = 1.0  # how long the killed server stays down before its restart
+# A restart takes 10-20 s on a loaded 2-core machine (imports, Feast, model download). Linear
+# backoff 0.2 s x (1 + 2 + ... + 24) = 60 s of retries per record rides that out.
+DELIVERY = Delivery(retry=24, backoff_policy="linear", backoff_delay_s=0.2)
+DEADLINE_S = 90.0  # after the restart, for every decision to be out
+
+
+@dataclass
+class Serving:
+    settings: Settings
+    predictor: Server
+    transformer: Server
+    tmp: Path
+
+    def logs(self) -> str:
+        return f"--- predictor log ---\n{self.predictor.tail()}\n--- transformer log ---\n{self.transformer.tail()}"
+
+
+@pytest.fixture
+def serving(stack: Settings, tmp_path: Path) -> Iterator[Serving]:
+    """Predictor and transformer as real processes, on this test's own topics, model and Feast project."""
+    from fraud_features.store import apply
+
+    unique = uuid.uuid4().hex[:10]
+    base = isolated(stack, unique)  # transactions, fraud-scores and the dead-letter topic included
+    features = base.features.model_copy(
+        update={
+            "project": f"k{unique}",
+            "registry": str(tmp_path / "registry.db"),
+            "offline_root": str(tmp_path / "offline"),
+        }
+    )
+    settings = base.model_copy(update={"features": features})
+    prefix = f"test-kill-{unique}"
+    upload_model(settings, prefix, VERSION, make_model(VERSION, seed=3, baselines=[0.0] * 22))
+    pred = predictor(settings, f"s3://models/{prefix}/champion", tmp_path / "predictor.log")
+    trans: Server | None = None
+    try:
+        apply(settings)  # the transformer reads this project's (empty) online store: fallback features
+        trans = transformer(settings, pred.url, tmp_path / "transformer.log")
+        pred.wait_ready()
+        trans.wait_ready()
+        yield Serving(settings, pred, trans, tmp_path)
+    finally:
+        if trans is not None:
+            trans.stop()
+        pred.stop()
+
+
+def sigkill_and_restart(serving: Serving, server: Server) -> tuple[float, float]:
+    """kill -9 ``server``, wait DOWN_S, start the same command on the same ports; return the
+    wall-clock times of the kill and of the restarted server's readiness."""
+    killed_at = time.time()
+    os.kill(server.proc.pid, signal.SIGKILL)
+    assert server.proc.wait(timeout=10) == -signal.SIGKILL
+    time.sleep(DOWN_S)
+    for port in (server.http_port, server.grpc_port):  # nothing left listening: the ports are free
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers after kill -9"
+    with server.log.open("ab") as log:
+        log.write(b"\n--- kill -9, restarted on the same ports ---\n")
+        log.flush()
+        server.proc = subprocess.Popen(
+            server.proc.args,
+            cwd=ROOT,
+            env=serving_env(serving.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server.wait_ready(timeout_s=60)
+    return killed_at, time.time()
+
+
+@dataclass
+class ScoresReader:
+    """Reads fraud-scores from the beginning in the background: every (decision_id, publish
+    time) per transaction, and whatever was wrong with a record."""
+
+    settings: Settings
+    decisions: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    problems: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> None:
+        try:
+            cons = consumer(self.settings, None, self.settings.topics.scores.name)
+        except Exception as exc:  # reported by the test, not lost in this thread
+            self.problems.append(f"reader: {exc!r}")
+            return
+        try:
+            while not self.stop.is_set():
+                for records in cons.poll(timeout_ms=100).values():
+                    with self.lock:
+                        for r in records:
+                            self._add(r)
+        except Exception as exc:
+            self.problems.append(f"reader: {exc!r}")
+        finally:
+            cons.close()
+
+    def _add(self, record: Any) -> None:
+        try:
+            decision = json.loads(record.value)
+            tx, decision_id = decision["transaction_id"], decision["decision_id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.problems.append(f"unreadable decision {record.value[:200]!r}: {exc!r}")
+            return
+        if record.key is None or record.key.decode() != tx:
+            self.problems.append(f"decision of {tx} keyed {record.key!r}")
+        self.decisions[tx].append((decision_id, record.timestamp / 1000))
+
+    def snapshot(self) -> dict[str, list[tuple[str, float]]]:
+        with self.lock:
+            return {k: list(v) for k, v in self.decisions.items()}
+
+
+def retries() -> float:
+    """Delivery attempts the dispatchers of this process retried so far."""
+    return REGISTRY.get_sample_value("dispatcher_deliveries_total", {"outcome": "retry"}) or 0.0
+
+
+@pytest.mark.parametrize("victim", ["transformer", "predictor"])
+def test_sigkill_while_events_flow_loses_no_decision(serving: Serving, victim: str) -> None:
+    settings = serving.settings
+    retries_before = retries()
+    run_id = uuid.uuid4().hex[:8]
+    txns = [transaction(i, transaction_id=f"kill-{run_id}-{i:04d}") for i in range(N_TRANSACTIONS)]
+    wanted = {t["transaction_id"] for t in txns}
+
+    spec = load_source(ROOT / DEFAULT_MANIFEST)
+    spec = spec.model_copy(
+        update={
+            "topics": [settings.topics.transactions.name],
+            "consumer_group": f"kill-{run_id}",
+            "initial_offset": "earliest",  # a fresh group: no record produced before it joins is skipped
+            "delivery": DELIVERY,
+        }
+    )
+    dispatcher = Dispatcher(settings, spec, f"{serving.transformer.url}{spec.sink_path}")
+    stop_dispatcher = threading.Event()
+    dispatching = threading.Thread(target=dispatcher.run, args=(stop_dispatcher,), daemon=True)
+    reader = ScoresReader(settings)
+    reading = threading.Thread(target=reader.run, daemon=True)
+
+    def produce() -> None:
+        prod = producer(settings)
+        start = time.monotonic()
+        for i, txn in enumerate(txns):
+            delay = start + PRODUCE_S * i / N_TRANSACTIONS - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            prod.send(settings.topics.transactions.name, key=txn["card_id"].encode(), value=dumps(txn))
+        prod.flush()
+        prod.close()
+
+    producing = threading.Thread(target=produce, daemon=True)
+    victim_server = serving.transformer if victim == "transformer" else serving.predictor
+    reading.start()
+    dispatching.start()
+    started = time.monotonic()
+    producing.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(reader.snapshot()) < KILL_AFTER_DECISIONS and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before_kill = len(reader.snapshot())
+        assert before_kill >= KILL_AFTER_DECISIONS, (
+            f"{before_kill} decisions in 30 s before the kill; reader: {reader.problems}\n{serving.logs()}"
+        )
+        assert producing.is_alive(), (
+            f"the producer had finished before the kill ({time.monotonic() - started:.1f} s): "
+            "events were not flowing"
+        )
+        killed_at, ready_at = sigkill_and_restart(serving, victim_server)
+
+        deadline = time.monotonic() + DEADLINE_S
+        while wanted - reader.snapshot().keys() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        producing.join(timeout=10)
+        decisions = reader.snapshot()
+    finally:
+        stop_dispatcher.set()
+        reader.stop.set()
+        dispatching.join(timeout=60)
+        reading.join(timeout=10)
+
+    missing = sorted(wanted - decisions.keys())
+    context = (
+        f"victim={victim} decisions before the kill={before_kill} down for {ready_at - killed_at:.1f} s "
+        f"delivered={dispatcher.delivered} dead_lettered={dispatcher.dead_lettered} "
+        f"retries={retries() - retries_before:.0f} decided={len(wanted & decisions.keys())}/{len(wanted)} "
+        f"reader problems={reader.problems[:5]}\n{serving.logs()}"
+    )
+    assert not reader.problems, context
+    assert not missing, f"{len(missing)} transactions without a decision, e.g. {missing[:5]}\n{context}"
+    assert decisions.keys() == wanted, f"unexpected decisions: {sorted(decisions.keys() - wanted)[:5]}"
+    # A redelivered transaction (killed after publishing, before answering) gets the same decision.
+    inconsistent = {
+        t: ids for t, ids in decisions.items() if {d for d, _ in ids} != {decision_id(t, VERSION)}
+    }
+    assert not inconsistent, f"decision_ids not those of the transaction: {list(inconsistent.items())[:3]}"
+    assert dispatcher.dead_lettered == 0, context
+    dead = read_topic(settings, settings.topics.dead_letter.name, expected=0, timeout_s=5)
+    assert not dead, [(r.key, dict(r.headers)) for r in dead[:5]]
+    # The kill really was mid-flow: decisions came out before it, and after the restart.
+    first_seen = [min(ts for _, ts in ids) for ids in decisions.values()]
+    assert sum(ts < killed_at for ts in first_seen) >= KILL_AFTER_DECISIONS, context
+    assert sum(ts > ready_at for ts in first_seen) > 0, context
+    assert retries() > retries_before, f"no delivery failed while the {victim} was down\n{context}"
+    assert not dispatching.is_alive(), "the dispatcher did not stop"
+    assert not producing.is_alive()
