@@ -90,6 +90,8 @@ def _serve_component(component: str) -> None:
     from fraudcore.metrics import serve_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # A line per HTTP call (the dispatcher's deliveries) would cost more than the call.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     port = serve_metrics(get_settings(), component)
     console.print(f"{component}: metrics on :{port}/metrics")
 

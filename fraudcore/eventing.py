@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import aiohttp
 import confluent_kafka
-import httpx
 import yaml
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
@@ -237,7 +237,7 @@ class Dispatcher:
             return self.sinks[0]
         return self.sinks[zlib.crc32(record.key or b"") % len(self.sinks)]
 
-    async def _deliver(self, client: httpx.AsyncClient, record: Record) -> Outcome:
+    async def _deliver(self, client: aiohttp.ClientSession, record: Record) -> Outcome:
         delivery = self.spec.delivery
         reason = ""
         sink, headers = self._sink_for(record), self._headers(record)
@@ -247,16 +247,18 @@ class Dispatcher:
                 await asyncio.sleep(delivery.backoff_delay_s * factor)
                 DELIVERED.labels("retry").inc()
             try:
-                response = await client.post(sink, content=record.value, headers=headers)
-            except httpx.HTTPError as exc:
+                async with client.post(sink, data=record.value, headers=headers) as response:
+                    status = response.status
+                    body = await response.text(errors="replace")
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = f"sink: {type(exc).__name__}: {exc}"
                 continue
-            if 200 <= response.status_code < 300:
+            if 200 <= status < 300:
                 DELIVERED.labels("success").inc()
                 DELIVERY_SECONDS.observe(max(0.0, time.time() - record.timestamp_ms / 1000))
                 return Outcome(True)
-            reason = f"sink: HTTP {response.status_code}: {response.text[:500]}"
-            if response.status_code < 500 and response.status_code not in RETRYABLE:
+            reason = f"sink: HTTP {status}: {body[:500]}"
+            if status < 500 and status not in RETRYABLE:
                 break  # the event itself is bad: retrying cannot help
         return Outcome(False, reason)
 
@@ -270,7 +272,7 @@ class Dispatcher:
         future.get(timeout=30)  # durable before its offset can be committed
         self.dead_lettered += 1
 
-    async def _handle(self, client: httpx.AsyncClient, record: Record, gate: asyncio.Semaphore) -> None:
+    async def _handle(self, client: aiohttp.ClientSession, record: Record, gate: asyncio.Semaphore) -> None:
         async with gate:
             outcome = await self._deliver(client, record)
         if outcome.ok:
@@ -299,15 +301,14 @@ class Dispatcher:
             on_revoke=lambda c, partitions: self._revoked(c, partitions, tracker),
             **{"auto.offset.reset": self.spec.initial_offset},
         )
-        limits = httpx.Limits(
-            max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
-        )
+        connector = aiohttp.TCPConnector(limit=self.max_in_flight, keepalive_timeout=60)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         gate = asyncio.Semaphore(self.max_in_flight)
         chains: dict[Any, deque[Record]] = {}  # per key: records waiting behind the one in flight
         tasks: set[asyncio.Task[None]] = set()
         ordered = self.spec.ordering == "ordered"
 
-        async def run_chain(client: httpx.AsyncClient, key: Any, first: Record) -> None:
+        async def run_chain(client: aiohttp.ClientSession, key: Any, first: Record) -> None:
             record: Record | None = first
             while record is not None:
                 await self._handle(client, record, gate)
@@ -316,7 +317,7 @@ class Dispatcher:
                 record = waiting.popleft() if waiting else None
             chains.pop(key, None)
 
-        def start(client: httpx.AsyncClient, record: Record) -> None:
+        def start(client: aiohttp.ClientSession, record: Record) -> None:
             tracker.started(record)
             key: Any = (record.topic, record.partition, record.key) if ordered else None
             if ordered and key in chains:
@@ -330,7 +331,7 @@ class Dispatcher:
 
         last_event = last_commit = last_lag = time.monotonic()
         try:
-            async with httpx.AsyncClient(limits=limits, timeout=self.timeout_s) as client:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
                 while not stop.is_set():
                     if tracker.outstanding >= self.max_pending:
                         await asyncio.sleep(0.005)

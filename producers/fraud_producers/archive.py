@@ -6,8 +6,9 @@ pyarrow, DuckDB and Feast's file offline store.
 
 No loss, no duplicates, across crashes. Each partition's offsets are cut into fixed blocks
 of ``block_size`` offsets, and an object's name is a function of its partition and block
-only. A flush (by size or time) rewrites the current block's objects with everything the
-block holds so far, and only then commits the offset after it. After a restart or a
+only. A flush (by size or time) rewrites the current block's objects that got new records
+(one per event hour) with everything the block holds for them so far, and only then commits
+the offset after it. After a restart or a
 rebalance the archiver seeks back to the start of the block that holds the committed
 offset, so the rewritten objects are supersets of what was there: a crash between the
 write and the commit just rewrites the same objects.
@@ -86,6 +87,7 @@ class Block:
     records: list[Any] = field(default_factory=list)
     durable: int = 0  # how many of `records` are already in the archive
     opened: float = field(default_factory=time.monotonic)
+    table: pa.Table | None = None  # the durable records, converted once
 
     @property
     def next_offset(self) -> int:
@@ -111,16 +113,26 @@ def to_table(kind: ArchiveKind, records: list[Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=kind.schema)
 
 
-def object_names(
-    kind: ArchiveKind, table: pa.Table, partition: int, block: int, prefix: str = ""
-) -> dict[str, pa.Table]:
-    """Split a block's rows by event date and hour; name each piece after partition and block."""
+def _hour_keys(kind: ArchiveKind, table: pa.Table) -> pa.Array:
     ts = table[kind.time_column]
-    day = pc.strftime(ts, format="%Y-%m-%d")
-    hour = pc.strftime(ts, format="%H")
-    keys = pc.binary_join_element_wise(day, hour, "/")
+    return pc.binary_join_element_wise(pc.strftime(ts, format="%Y-%m-%d"), pc.strftime(ts, format="%H"), "/")
+
+
+def object_names(
+    kind: ArchiveKind,
+    table: pa.Table,
+    partition: int,
+    block: int,
+    prefix: str = "",
+    only: pa.Table | None = None,
+) -> dict[str, pa.Table]:
+    """Split a block's rows by event date and hour; name each piece after partition and block.
+
+    With ``only`` (some of the rows), just the pieces those rows fall into."""
+    keys = _hour_keys(kind, table)
+    wanted = pc.unique(_hour_keys(kind, only) if only is not None else keys)
     pieces: dict[str, pa.Table] = {}
-    for key in pc.unique(keys).to_pylist():
+    for key in wanted.to_pylist():
         d, h = key.split("/")
         name = f"{prefix}{kind.name}/dt={d}/hour={h}/p{partition:03d}-b{block:012d}.parquet"
         pieces[name] = table.filter(pc.equal(keys, key))
@@ -222,8 +234,14 @@ class Archiver(ConsumerRebalanceListener):
     def _write(self, tp: TopicPartition, block: Block) -> None:
         kind = self.kinds[tp.topic]
         with FLUSH_SECONDS.time():
-            table = to_table(kind, block.records)
-            pieces = object_names(kind, table, tp.partition, block.start // self.block_size, self.prefix)
+            # Only the pieces (event hours) that got new records are rewritten: the others
+            # already hold exactly their rows. A history backfill leaves blocks spanning
+            # weeks of event time, and live records then touch one hour of them.
+            new = to_table(kind, block.records[block.durable :])
+            table = new if block.table is None else pa.concat_tables([block.table, new])
+            pieces = object_names(
+                kind, table, tp.partition, block.start // self.block_size, self.prefix, only=new
+            )
             for name, piece in pieces.items():
                 buf = io.BytesIO()
                 pq.write_table(piece, buf, compression="zstd")
@@ -233,10 +251,11 @@ class Archiver(ConsumerRebalanceListener):
                     self.bucket, name, buf, size, content_type="application/vnd.apache.parquet"
                 )
                 OBJECTS_WRITTEN.labels(kind.name).inc()
-        new = len(block.records) - block.durable
-        RECORDS_WRITTEN.labels(kind.name).inc(new)
-        self.written += new
+        added = len(block.records) - block.durable
+        RECORDS_WRITTEN.labels(kind.name).inc(added)
+        self.written += added
         block.durable = len(block.records)
+        block.table = table
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
         self.consumer = make_consumer(self.settings, self.group, *self.kinds, listener=self)

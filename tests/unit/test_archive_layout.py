@@ -1,0 +1,44 @@
+"""Archive object naming: one piece per event hour, and only the pieces new rows touch."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import orjson
+import pyarrow as pa
+
+from fraud_producers.archive import TRANSACTIONS, object_names, to_table
+
+
+def records(stamps: list[str], first_offset: int = 0) -> list[SimpleNamespace]:
+    out = []
+    for i, ts in enumerate(stamps):
+        event = {
+            "schema_version": 1,
+            "transaction_id": f"t{first_offset + i}",
+            "card_id": "C1",
+            "terminal_id": "T1",
+            "amount": 1.5,
+            "currency": "EUR",
+            "timestamp": ts,
+        }
+        out.append(SimpleNamespace(value=orjson.dumps(event), partition=2, offset=first_offset + i))
+    return out
+
+
+def test_pieces_by_event_hour_and_only_those_new_rows_touch() -> None:
+    old = to_table(
+        TRANSACTIONS, records(["2026-11-01T10:05:00Z", "2026-11-01T10:59:00Z", "2026-11-02T03:00:00Z"])
+    )
+    new = to_table(TRANSACTIONS, records(["2026-11-01T10:30:00Z"], first_offset=3))
+
+    table = pa.concat_tables([old, new])
+    every = object_names(TRANSACTIONS, table, 2, 7)
+    assert sorted(every) == [
+        "transactions/dt=2026-11-01/hour=10/p002-b000000000007.parquet",
+        "transactions/dt=2026-11-02/hour=03/p002-b000000000007.parquet",
+    ]
+    touched = object_names(TRANSACTIONS, table, 2, 7, only=new)
+    assert list(touched) == ["transactions/dt=2026-11-01/hour=10/p002-b000000000007.parquet"]
+    # the rewritten piece holds all the block's rows for that hour, old and new
+    assert touched[next(iter(touched))]["transaction_id"].to_pylist() == ["t0", "t1", "t3"]
