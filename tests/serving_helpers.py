@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fraudcore.features import CARD_STATE, MODEL_FEATURES, TERMINAL_FEATURES, US_PER_S
 from fraudcore.settings import Settings
 from fraudcore.storage import ensure_buckets, s3_client
-from tests.helpers import env_for
+from tests.helpers import env_for, isolated
 
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = len(MODEL_FEATURES)
@@ -157,6 +157,20 @@ def expected_row(
 
 
 # --------------------------------------------------------------------------- servers
+def serving_settings(stack: Settings, unique: str, folder: Path, project: str) -> Settings:
+    """A test's own topics (``isolated``) and its own Feast project, registry and offline
+    store under ``folder``."""
+    base = isolated(stack, unique)
+    features = base.features.model_copy(
+        update={
+            "project": project,
+            "registry": str(folder / "registry.db"),
+            "offline_root": str(folder / "offline"),
+        }
+    )
+    return base.model_copy(update={"features": features})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

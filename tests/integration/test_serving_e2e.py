@@ -25,7 +25,6 @@ from fraudcore.events import EventKind, validate
 from fraudcore.features import TERMINAL_FEATURES
 from fraudcore.kafka import consumer, producer
 from fraudcore.settings import Settings
-from tests.helpers import isolated
 from tests.serving_helpers import (
     Server,
     expected_row,
@@ -34,6 +33,7 @@ from tests.serving_helpers import (
     predictor,
     seed_card,
     seed_terminal,
+    serving_settings,
     transformer,
     upload_model,
 )
@@ -87,15 +87,7 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     unique = uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("serving")
-    base = isolated(stack, unique)  # own topics: fraud-scores and model-events included
-    features = base.features.model_copy(
-        update={
-            "project": f"t{unique}",
-            "registry": str(tmp / "registry.db"),
-            "offline_root": str(tmp / "offline"),
-        }
-    )
-    settings = base.model_copy(update={"features": features})
+    settings = serving_settings(stack, unique, tmp, f"t{unique}")  # fraud-scores, model-events too
     model = make_model(VERSION, seed=5, baselines=[1.0] * 22)
     prefix = f"test-{unique}"
     upload_model(settings, prefix, VERSION, model)

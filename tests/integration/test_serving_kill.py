@@ -25,13 +25,14 @@ from fraud_transformer.scoring import decision_id
 from fraudcore.eventing import DEFAULT_MANIFEST, Delivery, Dispatcher, load_source
 from fraudcore.kafka import consumer, producer
 from fraudcore.settings import Settings
-from tests.helpers import dumps, isolated, read_topic, transaction
+from tests.helpers import dumps, read_topic, transaction
 from tests.serving_helpers import (
     ROOT,
     Server,
     make_model,
     predictor,
     serving_env,
+    serving_settings,
     transformer,
     upload_model,
 )
@@ -66,15 +67,8 @@ def serving(stack: Settings, tmp_path: Path) -> Iterator[Serving]:
     from fraud_features.store import apply
 
     unique = uuid.uuid4().hex[:10]
-    base = isolated(stack, unique)  # transactions, fraud-scores and the dead-letter topic included
-    features = base.features.model_copy(
-        update={
-            "project": f"k{unique}",
-            "registry": str(tmp_path / "registry.db"),
-            "offline_root": str(tmp_path / "offline"),
-        }
-    )
-    settings = base.model_copy(update={"features": features})
+    # transactions, fraud-scores and the dead-letter topic included
+    settings = serving_settings(stack, unique, tmp_path, f"k{unique}")
     prefix = f"test-kill-{unique}"
     upload_model(settings, prefix, VERSION, make_model(VERSION, seed=3, baselines=[0.0] * 22))
     pred = predictor(settings, f"s3://models/{prefix}/champion", tmp_path / "predictor.log")
