@@ -41,7 +41,7 @@ import yaml
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from fraudcore.kafka import dead_letter_headers, librdkafka_consumer, record_lag_librdkafka
+from fraudcore.kafka import Record, dead_letter_headers, librdkafka_consumer, record_lag_librdkafka
 from fraudcore.kafka import producer as make_producer
 from fraudcore.metrics import DEAD_LETTERS
 from fraudcore.settings import Settings
@@ -113,28 +113,6 @@ def load_source(path: Path = DEFAULT_MANIFEST, name: str | None = None) -> Sourc
             sink_path=spec.get("sink", {}).get("uri", ""),
         )
     raise ValueError(f"{path}: no KafkaSource{' named ' + name if name else ''}")
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int
-
-    @classmethod
-    def of(cls, message: Any) -> Record:
-        _kind, timestamp = message.timestamp()
-        return cls(
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            message.key(),
-            message.value() or b"",
-            timestamp if timestamp > 0 else int(time.time() * 1000),
-        )
 
 
 @dataclass

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
@@ -96,6 +97,30 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     }
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed Kafka record, detached from the client that read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+    @classmethod
+    def of(cls, message: Any) -> Record:
+        _kind, timestamp = message.timestamp()
+        return cls(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            message.key(),
+            message.value() or b"",
+            timestamp if timestamp > 0 else int(time.time() * 1000),
+        )
 
 
 def librdkafka_producer(settings: Settings, **overrides: Any) -> confluent_kafka.Producer:

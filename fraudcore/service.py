@@ -1,4 +1,4 @@
-"""The loop every Kafka-consuming component runs: poll a batch, handle it, commit, repeat.
+"""The loop a Kafka-consuming component runs: poll a batch, handle it, commit, repeat.
 
 Offsets are committed only after the handler returns (it flushes whatever it produced or
 wrote first), so a crash replays the uncommitted batch: at-least-once, never a loss.
@@ -7,6 +7,7 @@ SIGTERM and SIGINT finish the current batch, commit, and exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -14,10 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from fraudcore.kafka import record_lag
+from fraudcore.kafka import Record, record_lag, record_lag_librdkafka
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,49 @@ def stop_on_signals() -> threading.Event:
         signal.signal(signal.SIGTERM, _handler)
         signal.signal(signal.SIGINT, _handler)
     return stop
+
+
+def librdkafka_loop(
+    consumer: confluent_kafka.Consumer,
+    group: str,
+    handle: Callable[[list[Record]], None],
+    *,
+    stop: threading.Event,
+    poll_timeout_s: float = 0.1,
+    max_records: int = 1000,
+    idle_exit_s: float | None = None,
+) -> int:
+    """``consume_loop`` for a librdkafka consumer: read a batch, handle it, commit, repeat.
+
+    The handler must make its output durable before it returns (or raise: then nothing is
+    committed and the batch comes again). The commit is asynchronous: a crash before it
+    lands replays the batch, which at-least-once allows. Returns the records handled."""
+    handled = 0
+    last_data = time.monotonic()
+    last_lag = 0.0
+    while not stop.is_set():
+        messages = consumer.consume(max_records, poll_timeout_s)
+        records = []
+        for message in messages:
+            if message.error():
+                log.warning("consumer: %s", message.error())
+            else:
+                records.append(Record.of(message))
+        if records:
+            handle(records)
+            consumer.commit(asynchronous=True)
+            handled += len(records)
+            last_data = time.monotonic()
+        elif not consumer.assignment():
+            last_data = time.monotonic()  # still joining the group: not idle
+        elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+            break
+        if time.monotonic() - last_lag > 5.0:
+            record_lag_librdkafka(consumer, group)
+            last_lag = time.monotonic()
+    with contextlib.suppress(confluent_kafka.KafkaException):  # nothing consumed: nothing to commit
+        consumer.commit(asynchronous=False)
+    return handled
 
 
 def consume_loop(

@@ -19,10 +19,9 @@ from prometheus_client import Counter
 
 from fraud_producers.producer import EventProducer
 from fraudcore.events import EventKind, Problem, Validated, parse_timestamp, schema_text, validate
-from fraudcore.kafka import consumer as make_consumer
-from fraudcore.kafka import dead_letter_headers
+from fraudcore.kafka import Record, dead_letter_headers, librdkafka_consumer
 from fraudcore.metrics import DEAD_LETTERS
-from fraudcore.service import Records, consume_loop
+from fraudcore.service import librdkafka_loop
 from fraudcore.settings import Settings
 
 COMPONENT = "quality-gate"
@@ -79,11 +78,11 @@ class QualityGate:
         self.accepted = 0
         self.rejected = 0
 
-    def handle(self, records: Records) -> None:
+    def handle(self, records: list[Record]) -> None:
         topics = self.settings.topics
         now = datetime.now(UTC)
         for r in records:
-            raw: bytes = r.value if r.value is not None else b""
+            raw = r.value
             result = check(raw, now=now, max_future=self.max_future, max_bytes=self.settings.max_event_bytes)
             if result.event is not None:
                 key = r.key or result.event["card_id"].encode()
@@ -103,9 +102,10 @@ class QualityGate:
             raise RuntimeError(f"{self.producer.stats.errors} forwards were not acknowledged; not committing")
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
-        consumer = make_consumer(self.settings, self.group, self.settings.topics.raw.name)
+        # librdkafka: the gate sits on the scoring path, where every millisecond counts.
+        consumer = librdkafka_consumer(self.settings, self.group, [self.settings.topics.raw.name])
         try:
-            return consume_loop(consumer, self.group, self.handle, stop=stop, idle_exit_s=idle_exit_s)
+            return librdkafka_loop(consumer, self.group, self.handle, stop=stop, idle_exit_s=idle_exit_s)
         finally:
             consumer.close()
             self.producer.close()

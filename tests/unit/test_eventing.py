@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from fraudcore.eventing import OffsetTracker, Record, iso_duration_s, load_source
+from fraudcore.eventing import OffsetTracker, iso_duration_s, load_source
+from fraudcore.kafka import Record
 
 
 def record(offset: int, partition: int = 0, topic: str = "t") -> Record:
