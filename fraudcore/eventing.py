@@ -41,7 +41,13 @@ import yaml
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from fraudcore.kafka import Record, dead_letter_headers, librdkafka_consumer, record_lag_librdkafka
+from fraudcore.kafka import (
+    Record,
+    consume_ready,
+    dead_letter_headers,
+    librdkafka_consumer,
+    record_lag_librdkafka,
+)
 from fraudcore.kafka import producer as make_producer
 from fraudcore.metrics import DEAD_LETTERS
 from fraudcore.settings import Settings
@@ -315,7 +321,7 @@ class Dispatcher:
                         await asyncio.sleep(0.005)
                         messages = []
                     else:
-                        messages = await asyncio.to_thread(consumer.consume, 500, 0.02)
+                        messages = await asyncio.to_thread(consume_ready, consumer, 500, 0.02)
                     for message in messages:
                         if message.error():
                             log.warning("consumer: %s", message.error())

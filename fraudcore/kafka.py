@@ -173,6 +173,18 @@ def librdkafka_consumer(
     return client
 
 
+def consume_ready(client: confluent_kafka.Consumer, max_records: int, timeout_s: float) -> list[Any]:
+    """Up to ``max_records`` messages, returning as soon as there is one.
+
+    librdkafka's ``consume(n, timeout)`` waits for all ``n`` or the whole timeout, which on
+    a trickle of records is pure added latency. Here one ``poll`` waits for the first and
+    ``consume(..., 0)`` takes whatever has already arrived behind it."""
+    first = client.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *client.consume(max_records - 1, 0)] if max_records > 1 else [first]
+
+
 def record_lag_librdkafka(client: confluent_kafka.Consumer, group: str, timeout_s: float = 1.0) -> int:
     """Publish a librdkafka consumer's lag per topic (asks the broker: call it now and then)."""
     from fraudcore.metrics import CONSUMER_LAG

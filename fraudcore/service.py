@@ -19,7 +19,7 @@ import confluent_kafka
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from fraudcore.kafka import Record, record_lag, record_lag_librdkafka
+from fraudcore.kafka import Record, consume_ready, record_lag, record_lag_librdkafka
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def librdkafka_loop(
     last_data = time.monotonic()
     last_lag = 0.0
     while not stop.is_set():
-        messages = consumer.consume(max_records, poll_timeout_s)
+        messages = consume_ready(consumer, max_records, poll_timeout_s)
         records = []
         for message in messages:
             if message.error():
