@@ -134,21 +134,34 @@ def card_state_after_each(card: I64, t_us: I64, cents: I64, terminal: I64) -> di
 
 
 def _distinct_in_window(card: I64, t_us: I64, terminal: I64, lo: I64, window_s: int) -> F64:
-    """Distinct terminals among rows ``lo[i]..i``: rows whose previous use of the same
-    terminal by the same card lies outside the window."""
+    """Distinct terminals among rows ``lo[i]..i`` (rows sorted by card and time).
+
+    Row j counts for row i when j is in i's window and the card's previous use of j's
+    terminal lies outside that window (``prev[j] <= t[i] - window``). Both conditions hold
+    for a contiguous run of rows i (edges and window starts only grow along a card), so each
+    j adds 1 to one range of rows: a difference array, O(n log n) however many rows a window
+    holds (a card-testing burst can put thousands in one day)."""
     n = len(card)
+    if n == 0:
+        return np.zeros(0)
     order = np.lexsort((np.arange(n), t_us, terminal, card))  # by card, terminal, time, position
     prev = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     same = (card[order][1:] == card[order][:-1]) & (terminal[order][1:] == terminal[order][:-1])
     prev[order[1:][same]] = t_us[order[:-1][same]]
     edge = t_us - window_s * US_PER_S
-    idx = np.arange(n)
-    result = np.zeros(n, dtype=np.float64)
-    for lag in range(int((idx - lo).max()) + 1 if n else 0):
-        rows = idx - lag
-        valid = rows >= lo
-        result += valid & (prev[np.where(valid, rows, 0)] <= edge)
-    return result
+    # first row i of j's card with edge[i] >= prev[j]: search (card, time rank) keys, which
+    # are sorted because edges grow along each card
+    group = np.concatenate([[0], np.cumsum(card[1:] != card[:-1])]).astype(np.int64)
+    times, rank = np.unique(np.concatenate([edge, prev]), return_inverse=True)
+    span = np.int64(len(times) + 1)
+    first = np.searchsorted(group * span + rank[:n], group * span + rank[n:], side="left")
+    start = np.maximum(first, np.arange(n))
+    stop = np.searchsorted(lo, np.arange(n), side="right")  # rows i with lo[i] <= j, exclusive
+    counts = start < stop
+    diff = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(diff, start[counts], 1)
+    np.add.at(diff, stop[counts], -1)
+    return np.cumsum(diff[:n]).astype(np.float64)
 
 
 @dataclass

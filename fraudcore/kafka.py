@@ -161,7 +161,9 @@ def librdkafka_consumer(
         "auto.offset.reset": "earliest",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
-        "fetch.wait.max.ms": 5,  # an idle partition answers quickly; data is served at once
+        # With fetch.min.bytes 1 the broker answers as soon as data arrives; this only bounds
+        # the wait on idle partitions (shorter just makes idle consumers busy the broker).
+        "fetch.wait.max.ms": 100,
         "socket.nagle.disable": True,
     }
     config.update(overrides)

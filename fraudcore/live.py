@@ -69,7 +69,7 @@ class DecisionMonitor:
             topics.scores.name,
             topics.labels.name,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=5,
+            fetch_max_wait_ms=100,  # data is served at once; this only bounds idle waits
             enable_auto_commit=False,
         )
         try:

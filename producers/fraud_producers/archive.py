@@ -258,7 +258,16 @@ class Archiver(ConsumerRebalanceListener):
         block.table = table
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
-        self.consumer = make_consumer(self.settings, self.group, *self.kinds, listener=self)
+        # Latency does not matter here (blocks flush every few seconds): fetch in bigger
+        # batches, so the per-batch work is spread over many records at low rates too.
+        self.consumer = make_consumer(
+            self.settings,
+            self.group,
+            *self.kinds,
+            listener=self,
+            fetch_min_bytes=256 * 1024,
+            fetch_max_wait_ms=500,
+        )
         try:
             return consume_loop(
                 self.consumer,

@@ -70,6 +70,20 @@ def test_card_features_match_brute_force(events: list[tuple[int, int, int, int]]
                 assert abs(got[name][i] - value) < 1e-9, (name, i)
 
 
+def test_distinct_terminals_in_a_card_testing_burst() -> None:
+    """Thousands of rows in one card's day (a card-testing attack) against a direct count."""
+    rng = np.random.default_rng(11)
+    n = 1500
+    t = np.sort(rng.integers(0, 2 * DAY, n)) * 1_000_000
+    terminal = rng.integers(0, 40, n)
+    state = F.card_state_after_each(np.zeros(n, dtype=np.int64), t, np.ones(n, dtype=np.int64), terminal)
+    lo = 0
+    for i in range(n):
+        while t[lo] <= t[i] - DAY * 1_000_000:
+            lo += 1
+        assert state["card_distinct_terminals_24h"][i] == len(set(terminal[lo : i + 1].tolist())), i
+
+
 def test_history_plus_batch_gives_the_same_served_values_as_everything_at_once() -> None:
     rng = np.random.default_rng(3)
     n = 2000
