@@ -10,7 +10,8 @@ and predictor all run as separate processes. Prints one JSON object:
   decision seen; ``lost`` counts transactions without a decision, ``errors`` dead letters
   and transformer errors;
 * ``e2e_max_events_per_s``: the highest rate with p95 <= 10 ms, p99 <= 25 ms, nothing lost
-  and no error, with ``e2e_ms_p50/p95/p99`` at that rate;
+  and no error, with ``e2e_ms_p50/p95/p99`` at that rate (else those of the lowest rate);
+* ``e2e_sustained_events_per_s``: the highest rate kept up with (p99 <= 1 s, nothing lost);
 * ``hops_ms``: per-hop latency from the components' histograms (quality gate forwarding is
   inside ``dispatcher_record_to_sink``; the Feast lookup and the predictor call are inside
   the transformer).
@@ -38,6 +39,7 @@ from fraudcore.settings import Settings, get_settings
 from fraudcore.storage import s3_client
 
 LIMITS = {"p95": 10.0, "p99": 25.0}
+BACKLOG_MS = 1_000.0  # a p99 past this means the rate is not sustained: decisions queue up
 
 
 def _families(port: int) -> dict[str, Any]:
@@ -235,7 +237,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
             }
             steps.append(step)
             console.print(step, style="dim")
-            if step["lost"] or step["errors"] or pct["p99"] > 4 * LIMITS["p99"]:
+            if step["lost"] or step["errors"] or pct["p99"] > BACKLOG_MS:
                 break  # past saturation: higher rates only queue up
         results["ladder"] = steps
         passing = [
@@ -248,6 +250,9 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         ]
         best = max(passing, key=lambda s: s["rate"]) if passing else min(steps, key=lambda s: s["rate"])
         results["e2e_max_events_per_s"] = best["rate"] if passing else 0
+        # The highest rate the machine keeps up with at all (no backlog), whatever the latency.
+        sustained = [s for s in steps if s["lost"] == 0 and s["errors"] == 0 and s["ms_p99"] <= BACKLOG_MS]
+        results["e2e_sustained_events_per_s"] = max((s["rate"] for s in sustained), default=0)
         results["e2e_ms_p50"], results["e2e_ms_p95"], results["e2e_ms_p99"] = (
             best["ms_p50"],
             best["ms_p95"],
