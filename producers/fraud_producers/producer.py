@@ -8,6 +8,7 @@ rate tracks the target closely at any rate the client can sustain.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ class EventProducer:
     """A librdkafka producer with the project's durable defaults and ack-time metrics.
 
     librdkafka batches, retries and talks to the brokers in its own C threads; this class
-    only queues messages and serves their delivery reports (``poll``) as it goes."""
+    queues messages, and a poller thread serves their delivery reports as they arrive (so
+    the ack times it records are the broker's, not those of the sender's next call)."""
 
     def __init__(
         self,
@@ -66,6 +68,13 @@ class EventProducer:
         self.stats = SendStats()
         self._keep = keep_latencies
         self._children: dict[str, tuple[Counter, Counter, Histogram]] = {}
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, name="producer-acks", daemon=True)
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._stop.is_set():
+            self.client.poll(0.05)
 
     def _metrics(self, topic: str) -> tuple[Counter, Counter, Histogram]:
         if topic not in self._children:
@@ -101,9 +110,8 @@ class EventProducer:
                 )
                 break
             except BufferError:  # the local queue is full: wait for the broker to catch up
-                self.client.poll(0.05)
+                time.sleep(0.01)
         self.stats.sent += 1
-        self.client.poll(0)  # serve the delivery reports that are ready
 
     def flush(self, timeout_s: float | None = None) -> None:
         remaining = self.client.flush(-1 if timeout_s is None else timeout_s)
@@ -112,6 +120,8 @@ class EventProducer:
 
     def close(self) -> None:
         self.client.flush()
+        self._stop.set()
+        self._poller.join(timeout=1)
 
 
 def paced(
