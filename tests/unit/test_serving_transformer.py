@@ -7,7 +7,7 @@ import base64
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -303,7 +303,7 @@ class _FakeProducer:
 
 def test_publish_waits_for_every_ack_without_blocking_the_loop() -> None:
     fake = _FakeProducer()
-    publisher = DecisionPublisher(fake, "scores", timeout_s=2)
+    publisher = DecisionPublisher(cast(Any, fake), "scores", timeout_s=2)
 
     async def run() -> tuple[list[Any], int]:
         ticks = 0
@@ -326,9 +326,9 @@ def test_publish_waits_for_every_ack_without_blocking_the_loop() -> None:
 
 
 def test_publish_fails_on_a_broker_error_or_a_missing_ack() -> None:
-    failing = DecisionPublisher(_FakeProducer(fail=True), "scores", timeout_s=2)
+    failing = DecisionPublisher(cast(Any, _FakeProducer(fail=True)), "scores", timeout_s=2)
     with pytest.raises(PublishError, match="broker said no"):
         asyncio.run(failing.publish([(b"k", b"v")]))
-    silent = DecisionPublisher(_FakeProducer(never=True), "scores", timeout_s=0.05)
+    silent = DecisionPublisher(cast(Any, _FakeProducer(never=True)), "scores", timeout_s=0.05)
     with pytest.raises(TimeoutError):
         asyncio.run(silent.publish([(b"k", b"v")]))
