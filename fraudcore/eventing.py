@@ -152,9 +152,9 @@ class OffsetTracker:
         unfinished = self._unfinished.get(tp)
         if unfinished is None or record.offset not in unfinished:  # partition revoked meanwhile
             return
-        unfinished.remove(record.offset)
+        unfinished.discard(record.offset)
         self.outstanding -= 1
-        order = self._order[tp]
+        order = self._order.get(tp)  # (a revoke runs on the consumer's thread)
         while order and order[0] not in unfinished:
             self._safe[tp] = order.popleft() + 1
 
