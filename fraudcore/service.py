@@ -90,7 +90,10 @@ def consume_loop(
     handle: Callable[[Records], Commit | None],
     *,
     stop: threading.Event,
-    poll_timeout_ms: int = 100,
+    # A poll returns as soon as records arrive, so this only paces idle work. Long enough
+    # that a group rejoin completes within one poll: kafka-python 3.0 can otherwise fail to
+    # apply the new assignment and sit idle on partitions it owns.
+    poll_timeout_ms: int = 500,
     max_records: int | None = None,
     idle_exit_s: float | None = None,
     on_idle: Callable[[], None] | None = None,
