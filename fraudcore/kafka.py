@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,25 @@ def librdkafka_producer(settings: Settings, **overrides: Any) -> confluent_kafka
     }
     config.update(overrides)
     return confluent_kafka.Producer(config)
+
+
+class DeliveryReports:
+    """A thread that serves a librdkafka producer's delivery reports (its ``poll``) as they
+    arrive, so callbacks run at the broker's ack time, not at the sender's next call."""
+
+    def __init__(self, client: confluent_kafka.Producer, name: str) -> None:
+        self.client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.client.poll(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
 
 
 def librdkafka_consumer(

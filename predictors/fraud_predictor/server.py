@@ -122,8 +122,21 @@ def use_event_loop(choice: str) -> str:
     return "uvloop"
 
 
-def model_server_for(args: argparse.Namespace, predictor: PredictorConfig | None = None) -> ModelServer:
-    """A KServe ModelServer configured from the command line, with the changes above."""
+def model_server_for(args: argparse.Namespace) -> ModelServer:
+    """A KServe ModelServer configured from the command line, with the changes above; a
+    transformer (``--predictor_host``) gets its predictor connection from it too."""
+    predictor = (
+        PredictorConfig(
+            predictor_host=args.predictor_host,
+            predictor_protocol=args.predictor_protocol,
+            predictor_use_ssl=args.predictor_use_ssl,
+            predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+            predictor_request_retries=args.predictor_request_retries,
+            predictor_health_check=args.enable_predictor_health_check,
+        )
+        if args.predictor_host
+        else None
+    )
     log.info("event loop: %s", use_event_loop(args.event_loop))
     server = ModelServer(
         http_port=args.http_port,

@@ -8,7 +8,6 @@ rate tracks the target closely at any rate the client can sustain.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, cast
 import confluent_kafka
 from prometheus_client import Counter, Histogram
 
-from fraudcore.kafka import librdkafka_producer
+from fraudcore.kafka import DeliveryReports, librdkafka_producer
 from fraudcore.settings import Settings
 
 MESSAGES_SENT = Counter("producer_messages_sent", "Messages acknowledged by the broker", ["topic"])
@@ -68,13 +67,7 @@ class EventProducer:
         self.stats = SendStats()
         self._keep = keep_latencies
         self._children: dict[str, tuple[Counter, Counter, Histogram]] = {}
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._serve_reports, name="producer-acks", daemon=True)
-        self._poller.start()
-
-    def _serve_reports(self) -> None:
-        while not self._stop.is_set():
-            self.client.poll(0.05)
+        self._reports = DeliveryReports(self.client, "producer-acks")
 
     def _metrics(self, topic: str) -> tuple[Counter, Counter, Histogram]:
         if topic not in self._children:
@@ -120,8 +113,7 @@ class EventProducer:
 
     def close(self) -> None:
         self.client.flush()
-        self._stop.set()
-        self._poller.join(timeout=1)
+        self._reports.stop()
 
 
 def paced(

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fraud_producers.simulator import TRANSACTION_COLUMNS
 from fraud_transformer.scoring import decision_id
 from fraudcore.events import EventKind, validate
 from fraudcore.features import TERMINAL_FEATURES
@@ -324,18 +325,7 @@ mutated_transactions = st.builds(
         }
     ),
     st.dictionaries(
-        st.sampled_from(
-            [
-                "transaction_id",
-                "card_id",
-                "terminal_id",
-                "amount",
-                "currency",
-                "timestamp",
-                "channel",
-                "extra",
-            ]
-        ),
+        st.sampled_from([*TRANSACTION_COLUMNS, "extra"]),
         field_values | st.floats(min_value=1e-300, max_value=1e300),
         max_size=3,
     ),

@@ -10,8 +10,6 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from kserve.predictor_config import PredictorConfig
-
 from fraud_predictor.server import model_server_for, parse_args
 from fraud_transformer.model import FraudTransformer
 from fraud_transformer.online import OnlineFeatures, feature_store, refresh_registry_every
@@ -45,15 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     publisher.warm_up()
     model = FraudTransformer(args.model_name, features, publisher, serving, settings.max_event_bytes)
     model.load()
-    predictor = PredictorConfig(
-        predictor_host=args.predictor_host,
-        predictor_protocol=args.predictor_protocol,
-        predictor_use_ssl=args.predictor_use_ssl,
-        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
-        predictor_request_retries=args.predictor_request_retries,
-        predictor_health_check=args.enable_predictor_health_check,
-    )
-    server = model_server_for(args, predictor)
+    server = model_server_for(args)
     server.start([model])
     stop.set()
 

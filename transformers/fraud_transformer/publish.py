@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import confluent_kafka
 
-from fraudcore.kafka import librdkafka_producer
+from fraudcore.kafka import DeliveryReports, librdkafka_producer
 from fraudcore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,13 +51,7 @@ class DecisionPublisher:
         self.client = client
         self.topic = topic
         self.timeout_s = timeout_s
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._serve_reports, name="decision-acks", daemon=True)
-        self._poller.start()
-
-    def _serve_reports(self) -> None:
-        while not self._stop.is_set():
-            self.client.poll(0.05)  # runs the delivery callbacks in this thread
+        self._reports = DeliveryReports(client, "decision-acks")
 
     def warm_up(self, timeout_s: float = 10.0) -> None:
         """Fetch the topic's metadata now rather than on the first request."""
@@ -90,7 +83,6 @@ class DecisionPublisher:
 
     def close(self, timeout_s: float = 10.0) -> None:
         remaining = self.client.flush(timeout_s)
-        self._stop.set()
-        self._poller.join(timeout=1)
+        self._reports.stop()
         if remaining:
             log.warning("%d decisions were not acknowledged before shutdown", remaining)
