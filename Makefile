@@ -9,12 +9,12 @@ PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
-	images k8s-tools k8s-validate kind-up kind-deploy bench-ingest bench-features \
+	images k8s-tools k8s-validate k8s-schemas kind-up kind-deploy bench-ingest bench-features \
 	train pipeline bench-model bench
 TAG ?= dev
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,9 @@ k8s-tools: ## install the pinned kustomize and kubeconform (cached)
 
 k8s-validate: ## render base and every overlay, validate offline with kubeconform
 	kustomize/validate.sh
+
+k8s-schemas: $(VENV)/.synced ## refresh the vendored Kubernetes and CRD JSON schemas from upstream (needs network)
+	$(BIN)/python kustomize/schemas/refresh.py
 
 kind-up: ## kind cluster with cert-manager, KServe, Knative Eventing + Kafka source, Strimzi, Prometheus operator (needs Docker)
 	kustomize/kind/kind-up.sh

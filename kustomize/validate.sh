@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline validation of the Kubernetes manifests: render the base and every overlay with
 # kustomize, then check each rendered object with kubeconform against the JSON schemas of
-# Kubernetes 1.32 and of the CRDs used (no cluster, no network once the tools are cached).
+# Kubernetes 1.32 and of the CRDs used, vendored in kustomize/schemas/ (no cluster, no network
+# once the tools are cached; `make k8s-schemas` refreshes the schemas from upstream).
 #
 #   kustomize/validate.sh              install the tools if missing, validate everything,
 #                                      and check that the broken fixture is rejected
@@ -10,7 +11,8 @@
 #   kustomize/validate.sh check DIR    render DIR and validate it with kubeconform
 #
 # Environment:
-#   K8S_SCHEMAS_DIR   schema mirror (default: ../shared/k8s-schemas from the project root)
+#   K8S_SCHEMAS_DIR   schema folder with core/ and crds/, absolute or relative to the project
+#                     root (default: the vendored kustomize/schemas)
 #   FRAUD_TOOLS_BIN   where the tools are cached (default: ~/.cache/fraud-platform/bin)
 #
 # Rendering happens in a temporary copy of kustomize/ and observability/ in which
@@ -25,7 +27,7 @@ KUBERNETES_VERSION=1.32.0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 BIN="${FRAUD_TOOLS_BIN:-$HOME/.cache/fraud-platform/bin}"
-SCHEMAS="${K8S_SCHEMAS_DIR:-../shared/k8s-schemas}"
+SCHEMAS="${K8S_SCHEMAS_DIR:-$HERE/schemas}"
 TARGETS=(base overlays/kind overlays/eks overlays/gke)
 BROKEN=tests/broken
 
@@ -84,7 +86,7 @@ render() {
 schemas_dir() {
   local dir="$SCHEMAS"
   [[ "$dir" = /* ]] || dir="$ROOT/$dir"
-  [[ -d "$dir/core" && -d "$dir/crds" ]] || die "schema mirror not found at $dir (set K8S_SCHEMAS_DIR)"
+  [[ -d "$dir/core" && -d "$dir/crds" ]] || die "schemas not found at $dir (core/ and crds/; see kustomize/schemas/README.md)"
   (cd "$dir" && pwd)
 }
 
