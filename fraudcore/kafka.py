@@ -223,6 +223,35 @@ def record_lag_librdkafka(client: confluent_kafka.Consumer, group: str, timeout_
     return sum(per_topic.values())
 
 
+def group_lag(settings: Settings, group: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Records per topic that ``group`` has not committed yet, as the broker sees it.
+
+    Reads the group's committed offsets without joining it, so it is safe to call while the
+    group's members run (a wait on "every partition done", not on idle time)."""
+    client = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        metadata = client.list_topics(timeout=timeout_s)
+        partitions = [
+            confluent_kafka.TopicPartition(topic, p)
+            for topic in topics
+            for p in metadata.topics[topic].partitions
+        ]
+        lag: dict[str, int] = dict.fromkeys(topics, 0)
+        for tp in client.committed(partitions, timeout=timeout_s):
+            low, high = client.get_watermark_offsets(tp, timeout=timeout_s)
+            done = tp.offset if tp.offset >= 0 else low  # nothing committed: from the start
+            lag[tp.topic] += max(0, high - done)
+        return lag
+    finally:
+        client.close()
+
+
 def consumer(
     settings: Settings,
     group_id: str | None,

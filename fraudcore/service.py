@@ -59,8 +59,12 @@ def librdkafka_loop(
     handled = 0
     last_data = time.monotonic()
     last_lag = 0.0
+    assignment: list[confluent_kafka.TopicPartition] = []
     while not stop.is_set():
         messages = consume_ready(consumer, max_records, poll_timeout_s)
+        if consumer.assignment() != assignment:  # a rebalance: the idle clock starts again
+            assignment = consumer.assignment()
+            last_data = time.monotonic()
         records = []
         for message in messages:
             if message.error():
@@ -106,9 +110,15 @@ def consume_loop(
     handled = 0
     last_data = time.monotonic()
     last_lag = 0.0
+    assignment: set[TopicPartition] = set()
     while not stop.is_set():
         batches = consumer.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
         records = [r for batch in batches.values() for r in batch]
+        if consumer.assignment() != assignment:
+            # A rebalance hands over partitions whose records are yet to be fetched: the idle
+            # clock starts again, or a member idle before it would leave with them unread.
+            assignment = set(consumer.assignment())
+            last_data = time.monotonic()
         if records:
             offsets = handle(records)
             if offsets is None:

@@ -181,6 +181,7 @@ class FeatureJob(ConsumerRebalanceListener):
         writer: Any = None,
         redis_client: redis.Redis | None = None,
         log_features: bool = True,
+        batch_records: int = 5000,
     ) -> None:
         self.settings = settings
         self.group = group
@@ -198,8 +199,10 @@ class FeatureJob(ConsumerRebalanceListener):
             writer = OnlineWriter(feature_store(settings))
         self.writer = writer
         self.log_features = log_features
+        self.batch_records = batch_records
         self.partitions: dict[TopicPartition, PartitionState] = {}
-        self.pending: set[TopicPartition] = set()
+        self.pending: set[TopicPartition] = set()  # assigned, state not loaded yet
+        self.rebalance_lock = threading.Lock()
         self.terminal_cache: dict[tuple[str, int], tuple[float, ...]] = {}
         self.feature_log: list[pd.DataFrame] = []
         self.log_offsets: dict[int, list[int]] = {}
@@ -214,31 +217,43 @@ class FeatureJob(ConsumerRebalanceListener):
 
     # --- rebalance (I/O thread: note only) -------------------------------------------------
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            self.partitions.pop(tp, None)
-            self.pending.discard(tp)
+        with self.rebalance_lock:
+            for tp in revoked:
+                self.partitions.pop(tp, None)
+                self.pending.discard(tp)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.pending.update(assigned)
+        with self.rebalance_lock:
+            self.pending.update(assigned)
 
-    def _restore(self, tp: TopicPartition) -> bool:
-        """Load the partition's checkpoint and seek to it; True if the position moved."""
+    def _restore_assigned(self, by_tp: dict[TopicPartition, list[Any]]) -> None:
+        """Load each newly assigned partition's state and put its position where that state
+        ends, before any of its records is used.
+
+        Done for every new partition at once, not when its first records arrive: the client
+        may hand over a partition with a position left from before the rebalance (past
+        records nobody processed), and such a partition would never deliver a record. Its
+        records in this batch are kept only if they start exactly there."""
         assert self.consumer is not None
-        state = PartitionState()
-        if tp.topic == self.tx_topic:
-            blob = self.redis.get(self._k("ckpt", tp.topic, tp.partition))
-            if blob:
-                state = pickle.loads(cast(bytes, blob))  # written by this job only (trusted)
-            self.partitions[tp] = state
-            target = state.next_offset
+        with self.rebalance_lock:
+            new, self.pending = self.pending & self.consumer.assignment(), set()
+        for tp in new:
+            state = PartitionState()
+            target: int | None = None
+            if tp.topic == self.tx_topic:
+                blob = self.redis.get(self._k("ckpt", tp.topic, tp.partition))
+                if blob:
+                    state = pickle.loads(cast(bytes, blob))  # written by this job only (trusted)
+                target = state.next_offset
             if target is None:
-                target = self.consumer.beginning_offsets([tp])[tp]
-            if self.consumer.position(tp) != target:
-                self.consumer.seek(tp, target)
-                return True
-            return False
-        self.partitions[tp] = state
-        return False
+                committed = self.consumer.committed(tp)
+                target = committed if committed is not None else self.consumer.beginning_offsets([tp])[tp]
+            self.partitions[tp] = state
+            records = by_tp.get(tp)
+            if records and records[0].offset == target:
+                continue
+            by_tp.pop(tp, None)  # they come again, from the target
+            self.consumer.seek(tp, target)
 
     # --- the batch --------------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
@@ -246,12 +261,9 @@ class FeatureJob(ConsumerRebalanceListener):
         by_tp: dict[TopicPartition, list[Any]] = defaultdict(list)
         for r in records:
             by_tp[TopicPartition(r.topic, r.partition)].append(r)
-        for tp in list(by_tp):
-            if tp in self.pending:
-                self.pending.discard(tp)
-                if self._restore(tp):
-                    del by_tp[tp]  # they come again, from the checkpoint
-            self.partitions.setdefault(tp, PartitionState())
+        self._restore_assigned(by_tp)
+        for tp in [tp for tp in by_tp if tp not in self.partitions]:
+            del by_tp[tp]  # revoked while they were in flight: the new owner reads them
 
         new_tx: dict[TopicPartition, list[Transaction]] = {}
         increments: dict[TopicPartition, list[str]] = {}
@@ -548,12 +560,13 @@ class FeatureJob(ConsumerRebalanceListener):
             self.tx_topic,
             self.label_topic,
             listener=self,
-            max_poll_records=5000,
+            max_poll_records=self.batch_records,
             fetch_min_bytes=32 * 1024,
             fetch_max_wait_ms=50,
         )
 
         def idle() -> None:
+            self._restore_assigned({})
             self._publish_progress()
             self.drain()
             offsets = self._checkpoint_if_due()

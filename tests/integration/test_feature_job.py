@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 
 from fraud_features.stream import FeatureJob
 from fraudcore import features as F
-from fraudcore.kafka import producer
+from fraudcore.kafka import group_lag, producer
+from fraudcore.service import Commit, Records
 from fraudcore.settings import Settings
 from tests.helpers import env_for, isolated, produce_history, read_topic, simulated
 
@@ -101,23 +103,103 @@ def test_online_features_equal_the_offline_backfill(
             assert abs(got[name].iloc[i] - state[name][pos]) < 1e-6, name
 
 
+class Replicas:
+    """Feature-job replicas of one consumer group, each on its own thread with its own stop."""
+
+    def __init__(
+        self, settings: Settings, group: str, count: int, job: type[FeatureJob] = FeatureJob
+    ) -> None:
+        self.settings, self.group = settings, group
+        self.jobs = [job(settings, group=group) for _ in range(count)]
+        self.stops = [threading.Event() for _ in self.jobs]
+        self.threads = [
+            threading.Thread(target=j.run, args=(s,)) for j, s in zip(self.jobs, self.stops, strict=True)
+        ]
+
+    def start(self) -> Replicas:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        for s in self.stops:
+            s.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    @property
+    def processed(self) -> int:
+        return sum(j.processed for j in self.jobs)
+
+    def lag(self) -> int:
+        topics = [self.settings.topics.transactions.name, self.settings.topics.labels.name]
+        return sum(group_lag(self.settings, self.group, topics).values())
+
+    def run_until_caught_up(self, timeout_s: float = 240) -> None:
+        """Until the group has committed every partition's end offset (read from the broker):
+        the wait is on the work, not on idle time."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline and self.lag():
+                time.sleep(0.5)
+        finally:
+            self.stop()
+        assert not self.lag(), "the group did not reach the partitions' end offsets"
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_two_replicas_produce_the_same_features_as_one(
     stack: Settings, unique: str, tmp_path: Path, history
 ) -> None:
     transactions, labels, offline = history
     settings = _settings(stack, unique, tmp_path)
     produce_history(settings, transactions, labels)
-    stop = threading.Event()
-    jobs = [FeatureJob(settings, group=f"fj-{unique}") for _ in range(2)]
-    threads = [threading.Thread(target=j.run, args=(stop,), kwargs={"idle_exit_s": 4}) for j in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    assert sum(j.processed for j in jobs) >= len(transactions)
-    assert all(j.processed > 0 for j in jobs), "both replicas should own partitions"
+    replicas = Replicas(settings, f"fj-{unique}", 2).start()
+    replicas.run_until_caught_up()
+    assert replicas.processed >= len(transactions)
+    assert all(j.processed > 0 for j in replicas.jobs), "both replicas should own partitions"
     served = _feature_log(settings).drop_duplicates("transaction_id", keep="last")
     _assert_same_features(served, offline)
+
+
+class _SmallBatches(FeatureJob):
+    """A replica that reads 100 records at a time and pauses between batches, so the
+    backlog lasts long enough for members to join and leave while it is worked off."""
+
+    def __init__(self, settings: Settings, *, group: str) -> None:
+        super().__init__(settings, group=group, batch_records=100)
+
+    def handle(self, records: Records) -> Commit:
+        time.sleep(0.01)
+        return super().handle(records)
+
+
+def test_a_replica_joining_and_leaving_mid_stream_skips_and_double_counts_nothing(
+    stack: Settings, unique: str, tmp_path: Path, history
+) -> None:
+    """Rebalances while a backlog is worked off: a third replica joins, takes partitions
+    from the two running ones, processes some of them, and leaves again."""
+    transactions, labels, offline = history
+    settings = _settings(stack, unique, tmp_path)
+    group = f"fj-{unique}"
+    produce_history(settings, transactions, labels)
+    replicas = Replicas(settings, group, 2, _SmallBatches).start()
+    _wait_for(lambda: replicas.processed > 0, "the first replicas to start")
+    third = Replicas(settings, group, 1, _SmallBatches).start()
+    _wait_for(lambda: third.processed > 0, "the third replica to take partitions")
+    third.stop()
+    at_leave = replicas.processed + third.processed
+    replicas.run_until_caught_up()
+    assert at_leave < len(transactions), "the backlog was done before the third replica left"
+    served = _feature_log(settings)
+    assert set(served["transaction_id"]) == set(transactions["transaction_id"])  # no gap
+    _assert_same_features(served.drop_duplicates("transaction_id", keep="last"), offline)  # no double count
 
 
 def test_sigkill_restart_neither_double_counts_nor_skips(
