@@ -67,7 +67,7 @@ bench-ingest: up ## producer throughput, rate accuracy, ack latency, archive thr
 	$(BIN)/python -m fraud_producers.bench
 
 bench: up ## the scoring path under load, end to end (JSON); RATES=500,1000,2000 TRANSFORMERS=2
-	$(BIN)/python -m fraudcore.bench_e2e $(or $(RATES),500,1000,1500,2000,3000) $(or $(TRANSFORMERS),2)
+	$(BIN)/python -m fraud_app.bench $(or $(RATES),500,1000,1500,2000,3000) $(or $(TRANSFORMERS),2)
 
 train: up ## train locally with kfp's local runner and publish the model (ARGS="--source simulator" on a fresh stack)
 	$(FRAUD) train $(ARGS)

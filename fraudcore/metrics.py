@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import yaml
 from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from fraudcore.settings import Settings
 
@@ -19,6 +23,25 @@ def serve_metrics(settings: Settings, component: str) -> int:
     port = int(getattr(settings.metrics_ports, component))
     start_http_server(port, addr=settings.metrics_host)
     return port
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 3.0) -> dict[str, Any]:
+    """The metric families on a component's /metrics page, by name (empty if it does not answer)."""
+    try:
+        text = httpx.get(f"http://{host}:{port}/metrics", timeout=timeout_s).text
+    except httpx.HTTPError:
+        return {}
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample_sum(families: dict[str, Any], sample: str, labels: dict[str, str] | None = None) -> float:
+    """The sum of the samples named ``sample`` whose labels include ``labels`` (0 if none)."""
+    return sum(
+        s.value
+        for family in families.values()
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in (labels or {}).items())
+    )
 
 
 def prometheus_config(settings: Settings) -> str:

@@ -27,7 +27,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Settings:
     """The running local stack (started if it is not: `fraud up` is idempotent)."""
-    from fraudcore import devstack
+    from fraud_app import devstack
 
     devstack.ensure_env_file()
     get_settings.cache_clear()

@@ -16,7 +16,7 @@ from kserve.utils.utils import strtobool
 
 from fraud_predictor.events import ChampionWatcher
 from fraud_predictor.model import FraudPredictor
-from fraud_predictor.server import model_server_for, parse_args
+from fraudcore.model_server import model_server_for, parse_args
 from fraudcore.settings import Settings, get_settings
 
 

@@ -26,8 +26,8 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse,
 from kserve.utils.numpy_codec import from_np_dtype
 
 from fraud_predictor.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, MODEL_SWAPS
-from fraud_predictor.protocol import MODEL_INFO_PARAMETER, VERSION_PARAMETER, ModelInfo
 from fraud_predictor.storage import ModelFiles, read_model_files
+from fraudcore.protocol import MODEL_INFO_PARAMETER, VERSION_PARAMETER, ModelInfo
 from fraudcore.settings import Settings
 
 log = logging.getLogger(__name__)

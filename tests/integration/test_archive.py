@@ -49,7 +49,7 @@ def _archiver_cmd(prefix: str, unique: str, idle_exit_s: float | None = None) ->
     cmd = [
         sys.executable,
         "-m",
-        "fraudcore.cli",
+        "fraud_app.cli",
         "archive",
         "--group",
         f"arch-{unique}",

@@ -169,14 +169,18 @@ def test_two_replicas_produce_the_same_features_as_one(
 
 
 class _SmallBatches(FeatureJob):
-    """A replica that reads 100 records at a time and pauses between batches, so the
-    backlog lasts long enough for members to join and leave while it is worked off."""
+    """A replica that reads 100 records at a time and, while ``slow`` is set, pauses after
+    each batch, so the backlog lasts while members join and leave (it still polls often
+    enough for every rebalance to complete at once)."""
+
+    slow = threading.Event()
 
     def __init__(self, settings: Settings, *, group: str) -> None:
         super().__init__(settings, group=group, batch_records=100)
 
     def handle(self, records: Records) -> Commit:
-        time.sleep(0.01)
+        if self.slow.is_set():
+            time.sleep(0.2)
         return super().handle(records)
 
 
@@ -189,12 +193,18 @@ def test_a_replica_joining_and_leaving_mid_stream_skips_and_double_counts_nothin
     settings = _settings(stack, unique, tmp_path)
     group = f"fj-{unique}"
     produce_history(settings, transactions, labels)
-    replicas = Replicas(settings, group, 2, _SmallBatches).start()
-    _wait_for(lambda: replicas.processed > 0, "the first replicas to start")
-    third = Replicas(settings, group, 1, _SmallBatches).start()
-    _wait_for(lambda: third.processed > 0, "the third replica to take partitions")
-    third.stop()
-    at_leave = replicas.processed + third.processed
+    _SmallBatches.slow.set()
+    try:
+        replicas = Replicas(settings, group, 2, _SmallBatches)
+        third = Replicas(settings, group, 1, _SmallBatches)  # built first: start-up is slow under load
+        replicas.start()
+        _wait_for(lambda: replicas.processed > 0, "the first replicas to start")
+        third.start()
+        _wait_for(lambda: third.processed > 0, "the third replica to take partitions")
+        third.stop()
+        at_leave = replicas.processed + third.processed
+    finally:
+        _SmallBatches.slow.clear()
     replicas.run_until_caught_up()
     assert at_leave < len(transactions), "the backlog was done before the third replica left"
     served = _feature_log(settings)
@@ -219,7 +229,7 @@ def test_sigkill_restart_neither_double_counts_nor_skips(
             "FRAUD_METRICS_PORTS__FEATURE_JOB": "0",
         }
     )
-    cmd = [sys.executable, "-m", "fraudcore.cli", "features", "stream", "--group", f"fj-{unique}"]
+    cmd = [sys.executable, "-m", "fraud_app.cli", "features", "stream", "--group", f"fj-{unique}"]
     log = (tmp_path / "job.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     half = len(transactions) // 2

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from fraud_app.eventing import DEFAULT_MANIFEST, Delivery, Dispatcher, load_source
 from fraud_transformer.scoring import decision_id
-from fraudcore.eventing import DEFAULT_MANIFEST, Delivery, Dispatcher, load_source
 from fraudcore.kafka import consumer, producer
 from fraudcore.settings import Settings
 from tests.helpers import dumps, read_topic, transaction

@@ -11,7 +11,7 @@ from collections import defaultdict
 import httpx
 import pytest
 
-from fraudcore import devstack
+from fraud_app import devstack
 from fraudcore.kafka import admin, consumer, ensure_topics, producer
 from fraudcore.settings import Settings, TopicSpec
 from fraudcore.storage import s3_client
@@ -100,7 +100,7 @@ def test_prometheus_ready_and_scraping(stack: Settings) -> None:
 @pytest.mark.slow
 def test_up_is_idempotent_and_survives_down_up(stack: Settings) -> None:
     before = {s.name: s.pid for s in devstack.status(stack)}
-    cli = [sys.executable, "-m", "fraudcore.cli"]
+    cli = [sys.executable, "-m", "fraud_app.cli"]
     again = subprocess.run([*cli, "up"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("already running") == 4

@@ -22,7 +22,7 @@ def test_demo_runs_unattended_and_produces_decisions(stack: Settings) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "fraudcore.cli",
+        "fraud_app.cli",
         "demo",
         "--duration",
         "60",

@@ -6,7 +6,7 @@ import socket
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
-from fraudcore.bench_e2e import histogram_buckets, histogram_quantiles
+from fraud_app.bench import histogram_buckets, histogram_quantiles
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from fraudcore.eventing import OffsetTracker, iso_duration_s, load_source
+from fraud_app.eventing import OffsetTracker, iso_duration_s, load_source
 from fraudcore.kafka import Record
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fraud_pipelines import bench, cli, local
+from fraud_pipelines import bench, cli, local, params
 
 runner = CliRunner()
 
@@ -49,7 +49,7 @@ def test_train_passes_the_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_archive_source_keeps_its_options() -> None:
-    args = cli.pipeline_arguments(source="archive", source_path="prefix", train_start="2026-03-01")
+    args = params.pipeline_arguments(source="archive", source_path="prefix", train_start="2026-03-01")
     assert args == {
         "source": "archive",
         "source_path": "prefix",

@@ -13,9 +13,9 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, 
 
 from fraud_predictor.events import parse_event
 from fraud_predictor.model import FraudPredictor, OnnxModel
-from fraud_predictor.protocol import MODEL_INFO_PARAMETER, ModelInfo
 from fraud_predictor.storage import ModelFiles, ModelFilesError, S3Config, read_local
 from fraudcore.features import MODEL_FEATURES
+from fraudcore.protocol import MODEL_INFO_PARAMETER, ModelInfo
 from fraudcore.settings import Settings
 from tests.serving_helpers import N_FEATURES, make_model, onnx_scores
 

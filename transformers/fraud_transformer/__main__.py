@@ -10,10 +10,10 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from fraud_predictor.server import model_server_for, parse_args
 from fraud_transformer.model import FraudTransformer
 from fraud_transformer.online import OnlineFeatures, feature_store, refresh_registry_every
 from fraud_transformer.publish import DecisionPublisher, serving_producer
+from fraudcore.model_server import model_server_for, parse_args
 from fraudcore.settings import get_settings
 
 REGISTRY_REFRESH_S = 60.0

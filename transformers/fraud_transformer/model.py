@@ -32,7 +32,6 @@ from kserve.protocol.infer_type import (
     to_http_parameters,
 )
 
-from fraud_predictor.protocol import MODEL_INFO_PARAMETER, UNKNOWN_VERSION, VERSION_PARAMETER, ModelInfo
 from fraud_transformer.coalesce import Coalescer
 from fraud_transformer.inputs import V2, Batch, extract, validate_batch
 from fraud_transformer.metrics import DECISIONS, E2E_LATENCY, ERRORS
@@ -48,6 +47,7 @@ from fraud_transformer.scoring import (
     occluded,
     top_reasons,
 )
+from fraudcore.protocol import MODEL_INFO_PARAMETER, UNKNOWN_VERSION, VERSION_PARAMETER, ModelInfo
 from fraudcore.settings import ServingSettings
 
 log = logging.getLogger(__name__)

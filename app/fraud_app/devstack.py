@@ -27,7 +27,7 @@ import redis
 
 from fraudcore.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # app/fraud_app/devstack.py
 KAFKA_VERSION = "4.1.1"
 # MinIO's RELEASE tags are not semantic versions, so the Go module proxy serves the
 # source by pseudo-version; this one is the last commit of the upstream repository.

@@ -29,12 +29,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from fraudcore import devstack
-from fraudcore.live import DecisionMonitor
-from fraudcore.platform import Platform, components
+from fraud_app import devstack
+from fraud_app.live import DecisionMonitor
+from fraud_app.supervisor import Platform, components
+from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings, get_settings
 from fraudcore.storage import s3_client
 
@@ -42,28 +42,15 @@ LIMITS = {"p95": 10.0, "p99": 25.0}
 BACKLOG_MS = 1_000.0  # a p99 past this means the rate is not sustained: decisions queue up
 
 
-def _families(port: int) -> dict[str, Any]:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
-    except httpx.HTTPError:
-        return {}
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
 def _counter(ports: list[int], name: str) -> float:
-    total = 0.0
-    for port in ports:
-        family = _families(port).get(name)
-        if family:
-            total += sum(s.value for s in family.samples if s.name == f"{name}_total" or s.name == name)
-    return total
+    return sum(sample_sum(scrape(port), f"{name}_total") for port in ports)
 
 
 def histogram_buckets(ports: list[int], name: str) -> dict[float, float]:
     """Cumulative bucket counts of a histogram, summed over processes (and label values)."""
     buckets: dict[float, float] = {}
     for port in ports:
-        family = _families(port).get(name)
+        family = scrape(port).get(name)
         if not family:
             continue
         for s in family.samples:
@@ -108,8 +95,8 @@ def _ensure_model(settings: Settings, console: Console) -> None:
         return
     except Exception:
         console.print("no champion yet: training one on the archive", style="dim")
-    from fraud_pipelines.cli import pipeline_arguments
     from fraud_pipelines.local import run_local
+    from fraud_pipelines.params import pipeline_arguments
 
     run_local(
         pipeline_arguments(source="archive", search="quick", burn_in_days=7, history_days=14), console=console
@@ -162,13 +149,14 @@ def _transformer_latency(
 
 def _caught_up(settings: Settings, transactions: int, timeout_s: float = 300) -> None:
     """Wait until the archiver and the feature job have processed the backfill."""
-    from fraudcore.demo import _metric
 
     ports = settings.metrics_ports
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        archived = _metric(ports.archiver, "archiver_records_written_total", {"kind": "transactions"})
-        featured = _metric(ports.feature_job, "feature_job_events_total", {"kind": "transaction"})
+        archived = sample_sum(
+            scrape(ports.archiver), "archiver_records_written_total", {"kind": "transactions"}
+        )
+        featured = sample_sum(scrape(ports.feature_job), "feature_job_events_total", {"kind": "transaction"})
         if archived >= transactions and featured >= transactions:
             return
         time.sleep(1)

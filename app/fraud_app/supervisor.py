@@ -105,7 +105,7 @@ def components(
     settings: Settings, *, dispatcher_offset: str = "latest", transformers: int = 1
 ) -> list[Component]:
     """Every long-running component, in start order."""
-    cli = [sys.executable, "-m", "fraudcore.cli"]
+    cli = [sys.executable, "-m", "fraud_app.cli"]
 
     def metrics(component: str) -> str:
         return f"http://127.0.0.1:{getattr(settings.metrics_ports, component)}/metrics"
@@ -162,7 +162,7 @@ def components(
         sinks.append(f"http://127.0.0.1:{http}/v1/models/{sv.model_name}:predict")
     # A consumer group of its own per run: it starts at the latest offset instead of scoring
     # whatever a previous run (or a backfill) left behind in the topic.
-    from fraudcore.eventing import load_source
+    from fraud_app.eventing import load_source
 
     group = f"{load_source().consumer_group}-{uuid.uuid4().hex[:8]}"
     dispatch = [*cli, "dispatch", "--initial-offset", dispatcher_offset, "--group", group]

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fraudcore import devstack
-from fraudcore.live import DecisionMonitor, Snapshot
-from fraudcore.platform import Platform, components
+from fraud_app import devstack
+from fraud_app.live import DecisionMonitor, Snapshot
+from fraud_app.supervisor import Platform, components
+from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
 
 
@@ -40,16 +39,7 @@ class DemoOptions:
 
 def _metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
     """A counter's value from a component's /metrics (0 when it has none yet)."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return 0.0
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
-                total += sample.value
-    return total
+    return sample_sum(scrape(port), name, labels)
 
 
 def _wait_until(what: str, check: Any, console: Console, timeout_s: float = 600) -> None:
@@ -156,8 +146,8 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
 
 
 def _train(console: Console, **overrides: Any) -> None:
-    from fraud_pipelines.cli import pipeline_arguments
     from fraud_pipelines.local import run_local
+    from fraud_pipelines.params import pipeline_arguments
 
     arguments = pipeline_arguments(source="archive", search="quick", **overrides)
     run_local(arguments, console=console)

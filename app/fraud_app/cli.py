@@ -1,0 +1,163 @@
+"""``fraud``: the platform's command line. ``fraud --help`` lists every subcommand.
+
+The composition root: each component's own Typer app is mounted here (ingest commands at
+the top level, ``fraud features ...``, ``fraud train`` and ``fraud pipeline ...``), next to
+the application's commands: the local services, the KafkaSource stand-in and the demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fraud_features.cli import app as features_app
+from fraud_pipelines.cli import app as pipeline_app
+from fraud_pipelines.cli import train as pipeline_train
+from fraud_producers.cli import app as producers_app
+from fraudcore.commands import fail, parse_duration, start_component
+from fraudcore.settings import get_settings
+
+app = typer.Typer(
+    help="Real-time fraud detection on Kafka, Feast, Kubeflow Pipelines and KServe.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+@app.command()
+def up() -> None:
+    """Install what is missing, start Kafka, Redis, MinIO and Prometheus, health-check them."""
+    from fraud_app import devstack
+
+    if devstack.ensure_env_file():
+        console.print("wrote fresh MinIO credentials to .env")
+        get_settings.cache_clear()
+    try:
+        devstack.up(get_settings(), report=console.print)
+    except devstack.StackError as exc:
+        fail(str(exc))
+    _print_status()
+
+
+@app.command()
+def down() -> None:
+    """Stop the local services (data is kept in the state folder)."""
+    from fraud_app import devstack
+
+    devstack.down(get_settings(), report=console.print)
+
+
+@app.command()
+def status() -> None:
+    """Show each service's version, address and health; exit 1 if any is unhealthy."""
+    if not _print_status():
+        raise typer.Exit(1)
+
+
+def _print_status() -> bool:
+    from fraud_app import devstack
+
+    table = Table("service", "version", "address", "pid", "RSS MiB", "health")
+    rows = devstack.status(get_settings())
+    for s in rows:
+        table.add_row(
+            s.name,
+            s.version,
+            s.address,
+            str(s.pid or "-"),
+            f"{s.rss_mib:.0f}",
+            "[green]healthy[/green]" if s.healthy else "[red]down[/red]",
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", f"{sum(s.rss_mib for s in rows):.0f}", "")
+    console.print(table)
+    return all(s.healthy for s in rows)
+
+
+@app.command()
+def topics() -> None:
+    """List the platform's topics and their partition counts (from settings)."""
+    for spec in get_settings().topics.all():
+        console.print(f"{spec.name:<20} partitions={spec.partitions}")
+
+
+@app.command()
+def dispatch(
+    sink: list[str] = typer.Option(
+        ["http://127.0.0.1:8086/v1/models/fraud:predict"],
+        help="The transformer's URL (on a cluster Knative resolves the sink ref); repeat it for replicas.",
+    ),
+    manifest: Path = typer.Option(
+        Path("kustomize/base/serving/eventing.yaml"), help="The KafkaSource manifest whose spec this mirrors."
+    ),
+    group: str = typer.Option(None, help="Override the manifest's consumerGroup."),
+    initial_offset: str = typer.Option(None, help="Override initialOffset (earliest or latest)."),
+    max_in_flight: int = typer.Option(64, help="Concurrent deliveries (records of one key stay in order)."),
+    idle_exit_s: float = typer.Option(None, help="Exit after this many seconds without events."),
+) -> None:
+    """Local stand-in for Knative's KafkaSource: deliver transactions to the transformer as CloudEvents."""
+    from fraud_app.eventing import Dispatcher, load_source
+    from fraudcore.service import stop_on_signals
+
+    spec = load_source(manifest)
+    updates = {k: v for k, v in {"consumer_group": group, "initial_offset": initial_offset}.items() if v}
+    spec = spec.model_copy(update=updates)
+    start_component(get_settings(), "dispatcher")
+    d = Dispatcher(get_settings(), spec, sink, max_in_flight=max_in_flight)
+    d.run(stop_on_signals(), idle_exit_s=idle_exit_s)
+    console.print(f"delivered {d.delivered}, dead-lettered {d.dead_lettered}")
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(
+        None, help="Stop after this many seconds of live traffic (default: Ctrl-C)."
+    ),
+    rate: float = typer.Option(500, help="Live transactions per second."),
+    days: int = typer.Option(45, help="Days of simulated history to backfill and train on."),
+    customers: int = typer.Option(1_000),
+    terminals: int = typer.Option(2_000),
+    label_delay: str = typer.Option("30s", help="How late fraud labels arrive during the live part."),
+    train: bool = typer.Option(True, help="Train a model first (off: serve the current champion)."),
+) -> None:
+    """The whole loop: stack, backfill, training (kfp), serving (KServe), live traffic and a live view."""
+    from fraud_app.demo import DemoOptions
+    from fraud_app.demo import run as run_demo
+
+    options = DemoOptions(
+        duration_s=duration,
+        rate=rate,
+        days=days,
+        customers=customers,
+        terminals=terminals,
+        label_delay=parse_duration(label_delay),
+        train=train,
+    )
+    snapshot = run_demo(get_settings(), options, console)
+    if snapshot.decisions == 0:
+        fail("no decisions were produced")
+
+
+# Each component owns its commands; this root only mounts them.
+app.add_typer(producers_app)  # seed, backfill, replay, gate, archive at the top level
+app.add_typer(features_app, name="features")
+app.command("train", help="Run the training pipeline locally (kfp local runner) and publish the model.")(
+    pipeline_train
+)
+app.add_typer(pipeline_app, name="pipeline", help="The Kubeflow pipeline: train, compile, submit, bench.")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Command line of the feature layer: the Feast repo's environment and registration, and the
+streaming feature job. The ``fraud`` command mounts these as ``fraud features ...``."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from fraudcore.commands import start_component
+from fraudcore.settings import get_settings
+
+app = typer.Typer(help="The feature layer: Feast repo, streaming job.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("env")
+def features_env() -> None:
+    """Print the environment the Feast CLI needs (eval "$(fraud features env)"; feast -c feature_store/repo ...)."""
+    from fraud_features.store import feast_env
+
+    for key, value in feast_env(get_settings()).items():
+        print(f"export {key}={value}")
+
+
+@app.command("apply")
+def features_apply() -> None:
+    """Register entities and feature views with Feast (`feast apply`)."""
+    from fraud_features.store import apply
+
+    console.print(f"applied: {', '.join(apply(get_settings()))}")
+
+
+@app.command("stream")
+def features_stream(
+    group: str = typer.Option("feature-job", help="Kafka consumer group (replicas share it)."),
+    idle_exit_s: float = typer.Option(None, help="Exit after this many seconds without events."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not write the feature log."),
+) -> None:
+    """Streaming feature job: transactions and labels in, online features and a feature log out."""
+    from fraud_features.stream import FeatureJob
+    from fraudcore.service import stop_on_signals
+
+    start_component(get_settings(), "feature_job")
+    job = FeatureJob(get_settings(), group=group, log_features=not no_log)
+    job.run(stop_on_signals(), idle_exit_s=idle_exit_s)
+    console.print(f"processed {job.processed} transactions")
