@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import pycountry
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from pydantic import AfterValidator
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
@@ -32,6 +33,16 @@ class EventKind(StrEnum):
 
 
 ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+def _iso_4217(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError(f"{value!r} is not an ISO-4217 currency code")
+    return value
+
+
+#: A settings or config field that must hold an ISO-4217 currency code.
+CurrencyCode = Annotated[str, AfterValidator(_iso_4217)]
 
 # Fields whose string value must be an ISO-8601 timestamp with a UTC offset.
 _TIMESTAMP_FIELDS = {

@@ -6,12 +6,13 @@ import contextlib
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import confluent_kafka
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -286,6 +287,66 @@ def consumer(
     return client
 
 
+def by_partition(records: list[Any]) -> dict[TopicPartition, list[Any]]:
+    """kafka-python records grouped by partition, each group in offset order."""
+    groups: dict[TopicPartition, list[Any]] = defaultdict(list)
+    for r in records:
+        groups[TopicPartition(r.topic, r.partition)].append(r)
+    return groups
+
+
+def committed_or_beginning(client: KafkaConsumer, tp: TopicPartition) -> int:
+    """Where the group resumes ``tp``: its committed offset, else the partition's start."""
+    committed = client.committed(tp)
+    return committed if committed is not None else client.beginning_offsets([tp])[tp]
+
+
+class NewPartitions(ConsumerRebalanceListener):
+    """Tracks the partitions a kafka-python consumer gains, for components that keep state
+    per partition and must choose where each one resumes.
+
+    kafka-python runs the rebalance callbacks on its I/O thread, where nothing may block:
+    they only note the change (``on_revoked`` drops the partition's state), and the consume
+    loop's thread positions every new partition with ``start_new`` before using its records.
+    All of them at once, not when a partition's first records arrive: the client can hand a
+    partition back positioned past records that nobody processed, and such a partition would
+    never deliver a record."""
+
+    def __init__(self, on_revoked: Callable[[TopicPartition], None]) -> None:
+        self._on_revoked = on_revoked
+        self._new: set[TopicPartition] = set()
+        self._lock = threading.Lock()
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in revoked:
+                self._new.discard(tp)
+                self._on_revoked(tp)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        with self._lock:
+            self._new.update(assigned)
+
+    def start_new(
+        self,
+        client: KafkaConsumer,
+        by_tp: dict[TopicPartition, list[Any]],
+        resume_at: Callable[[TopicPartition], int],
+    ) -> list[TopicPartition]:
+        """Seek each newly assigned partition to ``resume_at(tp)``; its records in ``by_tp``
+        stay only if they begin exactly there (the others come again). Returns the new ones."""
+        with self._lock:
+            new, self._new = self._new & client.assignment(), set()
+        for tp in sorted(new):
+            target = resume_at(tp)
+            records = by_tp.get(tp)
+            if records and records[0].offset == target:
+                continue
+            by_tp.pop(tp, None)
+            client.seek(tp, target)
+        return sorted(new)
+
+
 def record_lag(consumer: KafkaConsumer, group: str) -> int:
     """Publish the consumer's lag per topic (from cached high watermarks); return the total."""
     from fraudcore.metrics import CONSUMER_LAG
@@ -300,6 +361,24 @@ def record_lag(consumer: KafkaConsumer, group: str) -> int:
     for topic, lag in per_topic.items():
         CONSUMER_LAG.labels(group=group, topic=topic).set(lag)
     return sum(per_topic.values())
+
+
+class DeadLetterSend(Protocol):
+    def __call__(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> Any: ...
+
+
+def dead_letter(
+    send: DeadLetterSend, settings: Settings, component: str, label: str, reason: str, record: Any
+) -> Any:
+    """Quarantine ``record`` (its original bytes) on the dead-letter topic with the reason
+    headers, and count it; returns what ``send`` returns (a future, for a caller that waits)."""
+    from fraudcore.metrics import DEAD_LETTERS
+
+    DEAD_LETTERS.labels(component, label).inc()
+    headers = dead_letter_headers(component, reason, record.topic, record.partition, record.offset)
+    return send(settings.topics.dead_letter.name, key=record.key, value=record.value or b"", headers=headers)
 
 
 def dead_letter_headers(

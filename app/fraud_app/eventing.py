@@ -44,12 +44,11 @@ from pydantic import BaseModel, Field
 from fraudcore.kafka import (
     Record,
     consume_ready,
-    dead_letter_headers,
+    dead_letter,
     librdkafka_consumer,
     record_lag_librdkafka,
 )
 from fraudcore.kafka import producer as make_producer
-from fraudcore.metrics import DEAD_LETTERS
 from fraudcore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -248,11 +247,7 @@ class Dispatcher:
 
     def _dead_letter(self, record: Record, reason: str) -> None:
         DELIVERED.labels("dead_letter").inc()
-        DEAD_LETTERS.labels(COMPONENT, "delivery").inc()
-        headers = dead_letter_headers(COMPONENT, reason, record.topic, record.partition, record.offset)
-        future = self.dlq.send(
-            self.settings.topics.dead_letter.name, key=record.key, value=record.value, headers=headers
-        )
+        future = dead_letter(self.dlq.send, self.settings, COMPONENT, "delivery", reason, record)
         future.get(timeout=30)  # durable before its offset can be committed
         self.dead_lettered += 1
 

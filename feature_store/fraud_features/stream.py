@@ -37,7 +37,6 @@ import logging
 import pickle
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -47,16 +46,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
 from fraudcore import features as F
 from fraudcore.events import parse_timestamp
+from fraudcore.kafka import NewPartitions, by_partition, committed_or_beginning, dead_letter
 from fraudcore.kafka import consumer as make_consumer
-from fraudcore.kafka import dead_letter_headers
 from fraudcore.kafka import producer as make_producer
-from fraudcore.metrics import DEAD_LETTERS
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
 
@@ -172,7 +170,7 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-class FeatureJob(ConsumerRebalanceListener):
+class FeatureJob:
     def __init__(
         self,
         settings: Settings,
@@ -201,8 +199,7 @@ class FeatureJob(ConsumerRebalanceListener):
         self.log_features = log_features
         self.batch_records = batch_records
         self.partitions: dict[TopicPartition, PartitionState] = {}
-        self.pending: set[TopicPartition] = set()  # assigned, state not loaded yet
-        self.rebalance_lock = threading.Lock()
+        self.assignments = NewPartitions(on_revoked=self._forget)
         self.terminal_cache: dict[tuple[str, int], tuple[float, ...]] = {}
         self.feature_log: list[pd.DataFrame] = []
         self.log_offsets: dict[int, list[int]] = {}
@@ -215,53 +212,30 @@ class FeatureJob(ConsumerRebalanceListener):
     def _k(self, *parts: object) -> str:
         return ":".join([self.ns, *map(str, parts)])
 
-    # --- rebalance (I/O thread: note only) -------------------------------------------------
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        with self.rebalance_lock:
-            for tp in revoked:
-                self.partitions.pop(tp, None)
-                self.pending.discard(tp)
+    # --- rebalance ----------------------------------------------------------------------
+    def _forget(self, tp: TopicPartition) -> None:
+        """A revoked partition's state goes: its next owner resumes from the checkpoint."""
+        self.partitions.pop(tp, None)
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        with self.rebalance_lock:
-            self.pending.update(assigned)
-
-    def _restore_assigned(self, by_tp: dict[TopicPartition, list[Any]]) -> None:
-        """Load each newly assigned partition's state and put its position where that state
-        ends, before any of its records is used.
-
-        Done for every new partition at once, not when its first records arrive: the client
-        may hand over a partition with a position left from before the rebalance (past
-        records nobody processed), and such a partition would never deliver a record. Its
-        records in this batch are kept only if they start exactly there."""
+    def _resume_at(self, tp: TopicPartition) -> int:
+        """Load a newly assigned partition's checkpoint; where its records resume."""
         assert self.consumer is not None
-        with self.rebalance_lock:
-            new, self.pending = self.pending & self.consumer.assignment(), set()
-        for tp in new:
-            state = PartitionState()
-            target: int | None = None
-            if tp.topic == self.tx_topic:
-                blob = self.redis.get(self._k("ckpt", tp.topic, tp.partition))
-                if blob:
-                    state = pickle.loads(cast(bytes, blob))  # written by this job only (trusted)
-                target = state.next_offset
-            if target is None:
-                committed = self.consumer.committed(tp)
-                target = committed if committed is not None else self.consumer.beginning_offsets([tp])[tp]
-            self.partitions[tp] = state
-            records = by_tp.get(tp)
-            if records and records[0].offset == target:
-                continue
-            by_tp.pop(tp, None)  # they come again, from the target
-            self.consumer.seek(tp, target)
+        state = PartitionState()
+        if tp.topic == self.tx_topic:
+            blob = self.redis.get(self._k("ckpt", tp.topic, tp.partition))
+            if blob:
+                state = pickle.loads(cast(bytes, blob))  # written by this job only (trusted)
+        self.partitions[tp] = state
+        if state.next_offset is not None:
+            return state.next_offset
+        return committed_or_beginning(self.consumer, tp)
 
     # --- the batch --------------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
         t0 = time.perf_counter()
-        by_tp: dict[TopicPartition, list[Any]] = defaultdict(list)
-        for r in records:
-            by_tp[TopicPartition(r.topic, r.partition)].append(r)
-        self._restore_assigned(by_tp)
+        assert self.consumer is not None
+        by_tp = by_partition(records)
+        self.assignments.start_new(self.consumer, by_tp, self._resume_at)
         for tp in [tp for tp in by_tp if tp not in self.partitions]:
             del by_tp[tp]  # revoked while they were in flight: the new owner reads them
 
@@ -350,11 +324,7 @@ class FeatureJob(ConsumerRebalanceListener):
 
     def _dead_letter(self, record: Any, reason: str) -> None:
         label = reason.split(":")[0] if ":" in reason else "payload"
-        DEAD_LETTERS.labels(COMPONENT, label).inc()
-        headers = dead_letter_headers(COMPONENT, reason, record.topic, record.partition, record.offset)
-        self.dlq.send(
-            self.settings.topics.dead_letter.name, key=record.key, value=record.value or b"", headers=headers
-        )
+        dead_letter(self.dlq.send, self.settings, COMPONENT, label, reason, record)
 
     # --- watermarks ------------------------------------------------------------------------
     def _publish_progress(self) -> None:
@@ -559,14 +529,15 @@ class FeatureJob(ConsumerRebalanceListener):
             self.group,
             self.tx_topic,
             self.label_topic,
-            listener=self,
+            listener=self.assignments,
             max_poll_records=self.batch_records,
             fetch_min_bytes=32 * 1024,
             fetch_max_wait_ms=50,
         )
 
         def idle() -> None:
-            self._restore_assigned({})
+            if self.consumer is not None:
+                self.assignments.start_new(self.consumer, {}, self._resume_at)
             self._publish_progress()
             self.drain()
             offsets = self._checkpoint_if_due()

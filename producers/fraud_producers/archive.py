@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +26,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from minio import Minio
 from prometheus_client import Counter, Histogram
 
+from fraudcore.kafka import NewPartitions, by_partition, committed_or_beginning
 from fraudcore.kafka import consumer as make_consumer
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
@@ -139,7 +139,7 @@ def object_names(
     return pieces
 
 
-class Archiver(ConsumerRebalanceListener):
+class Archiver:
     def __init__(
         self,
         settings: Settings,
@@ -159,47 +159,32 @@ class Archiver(ConsumerRebalanceListener):
         self.prefix = f"{prefix.strip('/')}/" if prefix else ""
         self.kinds = {settings.topics.transactions.name: TRANSACTIONS, settings.topics.labels.name: LABELS}
         self.blocks: dict[TopicPartition, Block] = {}
-        self.pending_seek: set[TopicPartition] = set()
+        self.assignments = NewPartitions(on_revoked=self._forget)
         self.consumer: KafkaConsumer | None = None
         self.written = 0
 
     # --- rebalance: resume at the start of the committed offset's block -------------
-    # kafka-python runs these callbacks on its I/O thread, where no blocking call is
-    # allowed: they only note what changed, and `handle` (main thread) acts on it.
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+    def _forget(self, tp: TopicPartition) -> None:
         # Unflushed records are simply dropped: they were never committed, so whoever owns
         # the partition next reads them again from the start of their block.
-        for tp in revoked:
-            self.blocks.pop(tp, None)
-            self.pending_seek.discard(tp)
+        self.blocks.pop(tp, None)
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.pending_seek.update(assigned)
-
-    def _rewind(self, tp: TopicPartition) -> bool:
-        """Seek a newly assigned partition back to its block start; True if it moved."""
+    def _resume_at(self, tp: TopicPartition) -> int:
+        """The start of the block holding the committed offset (its objects are rewritten whole)."""
         assert self.consumer is not None
-        committed = self.consumer.committed(tp)
-        if committed is None:
-            return False  # nothing archived yet: auto_offset_reset (earliest) applies
+        committed = committed_or_beginning(self.consumer, tp)
         beginning = self.consumer.beginning_offsets([tp])[tp]
-        start = max((committed // self.block_size) * self.block_size, beginning)
-        if start == committed:
-            return False
-        self.consumer.seek(tp, start)
-        return True
+        return max((committed // self.block_size) * self.block_size, beginning)
 
     # --- batches -----------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
-        by_tp: dict[TopicPartition, list[Any]] = defaultdict(list)
-        for r in records:
-            by_tp[TopicPartition(r.topic, r.partition)].append(r)
+        assert self.consumer is not None
+        by_tp = by_partition(records)
+        self.assignments.start_new(self.consumer, by_tp, self._resume_at)
         offsets: Commit = {}
         for tp, recs in by_tp.items():
-            if tp in self.pending_seek:
-                self.pending_seek.discard(tp)
-                if self._rewind(tp):
-                    continue  # these records come again, after the block's earlier ones
+            if tp not in self.consumer.assignment():
+                continue  # revoked while in flight: the new owner reads them
             for r in recs:
                 block_start = (r.offset // self.block_size) * self.block_size
                 current = self.blocks.get(tp)
@@ -212,6 +197,8 @@ class Archiver(ConsumerRebalanceListener):
         return offsets
 
     def flush_due(self) -> None:
+        if self.consumer is not None:  # idle: new partitions are positioned all the same
+            self.assignments.start_new(self.consumer, {}, self._resume_at)
         offsets = self._flush(list(self.blocks), force=False)
         if offsets and self.consumer is not None:
             self.consumer.commit(offsets)
@@ -264,7 +251,7 @@ class Archiver(ConsumerRebalanceListener):
             self.settings,
             self.group,
             *self.kinds,
-            listener=self,
+            listener=self.assignments,
             fetch_min_bytes=256 * 1024,
             fetch_max_wait_ms=500,
         )

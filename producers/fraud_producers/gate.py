@@ -19,8 +19,7 @@ from prometheus_client import Counter
 
 from fraud_producers.producer import EventProducer
 from fraudcore.events import EventKind, Problem, Validated, parse_timestamp, schema_text, validate
-from fraudcore.kafka import Record, dead_letter_headers, librdkafka_consumer
-from fraudcore.metrics import DEAD_LETTERS
+from fraudcore.kafka import Record, dead_letter, librdkafka_consumer
 from fraudcore.service import librdkafka_loop
 from fraudcore.settings import Settings
 
@@ -92,9 +91,7 @@ class QualityGate:
             else:
                 label = reason_label(result.problems[0])
                 REJECTED.labels(label).inc()
-                DEAD_LETTERS.labels(COMPONENT, label).inc()
-                headers = dead_letter_headers(COMPONENT, result.reason, r.topic, r.partition, r.offset)
-                self.producer.send(topics.dead_letter.name, r.key, raw, headers=headers)
+                dead_letter(self.producer.send, self.settings, COMPONENT, label, result.reason, r)
                 self.rejected += 1
         # Offsets are committed after this returns: everything forwarded must be acknowledged first.
         self.producer.flush()

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fraud_producers.simulator import CHANNELS, GROUND_TRUTH_COLUMNS, TRANSACTION_COLUMNS
-from fraudcore.events import ISO_4217
+from fraudcore.events import ISO_4217, CurrencyCode
 
 __all__ = [
     "HANDBOOK_MAPPING",
@@ -89,7 +89,7 @@ class ColumnMapping(BaseModel):
     is_fraud: str | None = None
     scenario: str | None = None
 
-    default_currency: str = "EUR"
+    default_currency: CurrencyCode = "EUR"
     default_scenario: int = Field(1, ge=1, le=5)
     timezone: str = Field("UTC", description="zone of naive timestamps; aware ones keep their offset")
     timestamp_format: str | None = Field(None, description="strftime format; None: inferred")
@@ -100,13 +100,6 @@ class ColumnMapping(BaseModel):
         "error", description="amounts <= 0: fail, drop the row, or raise them to 0.01"
     )
     file_format: Literal["auto", "csv", "parquet"] = "auto"
-
-    @field_validator("default_currency")
-    @classmethod
-    def _iso(cls, value: str) -> str:
-        if value not in ISO_4217:
-            raise ValueError(f"{value!r} is not an ISO-4217 currency code")
-        return value
 
     @field_validator("timezone")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from fraud_producers.replay import (
     HANDBOOK_MAPPING,
@@ -274,3 +275,8 @@ def test_rebase_moves_the_replay_to_now(simulated: pd.DataFrame) -> None:
     assert ((moved["timestamp"] - pd.Timestamp(now)) - gaps).abs().max() <= pd.Timedelta(microseconds=1)
     assert moved.drop(columns="timestamp").equals(simulated.drop(columns="timestamp"))
     assert str(moved["timestamp"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_a_default_currency_that_is_not_iso_4217_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"default_currency\n.*'EURO' is not an ISO-4217 currency code"):
+        ColumnMapping(default_currency="EURO")
