@@ -26,6 +26,8 @@ from typing import Any
 
 from rich.console import Console
 
+from fraud_pipelines.params import DEFAULTS
+
 HANDBOOK_TARGETS = {"auc_roc": 0.869, "average_precision": 0.687, "card_precision_at_100": 0.303}
 TIME_BUDGET_S = 600.0
 
@@ -47,13 +49,14 @@ def benchmark_arguments(
         "source": "simulator",
         "source_options": json.dumps(simulation),
         "train_start": "2018-07-25",
+        # The Handbook's protocol: 7 training days, 7 delay days, 7 test days.
         "train_days": 7,
         "delay_days": 7,
         "test_days": 7,
-        "history_days": 28,
-        "burn_in_days": 30,
-        "folds": 3,
-        "search": "standard",
+        "history_days": DEFAULTS.history_days,
+        "burn_in_days": DEFAULTS.burn_in_days,
+        "folds": DEFAULTS.folds,
+        "search": DEFAULTS.search,
         "model_name": model_name,
         "upload": upload,
     }

@@ -12,8 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fraud_pipelines.defaults import CANDIDATES, DEFAULT_MODEL_NAME
-from fraud_pipelines.params import pipeline_arguments
+from fraud_pipelines.params import DEFAULTS, pipeline_arguments
 
 app = typer.Typer(
     help="The fraud model's training pipeline (Kubeflow Pipelines).",
@@ -27,7 +26,7 @@ BENCH_ROOT = Path("local_outputs") / "bench"
 PACKAGE_PATH = Path("local_outputs") / "fraud-training.yaml"
 
 SourceOpt = typer.Option(
-    "archive", help="archive (MinIO raw events), file (labelled CSV/Parquet) or simulator."
+    DEFAULTS.source, help="archive (MinIO raw events), file (labelled CSV/Parquet) or simulator."
 )
 
 
@@ -35,10 +34,11 @@ SourceOpt = typer.Option(
 def train(
     source: str = SourceOpt,
     source_path: str = typer.Option(
-        "", help="file: the CSV/Parquet path (or s3://bucket/key); archive: the prefix."
+        DEFAULTS.source_path, help="file: the CSV/Parquet path (or s3://bucket/key); archive: the prefix."
     ),
     source_options: str = typer.Option(
-        "", help='JSON: {"mapping": {...} | "handbook"} for a file; simulator options.'
+        "",
+        help='JSON: {"mapping": {...} | "handbook"} for a file; simulator options (default: from the flags).',
     ),
     seed: int = typer.Option(0, help="simulator: random seed."),
     customers: int = typer.Option(5_000, help="simulator: customers."),
@@ -48,21 +48,31 @@ def train(
     handbook_scenarios: bool = typer.Option(
         False, help="simulator: fraud scenarios 1-3 only (the Handbook's)."
     ),
-    train_start: str = typer.Option("", help="YYYY-MM-DD; empty: the latest windows the data allows."),
-    train_days: int = typer.Option(7),
-    delay_days: int = typer.Option(7, help="label delay: the gap between training and test."),
-    test_days: int = typer.Option(7),
-    history_days: int = typer.Option(28, help="days before the training window for prequential validation."),
-    burn_in_days: int = typer.Option(30, help="first days of data never used as examples."),
-    candidates: str = typer.Option(",".join(CANDIDATES)),
-    folds: int = typer.Option(3, help="prequential validation folds."),
-    search: str = typer.Option("standard", help="standard or quick (one setting per candidate)."),
-    threshold: float = typer.Option(-1.0, help="decision threshold; < 0: the best-F1 one from validation."),
-    model_name: str = typer.Option(
-        DEFAULT_MODEL_NAME, help="prefix in the models bucket and model-events key."
+    train_start: str = typer.Option(
+        DEFAULTS.train_start, help="YYYY-MM-DD; empty: the latest windows the data allows."
     ),
-    version: str = typer.Option("", help="model version; empty: time + hash."),
-    upload: bool = typer.Option(True, help="publish to MinIO (champion/challenger, Kafka event)."),
+    train_days: int = typer.Option(DEFAULTS.train_days),
+    delay_days: int = typer.Option(
+        DEFAULTS.delay_days, help="label delay: the gap between training and test."
+    ),
+    test_days: int = typer.Option(DEFAULTS.test_days),
+    history_days: int = typer.Option(
+        DEFAULTS.history_days, help="days before the training window for prequential validation."
+    ),
+    burn_in_days: int = typer.Option(
+        DEFAULTS.burn_in_days, help="first days of data never used as examples."
+    ),
+    candidates: str = typer.Option(DEFAULTS.candidates),
+    folds: int = typer.Option(DEFAULTS.folds, help="prequential validation folds."),
+    search: str = typer.Option(DEFAULTS.search, help="standard or quick (one setting per candidate)."),
+    threshold: float = typer.Option(
+        DEFAULTS.threshold, help="decision threshold; < 0: the best-F1 one from validation."
+    ),
+    model_name: str = typer.Option(
+        DEFAULTS.model_name, help="prefix in the models bucket and model-events key."
+    ),
+    version: str = typer.Option(DEFAULTS.version, help="model version; empty: time + hash."),
+    upload: bool = typer.Option(DEFAULTS.upload, help="publish to MinIO (champion/challenger, Kafka event)."),
     output_dir: str = typer.Option(str(LOCAL_ROOT), help="kfp's local pipeline root."),
     verbose: bool = typer.Option(False, help="print every step's log."),
 ) -> None:

@@ -2,6 +2,10 @@
 image (``FRAUD_PIPELINE_IMAGE``, default ``ghcr.io/fraud-platform/pipeline:0.1.0``, built
 from the lock by ``docker/pipeline.Dockerfile``).
 
+Parameters have no defaults here: the pipeline passes every argument, and its signature
+takes the defaults from ``fraud_pipelines.defaults`` (a component's source is shipped to
+its container on its own, so it cannot refer to that module's names).
+
 Each component imports the project from its environment (nothing is installed at run time:
 ``packages_to_install`` is empty and kfp itself comes from the image) and delegates to
 ``fraud_pipelines.steps``, so the logic is testable without kfp. Artifacts: Parquet
@@ -31,15 +35,15 @@ component = dsl.component(base_image=pipeline_image(), install_kfp_package=False
 def dataset(
     train: Output[Dataset],
     test: Output[Dataset],
-    source: str = "archive",
-    source_path: str = "",
-    source_options: str = "{}",
-    train_start: str = "",
-    train_days: int = 7,
-    delay_days: int = 7,
-    test_days: int = 7,
-    history_days: int = 28,
-    burn_in_days: int = 30,
+    source: str,
+    source_path: str,
+    source_options: str,
+    train_start: str,
+    train_days: int,
+    delay_days: int,
+    test_days: int,
+    history_days: int,
+    burn_in_days: int,
 ):
     """Point-in-time training (history + training window) and test sets, split by time."""
     from fraud_pipelines.steps import dataset_step
@@ -69,10 +73,10 @@ def train(
     train_set: Input[Dataset],
     model: Output[Model],
     validation: Output[Metrics],
-    candidates: str = "logreg,random_forest,hist_gb",
-    folds: int = 3,
-    search: str = "standard",
-    seed: int = 0,
+    candidates: str,
+    folds: int,
+    search: str,
+    seed: int,
 ):
     """Prequential model selection by average precision; the best model as joblib."""
     import json
@@ -104,8 +108,8 @@ def evaluate(
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
-    threshold: float = -1.0,
-    k: int = 100,
+    threshold: float,
+    k: int,
 ):
     """Test metrics (AUC-ROC, AP, card precision@k, precision/recall at the threshold,
     calibration); ``threshold`` < 0 takes the one chosen in validation."""
@@ -125,9 +129,9 @@ def export(
     model: Input[Model],
     test: Input[Dataset],
     onnx_model: Output[Model],
-    model_name: str = "fraud",
-    version: str = "",
-    code_revision: str = "",
+    model_name: str,
+    version: str,
+    code_revision: str,
 ) -> str:
     """ONNX export (skl2onnx) with the parity gate; returns the model version."""
     from fraud_pipelines.steps import export_step
@@ -147,9 +151,9 @@ def publish(
     test: Input[Dataset],
     evaluation: Input[Artifact],
     version: str,
-    model_name: str = "fraud",
-    min_improvement: float = 0.0,
-    upload: bool = True,
+    model_name: str,
+    min_improvement: float,
+    upload: bool,
 ) -> str:
     """Upload to the models bucket, champion/challenger on the same test window, Triton
     repository and a model-events record when the champion moves; returns a JSON summary."""
@@ -177,7 +181,7 @@ def report(
     predictions: Input[Dataset],
     evaluation: Input[Artifact],
     html_report: Output[HTML],
-    k: int = 100,
+    k: int,
 ):
     """The HTML report with embedded figures."""
     from fraud_pipelines.steps import report_step

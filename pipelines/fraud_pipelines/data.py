@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fraud_pipelines.params import DEFAULTS
 from fraudcore.features import LABEL_DELAY_DAYS, MODEL_FEATURES, model_matrix, offline_features
 from fraudcore.settings import Settings
 
@@ -104,11 +105,11 @@ def plan_windows(
     data_end: Any,
     *,
     train_start: str = "",
-    train_days: int = 7,
+    train_days: int = DEFAULTS.train_days,
     delay_days: int = LABEL_DELAY_DAYS,
-    test_days: int = 7,
-    history_days: int = 28,
-    burn_in_days: int = 30,
+    test_days: int = DEFAULTS.test_days,
+    history_days: int = DEFAULTS.history_days,
+    burn_in_days: int = DEFAULTS.burn_in_days,
     auto_end: Any = None,
 ) -> Windows:
     """The time split for data covering the days ``[data_start, data_end)``.

@@ -1,4 +1,5 @@
-"""Constants shared by the steps, kept free of heavy imports (each step is its own process)."""
+"""Constants shared by the steps, kept free of heavy imports (each step is its own process).
+The run parameters and their defaults are in ``fraud_pipelines.params``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
-"""The pipeline's run arguments as a library call (the CLI, the demo and the benchmarks build
-them the same way)."""
+"""The pipeline's run parameters, defined once: the pipeline's signature, the steps, the
+command line, the demo and the benchmarks all read their defaults here, and build a run's
+arguments with ``pipeline_arguments``."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
+
+from fraud_pipelines.defaults import CANDIDATES, DEFAULT_MODEL_NAME
 
 
 def _simulation(
@@ -41,3 +45,33 @@ def pipeline_arguments(
     if source == "simulator" and not options:
         options = json.dumps(_simulation(seed, customers, terminals, days, start, handbook_scenarios))
     return {"source": source, "source_path": source_path, "source_options": options or "{}", **rest}
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """Every run parameter of the training pipeline, with its default."""
+
+    source: str = "archive"  # archive (MinIO raw events), file (labelled CSV/Parquet) or simulator
+    source_path: str = ""
+    source_options: str = "{}"
+    train_start: str = ""  # YYYY-MM-DD; empty: the latest windows the data allows
+    train_days: int = 7
+    delay_days: int = 7  # the label delay: the gap between training and test
+    test_days: int = 7
+    history_days: int = 28  # days before the training window for prequential validation
+    burn_in_days: int = 30  # first days of data never used as examples
+    candidates: str = ",".join(CANDIDATES)
+    folds: int = 3
+    search: str = "standard"  # or quick: one setting per candidate
+    seed: int = 0
+    threshold: float = -1.0  # < 0: the best-F1 threshold from validation
+    k: int = 100  # card precision@k
+    model_name: str = DEFAULT_MODEL_NAME
+    version: str = ""  # empty: time + hash
+    code_revision: str = ""
+    min_improvement: float = 0.0
+    upload: bool = True
+
+
+#: The defaults, as one object: ``DEFAULTS.history_days``.
+DEFAULTS = PipelineParams()

@@ -20,6 +20,7 @@ from kfp.dsl import HTML
 
 from fraud_pipelines import components as c
 from fraud_pipelines.components import DEFAULT_IMAGE, pipeline_image
+from fraud_pipelines.params import DEFAULTS
 from fraud_pipelines.publish import code_revision
 
 PIPELINE_NAME = "fraud-training"
@@ -79,26 +80,26 @@ def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None
         description="Fraud model: point-in-time data, prequential selection, ONNX, champion/challenger.",
     )
     def fraud_training(
-        source: str = "archive",
-        source_path: str = "",
-        source_options: str = "{}",
-        train_start: str = "",
-        train_days: int = 7,
-        delay_days: int = 7,
-        test_days: int = 7,
-        history_days: int = 28,
-        burn_in_days: int = 30,
-        candidates: str = "logreg,random_forest,hist_gb",
-        folds: int = 3,
-        search: str = "standard",
-        seed: int = 0,
-        threshold: float = -1.0,
-        k: int = 100,
-        model_name: str = "fraud",
-        version: str = "",
-        code_revision: str = "",
-        min_improvement: float = 0.0,
-        upload: bool = True,
+        source: str = DEFAULTS.source,
+        source_path: str = DEFAULTS.source_path,
+        source_options: str = DEFAULTS.source_options,
+        train_start: str = DEFAULTS.train_start,
+        train_days: int = DEFAULTS.train_days,
+        delay_days: int = DEFAULTS.delay_days,
+        test_days: int = DEFAULTS.test_days,
+        history_days: int = DEFAULTS.history_days,
+        burn_in_days: int = DEFAULTS.burn_in_days,
+        candidates: str = DEFAULTS.candidates,
+        folds: int = DEFAULTS.folds,
+        search: str = DEFAULTS.search,
+        seed: int = DEFAULTS.seed,
+        threshold: float = DEFAULTS.threshold,
+        k: int = DEFAULTS.k,
+        model_name: str = DEFAULTS.model_name,
+        version: str = DEFAULTS.version,
+        code_revision: str = DEFAULTS.code_revision,
+        min_improvement: float = DEFAULTS.min_improvement,
+        upload: bool = DEFAULTS.upload,
     ) -> PipelineOutputs:
         data = configure(
             c.dataset(

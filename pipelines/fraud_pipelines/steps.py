@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from fraud_pipelines import data as data_mod
-from fraud_pipelines.defaults import CANDIDATES, PARITY_TOLERANCE
+from fraud_pipelines.defaults import PARITY_TOLERANCE
+from fraud_pipelines.params import DEFAULTS
 from fraudcore.features import MODEL_FEATURES
 from fraudcore.settings import Settings, get_settings
 
@@ -57,15 +58,15 @@ def dataset_step(
     train_path: str,
     test_path: str,
     *,
-    source: str = "archive",
-    source_path: str = "",
-    source_options: str = "{}",
-    train_start: str = "",
-    train_days: int = 7,
-    delay_days: int = 7,
-    test_days: int = 7,
-    history_days: int = 28,
-    burn_in_days: int = 30,
+    source: str = DEFAULTS.source,
+    source_path: str = DEFAULTS.source_path,
+    source_options: str = DEFAULTS.source_options,
+    train_start: str = DEFAULTS.train_start,
+    train_days: int = DEFAULTS.train_days,
+    delay_days: int = DEFAULTS.delay_days,
+    test_days: int = DEFAULTS.test_days,
+    history_days: int = DEFAULTS.history_days,
+    burn_in_days: int = DEFAULTS.burn_in_days,
     settings_factory: Callable[[], Settings] = get_settings,
     log: Log = log,
 ) -> dict[str, Any]:
@@ -109,10 +110,10 @@ def train_step(
     train_path: str,
     model_path: str,
     *,
-    candidates: str = ",".join(CANDIDATES),
-    folds: int = 3,
-    search: str = "standard",
-    seed: int = 0,
+    candidates: str = DEFAULTS.candidates,
+    folds: int = DEFAULTS.folds,
+    search: str = DEFAULTS.search,
+    seed: int = DEFAULTS.seed,
     log: Log = log,
 ) -> dict[str, Any]:
     from fraud_pipelines.training import train
@@ -160,8 +161,8 @@ def evaluate_step(
     predictions_path: str,
     evaluation_path: str,
     *,
-    threshold: float = -1.0,
-    k: int = 100,
+    threshold: float = DEFAULTS.threshold,
+    k: int = DEFAULTS.k,
     log: Log = log,
 ) -> dict[str, Any]:
     from fraud_pipelines.evaluation import evaluate, roc_points
@@ -202,9 +203,9 @@ def export_step(
     test_path: str,
     onnx_path: str,
     *,
-    model_name: str = "fraud",
-    version: str = "",
-    revision: str = "",
+    model_name: str = DEFAULTS.model_name,
+    version: str = DEFAULTS.version,
+    revision: str = DEFAULTS.code_revision,
     tolerance: float = PARITY_TOLERANCE,
     log: Log = log,
 ) -> dict[str, Any]:
@@ -251,9 +252,9 @@ def publish_step(
     test_path: str,
     evaluation_path: str,
     *,
-    model_name: str = "fraud",
-    min_improvement: float = 0.0,
-    upload: bool = True,
+    model_name: str = DEFAULTS.model_name,
+    min_improvement: float = DEFAULTS.min_improvement,
+    upload: bool = DEFAULTS.upload,
     settings_factory: Callable[[], Settings] = get_settings,
     log: Log = log,
 ) -> dict[str, Any]:
@@ -345,7 +346,7 @@ def report_step(
     evaluation_path: str,
     html_path: str,
     *,
-    k: int = 100,
+    k: int = DEFAULTS.k,
     log: Log = log,
 ) -> None:
     from fraud_pipelines.report import build_report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 from kfp import components
 
 from fraud_pipelines.components import DEFAULT_IMAGE, IMAGE_ENV
+from fraud_pipelines.params import DEFAULTS
 from fraud_pipelines.pipeline import ClusterConfig, compile, submit
 
 STEPS = {"dataset", "train", "evaluate", "export", "publish", "report"}
@@ -50,6 +52,22 @@ def test_compiled_package_loads_and_has_the_expected_dag(tmp_path: Path) -> None
     assert params["burn_in_days"]["defaultValue"] == 30
     assert params["model_name"]["defaultValue"] == "fraud"
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"report"}
+
+
+def test_parameters_are_defined_once(tmp_path: Path) -> None:
+    """The pipeline's parameters are exactly ``PipelineParams`` with its defaults; the
+    components declare none of their own (the pipeline passes every argument)."""
+    spec = _docs(compile(tmp_path / "pipeline.yaml"))[0]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    expected = asdict(DEFAULTS)
+    assert set(params) == set(expected)
+    for name, value in expected.items():
+        assert params[name].get("defaultValue", "") == value, name
+    for name, component in spec["components"].items():
+        if name == "root" or "inputDefinitions" not in component:
+            continue
+        for parameter, definition in component["inputDefinitions"].get("parameters", {}).items():
+            assert "defaultValue" not in definition, f"{name}.{parameter} has its own default"
 
 
 def test_components_are_lightweight_and_install_nothing(tmp_path: Path) -> None:
