@@ -20,8 +20,8 @@ $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: requirements.lock pyproject.toml | $(BIN)/uv
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync -q requirements.lock
+$(VENV)/.synced: requirements.lock requirements-dev.lock pyproject.toml | $(BIN)/uv
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync -q requirements-dev.lock
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	touch $@
 
@@ -30,8 +30,14 @@ system-packages: ## install Redis and Prometheus (Debian packages), check Java, 
 
 setup: system-packages $(VENV)/.synced ## create the virtualenv from the lock file
 
-lock: | $(BIN)/uv ## re-resolve requirements.lock from pyproject.toml
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
+# requirements.lock: the runtime dependencies only, what the images install (docker/Dockerfile).
+# requirements-dev.lock: runtime + the dev extra, what setup syncs; compiled with
+# -c requirements.lock, so every package they share has the runtime lock's version.
+# requirements-overrides.txt applies to the runtime lock only (no mypy in the images).
+# Existing pins are kept: uv prefers the versions already in the output file.
+lock: | $(BIN)/uv ## re-resolve requirements.lock (runtime) and requirements-dev.lock (runtime + dev)
+	$(BIN)/uv pip compile pyproject.toml --override requirements-overrides.txt --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev -c requirements.lock --python-version 3.11 -q -o requirements-dev.lock
 
 up: setup ## install (cached) and start Kafka, Redis, MinIO, Prometheus; health-check
 	$(FRAUD) up

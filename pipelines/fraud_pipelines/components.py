@@ -1,6 +1,6 @@
 """The pipeline's typed kfp v2 components: lightweight Python components on the project's
 image (``FRAUD_PIPELINE_IMAGE``, default ``ghcr.io/fraud-platform/pipeline:0.1.0``, built
-from the lock by ``docker/pipeline.Dockerfile``).
+from the lock by target ``pipeline`` of ``docker/Dockerfile``).
 
 Parameters have no defaults here: the pipeline passes every argument, and its signature
 takes the defaults from ``fraud_pipelines.defaults`` (a component's source is shipped to
