@@ -8,10 +8,12 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -282,3 +284,49 @@ def v2_infer_body(x: npt.NDArray[np.float32], **parameters: Any) -> dict[str, An
     if parameters:
         body["parameters"] = parameters
     return body
+
+
+# --------------------------------------------------------------------------- fakes for unit tests
+class FakeMessage:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class FakeProducer:
+    """confluent_kafka.Producer's contract: ``produce`` queues, ``poll`` (called from the
+    publisher's own thread) runs the delivery callbacks of what the broker has answered."""
+
+    def __init__(self, fail: bool = False, never: bool = False) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.fail = fail
+        self.never = never
+        self._pending: list[tuple[float, Any, int]] = []
+        self._lock = threading.Lock()
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        with self._lock:
+            self.sent.append((topic, key, value))
+            if not self.never:
+                self._pending.append((time.monotonic() + 0.01, on_delivery, len(self.sent) - 1))
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.002))
+        with self._lock:
+            due = [p for p in self._pending if p[0] <= time.monotonic()]
+            self._pending = [p for p in self._pending if p[0] > time.monotonic()]
+        for _, callback, offset in due:
+            callback("broker said no" if self.fail else None, FakeMessage(0, offset))
+        return len(due)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        """Metadata of one topic with one partition, as the broker would describe it."""
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None})})

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -37,6 +35,7 @@ from fraud_transformer.scoring import (
 from fraudcore.events import EventKind, validate
 from fraudcore.features import CARD_FEATURES, MODEL_FEATURES, NO_PREVIOUS_S, TERMINAL_FEATURES, to_us
 from fraudcore.settings import Settings
+from tests.serving_helpers import FakeProducer
 
 TXN: dict[str, Any] = {
     "schema_version": 1,
@@ -260,49 +259,8 @@ def test_thresholds_come_from_the_serving_settings_and_must_be_ordered(
 
 
 # --------------------------------------------------------------------------- publishing
-class _FakeMessage:
-    def __init__(self, partition: int, offset: int) -> None:
-        self._partition, self._offset = partition, offset
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-
-class _FakeProducer:
-    """confluent_kafka.Producer's contract: ``produce`` queues, ``poll`` (called from the
-    publisher's own thread) runs the delivery callbacks of what the broker has answered."""
-
-    def __init__(self, fail: bool = False, never: bool = False) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
-        self.fail = fail
-        self.never = never
-        self._pending: list[tuple[float, Any, int]] = []
-        self._lock = threading.Lock()
-
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
-        with self._lock:
-            self.sent.append((topic, key, value))
-            if not self.never:
-                self._pending.append((time.monotonic() + 0.01, on_delivery, len(self.sent) - 1))
-
-    def poll(self, timeout: float) -> int:
-        time.sleep(min(timeout, 0.002))
-        with self._lock:
-            due = [p for p in self._pending if p[0] <= time.monotonic()]
-            self._pending = [p for p in self._pending if p[0] > time.monotonic()]
-        for _, callback, offset in due:
-            callback("broker said no" if self.fail else None, _FakeMessage(0, offset))
-        return len(due)
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-
 def test_publish_waits_for_every_ack_without_blocking_the_loop() -> None:
-    fake = _FakeProducer()
+    fake = FakeProducer()
     publisher = DecisionPublisher(cast(Any, fake), "scores", timeout_s=2)
 
     async def run() -> tuple[list[Any], int]:
@@ -326,9 +284,9 @@ def test_publish_waits_for_every_ack_without_blocking_the_loop() -> None:
 
 
 def test_publish_fails_on_a_broker_error_or_a_missing_ack() -> None:
-    failing = DecisionPublisher(cast(Any, _FakeProducer(fail=True)), "scores", timeout_s=2)
+    failing = DecisionPublisher(cast(Any, FakeProducer(fail=True)), "scores", timeout_s=2)
     with pytest.raises(PublishError, match="broker said no"):
         asyncio.run(failing.publish([(b"k", b"v")]))
-    silent = DecisionPublisher(cast(Any, _FakeProducer(never=True)), "scores", timeout_s=0.05)
+    silent = DecisionPublisher(cast(Any, FakeProducer(never=True)), "scores", timeout_s=0.05)
     with pytest.raises(TimeoutError):
         asyncio.run(silent.publish([(b"k", b"v")]))

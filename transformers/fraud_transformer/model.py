@@ -12,6 +12,7 @@ BYTES output ``decisions`` (JSON) and an FP32 output ``score``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ from kserve.protocol.infer_type import (
 from fraud_transformer.coalesce import Coalescer
 from fraud_transformer.inputs import V2, Batch, extract, validate_batch
 from fraud_transformer.metrics import DECISIONS, E2E_LATENCY, ERRORS
-from fraud_transformer.online import Features, OnlineFeatures
-from fraud_transformer.publish import DecisionPublisher
+from fraud_transformer.online import Features, OnlineFeatures, feature_store, refresh_registry_every
+from fraud_transformer.publish import DecisionPublisher, serving_producer
 from fraud_transformer.scoring import (
     check_features,
     contributions,
@@ -48,9 +49,10 @@ from fraud_transformer.scoring import (
     top_reasons,
 )
 from fraudcore.protocol import MODEL_INFO_PARAMETER, UNKNOWN_VERSION, VERSION_PARAMETER, ModelInfo
-from fraudcore.settings import ServingSettings
+from fraudcore.settings import Settings
 
 log = logging.getLogger(__name__)
+REGISTRY_REFRESH_S = 60.0  # how often the Feast registry is re-read (new feature views)
 
 
 class ScoringRequest(InferRequest):
@@ -84,23 +86,31 @@ class Scored:
 
 
 class FraudTransformer(Model):
+    """The scoring transformer: one ``kserve.Model``. ``load`` connects the Feast online store
+    and the decisions' producer (both may be given instead, as tests do); ``preprocess``
+    validates and enriches, ``predict`` scores on the predictor, ``postprocess`` decides and
+    publishes."""
+
     def __init__(
         self,
         name: str,
-        features: OnlineFeatures,
-        publisher: DecisionPublisher,
-        serving: ServingSettings,
-        max_event_bytes: int,
+        settings: Settings,
+        *,
+        features: OnlineFeatures | None = None,
+        publisher: DecisionPublisher | None = None,
     ) -> None:
         super().__init__(name)
+        serving = settings.serving
         if serving.review_threshold > serving.decline_threshold:
             raise ValueError(
                 f"review_threshold {serving.review_threshold} exceeds decline_threshold {serving.decline_threshold}"
             )
-        self.features = features
-        self.publisher = publisher
+        self.settings = settings
         self.serving = serving
-        self.max_event_bytes = max_event_bytes
+        self.max_event_bytes = settings.max_event_bytes
+        self._features = features
+        self._publisher = publisher
+        self._stop_refresh = threading.Event()
         self._info: ModelInfo | None = None  # the predictor's model, learnt from its responses
         # Rows of concurrent requests share one predictor call (see fraud_transformer.coalesce).
         self._scoring: Coalescer[npt.NDArray[np.float32], Scores, Scores] = Coalescer(
@@ -108,11 +118,42 @@ class FraudTransformer(Model):
         )
 
     def load(self) -> bool:
+        """Connect before the server listens, so the first request pays for nothing: the Feast
+        online store (feature views resolved, registry refreshed in the background) and the
+        decisions' producer (connected to the broker)."""
+        if self._features is None:
+            store = feature_store(self.settings)
+            self._features = OnlineFeatures(
+                store, self.serving.feature_timeout_ms / 1000, self.serving.coalesce_max
+            )
+            refresh_registry_every(store, REGISTRY_REFRESH_S, self._stop_refresh)
+        self._features.warm_up()
+        if self._publisher is None:
+            self._publisher = DecisionPublisher(
+                serving_producer(self.settings),
+                self.settings.topics.scores.name,
+                self.serving.publish_timeout_s,
+            )
+        self._publisher.warm_up()
         self.ready = True
         return self.ready
 
+    @property
+    def features(self) -> OnlineFeatures:
+        if self._features is None:
+            raise RuntimeError("the transformer is not loaded")
+        return self._features
+
+    @property
+    def publisher(self) -> DecisionPublisher:
+        if self._publisher is None:
+            raise RuntimeError("the transformer is not loaded")
+        return self._publisher
+
     def stop(self) -> None:
-        self.publisher.close()
+        self._stop_refresh.set()
+        if self._publisher is not None:
+            self._publisher.close()
         super().stop()
 
     # ------------------------------------------------------------------ preprocess

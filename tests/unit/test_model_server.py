@@ -1,0 +1,83 @@
+"""What ``fraudcore.model_server`` changes in KServe, pinned against the installed KServe: each
+change leans on a KServe internal, so an upgrade that moves one fails here, loudly, and not
+in production."""
+
+from __future__ import annotations
+
+import inspect
+
+import kserve.model_server as kserve_model_server
+import kserve.protocol.rest.server as kserve_rest_server
+import pytest
+from kserve import ModelServer
+from kserve.errors import InvalidInput
+from kserve.predictor_config import PredictorConfig
+from kserve.protocol.dataplane import DataPlane
+
+from fraudcore.model_server import (
+    GuardedDataPlane,
+    _drop_latency_log_middleware,
+    _freeze_after_startup,
+    model_server_for,
+    parse_args,
+)
+
+
+def _server(*argv: str) -> ModelServer:
+    return model_server_for(parse_args(["--http_port", "0", "--enable_grpc", "false", *argv], "test"))
+
+
+def test_kserve_still_has_what_the_changes_replace() -> None:
+    # The data plane is replaced after ModelServer() builds its own from the model registry.
+    assert list(inspect.signature(DataPlane.decode).parameters)[:5] == [
+        "self",
+        "body",
+        "headers",
+        "protocol_version",
+        "model_name",
+    ]
+    assert "model_registry" in inspect.signature(DataPlane.__init__).parameters
+    # The latency-log middleware is found by class on the module-level FastAPI app.
+    assert "TimingMiddleware" in inspect.getsource(kserve_rest_server)
+    assert 'import_from_string("kserve.model_server:app")' in inspect.getsource(kserve_rest_server)
+    assert hasattr(kserve_model_server.app, "user_middleware")
+    assert hasattr(kserve_model_server.app.router, "on_startup")
+    # Every argument the platform passes is still accepted.
+    accepted = inspect.signature(ModelServer.__init__).parameters
+    for name in (
+        "http_port",
+        "grpc_port",
+        "enable_grpc",
+        "max_threads",
+        "max_asyncio_workers",
+        "enable_docs_url",
+        "enable_latency_logging",
+        "access_log_format",
+        "event_loop",
+        "timeout_keep_alive",
+        "predictor_config",
+    ):
+        assert name in accepted, name
+    assert "predictor_request_timeout_seconds" in inspect.signature(PredictorConfig.__init__).parameters
+
+
+def test_the_server_gets_the_guarded_data_plane_and_the_start_up_hooks() -> None:
+    server = _server()
+    assert isinstance(server.dataplane, GuardedDataPlane)
+    assert server.dataplane.model_registry is server.registered_models
+    hooks = kserve_model_server.app.router.on_startup
+    assert _drop_latency_log_middleware in hooks
+    assert _freeze_after_startup in hooks
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"\xff\x00 not json", {"content-type": "application/json"}),
+        (b'{"inputs": [{"name": "x"}]}', {"content-type": "application/json"}),
+    ],
+)
+def test_a_request_kserve_cannot_decode_is_a_client_error(body: bytes, headers: dict[str, str]) -> None:
+    plane = _server().dataplane
+    with pytest.raises(InvalidInput):
+        plane.decode(body, headers, "v2", "fraud")
