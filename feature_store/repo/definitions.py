@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
+from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, String
 
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
@@ -75,9 +75,7 @@ terminal_features = FeatureView(
     online=True,
     description="Delayed terminal activity and known-fraud risk (labels reported before the day began).",
 )
-transaction_request = RequestSource(
-    name="transaction",
-    schema=[Field(name="amount", dtype=Float64), Field(name="timestamp", dtype=String)],
-    description="The transaction being scored: request-time features are computed from it "
-    "with fraudcore.features.request_features, the same code as in training.",
-)
+
+# Request-time features (amount, hour, weekend...) are not a Feast object: the transformer
+# computes them from the transaction itself with fraudcore.features.request_features, the
+# same function training uses, so there is nothing for Feast to serve or register.
