@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from fraud_app.supervisor import Component
 from fraudcore.features import CARD_STATE, MODEL_FEATURES, TERMINAL_FEATURES, US_PER_S
 from fraudcore.settings import Settings
 from fraudcore.storage import ensure_buckets, s3_client
@@ -193,14 +193,14 @@ def serving_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-class Server:
-    """A predictor or transformer subprocess; ``url`` once ready."""
+class Server(Component):
+    """A predictor or transformer process on free ports, started at once (the platform's own
+    supervisor component); ``url`` answers once ``wait_ready`` returns."""
 
     def __init__(self, module: str, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.log = log
         command = [
             sys.executable,
             "-m",
@@ -213,27 +213,12 @@ class Server:
             "--enable_latency_logging",
             "false",
         ]
-        self._log_file = log.open("wb")
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=dict(env), stdout=self._log_file, stderr=subprocess.STDOUT
-        )
+        super().__init__(module, command, f"{self.url}/v2/health/ready", dict(env), log)
+        self.start()
 
-    def wait_ready(self, timeout_s: float = 60) -> Server:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout_s}s:\n{self.tail()}")
-
-    def tail(self, chars: int = 4000) -> str:
-        self._log_file.flush()
-        return self.log.read_text(errors="replace")[-chars:]
+    def wait_ready(self, timeout_s: float = 60) -> Server:  # type: ignore[override]
+        super().wait_ready(timeout_s)
+        return self
 
     def metric_text(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=5).text
@@ -244,16 +229,6 @@ class Server:
             if line.startswith(name) and not line.startswith("#"):
                 return float(line.rsplit(" ", 1)[1])
         return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
 
 
 def predictor(settings: Settings, model_dir: str, log: Path, args: Sequence[str] = (), **env: str) -> Server:

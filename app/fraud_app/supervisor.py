@@ -29,17 +29,26 @@ class ComponentError(RuntimeError):
 
 @dataclass
 class Component:
+    """One component as a child process: its own process group, output appended to its log.
+    The demo, the benchmark and the tests start every server and worker through this."""
+
     name: str
     argv: list[str]
     ready_url: str | None = None  # None: ready once it has run for a moment
     env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None  # default: <state>/run/<name>.log
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
-    def log_path(self, settings: Settings) -> Path:
-        return settings.state_dir / "run" / f"{self.name}.log"
+    def log_path(self, settings: Settings | None = None) -> Path:
+        if self.log is None:
+            if settings is None:
+                raise ValueError(f"{self.name}: no log path and no settings to place one")
+            self.log = settings.state_dir / "run" / f"{self.name}.log"
+        return self.log
 
-    def start(self, settings: Settings) -> None:
+    def start(self, settings: Settings | None = None) -> None:
+        """Start (or start again, appending to the same log) the component's command."""
         log_path = self.log_path(settings)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
@@ -64,6 +73,21 @@ class Component:
             return httpx.get(self.ready_url, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until ready; a component that exits or stays unready fails with its log's tail."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ComponentError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise ComponentError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def tail(self, chars: int = 4000) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")[-chars:]
 
     def stop(self, timeout_s: float = 20) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -180,18 +204,11 @@ class Platform:
     def start(self, report: Callable[[str], None] = print, timeout_s: float = 120) -> None:
         for part in self.parts:
             part.start(self.settings)
-            deadline = time.monotonic() + timeout_s
-            while not part.ready():
-                if part.proc is not None and part.proc.poll() is not None:
-                    tail = part.log_path(self.settings).read_text(errors="replace")[-2000:]
-                    self.stop()
-                    raise ComponentError(f"{part.name} exited with {part.proc.returncode}:\n{tail}")
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ComponentError(
-                        f"{part.name} not ready after {timeout_s:.0f}s; see {part.log_path(self.settings)}"
-                    )
-                time.sleep(0.2)
+            try:
+                part.wait_ready(timeout_s)
+            except ComponentError:
+                self.stop()
+                raise
             report(f"{part.name:<14} up (pid {part.proc.pid if part.proc else '?'})")
 
     def alive(self) -> list[str]:

@@ -490,6 +490,7 @@ def test_sigkill_loses_no_acknowledged_decision(served: Served) -> None:
     deadline = time.monotonic() + 20
     while len(acknowledged) < 40 and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert served.transformer.proc is not None
     os.kill(served.transformer.proc.pid, signal.SIGKILL)
     stop.set()
     for w in workers:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -31,7 +30,6 @@ from tests.serving_helpers import (
     Server,
     make_model,
     predictor,
-    serving_env,
     serving_settings,
     transformer,
     upload_model,
@@ -88,6 +86,7 @@ def serving(stack: Settings, tmp_path: Path) -> Iterator[Serving]:
 def sigkill_and_restart(serving: Serving, server: Server) -> tuple[float, float]:
     """kill -9 ``server``, wait DOWN_S, start the same command on the same ports; return the
     wall-clock times of the kill and of the restarted server's readiness."""
+    assert server.proc is not None
     killed_at = time.time()
     os.kill(server.proc.pid, signal.SIGKILL)
     assert server.proc.wait(timeout=10) == -signal.SIGKILL
@@ -95,16 +94,9 @@ def sigkill_and_restart(serving: Serving, server: Server) -> tuple[float, float]
     for port in (server.http_port, server.grpc_port):  # nothing left listening: the ports are free
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers after kill -9"
-    with server.log.open("ab") as log:
+    with server.log_path().open("ab") as log:
         log.write(b"\n--- kill -9, restarted on the same ports ---\n")
-        log.flush()
-        server.proc = subprocess.Popen(
-            server.proc.args,
-            cwd=ROOT,
-            env=serving_env(serving.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server.start()
     server.wait_ready(timeout_s=60)
     return killed_at, time.time()
 
