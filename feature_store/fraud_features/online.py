@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 import numpy as np
 import redis
 from feast import FeatureStore
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from fraud_features.feast_layout import entity_key, feature_field, timestamp_field
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
 
 # ARGV: view, then per row: key, event time (µs), field count n, then n (field, value) pairs.
@@ -68,12 +67,10 @@ class OnlineWriter:
 
     @staticmethod
     def _fields(view: str, names: Sequence[str]) -> list[bytes]:
-        return [_mmh3(f"{view}:{n}") for n in names]
+        return [feature_field(view, n) for n in names]
 
     def _key(self, join_key: str, value: str) -> bytes:
-        return _redis_key(
-            self.project, EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
-        )
+        return entity_key(self.project, join_key, value)
 
     def _write(
         self,
@@ -86,7 +83,7 @@ class OnlineWriter:
     ) -> int:
         if not len(ids):
             return 0
-        ts_field = f"_ts:{view}".encode()
+        ts_field = timestamp_field(view)
         argv: list[bytes | str | int] = [view]
         for i, entity in enumerate(ids):
             us = int(event_us[i])
