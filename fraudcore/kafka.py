@@ -1,4 +1,17 @@
-"""Kafka helpers every component uses: topics, producers and consumers with the project's defaults."""
+"""Kafka helpers every component uses: topics, producers and consumers with the project's defaults.
+
+Two clients, each for a reason:
+
+| role | client | why |
+| --- | --- | --- |
+| producers on the scoring path: simulator/replay (``EventProducer``), quality gate, transformer's decisions | librdkafka (``librdkafka_producer``) | the work happens in C threads; kafka-python's sender thread cost ~28 % of a transformer's CPU |
+| consumers on the scoring path: quality gate, KafkaSource stand-in | librdkafka (``librdkafka_consumer``, ``fraudcore.service.librdkafka_loop``) | latency: a record is handed over as soon as it arrives (``consume_ready``) |
+| stateful consumers: archiver, feature job | kafka-python (``consumer``, ``fraudcore.service.consume_loop``) | their rebalance and seek logic (``NewPartitions``) is written against kafka-python's listener; to move to librdkafka (the performance work's plan) |
+| control and low-rate paths: admin, dead letters of kafka-python consumers, model events, the decision monitor | kafka-python | no hot loop; one client less to configure there |
+
+librdkafka producers use the murmur2 partitioner, so keyed records land on the partition
+kafka-python and Java clients choose: a card's events share a partition whichever wrote them.
+"""
 
 from __future__ import annotations
 
