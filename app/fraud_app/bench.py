@@ -14,12 +14,18 @@ and predictor all run as separate processes. Prints one JSON object:
 * ``e2e_sustained_events_per_s``: the highest rate kept up with (p99 <= 1 s, nothing lost);
 * ``hops_ms``: per-hop latency from the components' histograms (quality gate forwarding is
   inside ``dispatcher_record_to_sink``; the Feast lookup and the predictor call are inside
-  the transformer).
+  the transformer);
+* ``cpu_ms_per_event`` per process (broker, Redis, MinIO, Prometheus, every component) and
+  ``platform_cpu_ms_per_event`` (their sum), from each process's ``/proc/<pid>/stat`` over a
+  ladder step, per event sent; ``load_generator_cpu_ms_per_event`` is this process (the
+  simulator, producer and decision reader), counted apart. The top-level figures are those
+  of the step nearest 1,000 events/s (``cpu_reference_rate``); each step has its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import threading
@@ -32,6 +38,7 @@ import numpy as np
 from rich.console import Console
 
 from fraud_app import devstack
+from fraud_app.cpu import cpu_seconds, ms_per_event, snapshot
 from fraud_app.live import DecisionMonitor
 from fraud_app.supervisor import Platform, components
 from fraudcore.metrics import sample_sum, scrape
@@ -162,6 +169,16 @@ def _caught_up(settings: Settings, transactions: int, timeout_s: float = 300) ->
         time.sleep(1)
 
 
+def _platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
+    """Every platform process by name: the local services and each running component."""
+    pids = {s.name: s.pid for s in devstack.status(settings) if s.pid}
+    for platform in platforms:
+        pids.update(
+            {p.name: p.proc.pid for p in platform.parts if p.proc is not None and p.proc.poll() is None}
+        )
+    return pids
+
+
 def run(rates: list[float], seconds: float, transformers: int, console: Console) -> dict[str, Any]:
     from fraud_features.store import apply
     from fraud_producers.modes import backfill, seed
@@ -204,8 +221,11 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         # The backfill went through the same producer: its burst is not the ladder's ack time.
         acks_before = histogram_buckets([ports.producer], "producer_send_latency_seconds")
         steps = []
+        pids = _platform_pids(settings, ingest, serving)
         for k, rate in enumerate(rates):
             before = len(monitor.latencies)
+            cpu_before = snapshot(pids)
+            load_before = cpu_seconds(os.getpid()) or 0.0
             dead_before = _counter(
                 [ports.quality_gate, ports.dispatcher, ports.feature_job], "dead_letter_messages"
             )
@@ -226,6 +246,8 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
                 elif time.monotonic() > quiet_until:
                     break
             decided = len(monitor.latencies) - before
+            cpu = ms_per_event(cpu_before, snapshot(pids), result.stats.sent)
+            load_ms = ((cpu_seconds(os.getpid()) or 0.0) - load_before) * 1000 / max(1, result.stats.sent)
             dead = _counter([ports.quality_gate, ports.dispatcher, ports.feature_job], "dead_letter_messages")
             pct = monitor.latency_percentiles(before)
             step = {
@@ -236,6 +258,11 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
                 "lost": max(0, result.stats.sent - decided),
                 "errors": int(dead - dead_before) + result.stats.errors,
                 **{f"ms_{k}": v for k, v in pct.items()},
+                # CPU over the step (sending and draining), per event sent: every platform
+                # process, and this process (load generator and decision reader) apart.
+                "cpu_ms_per_event": cpu,
+                "platform_cpu_ms_per_event": round(sum(cpu.values()), 3),
+                "load_generator_cpu_ms_per_event": round(load_ms, 3),
             }
             steps.append(step)
             console.print(step, style="dim")
@@ -260,6 +287,11 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
             best["ms_p95"],
             best["ms_p99"],
         )
+        # The CPU figures of the step nearest 1,000 events/s (the seed's target rate).
+        reference = min(steps, key=lambda s: abs(s["rate"] - 1000))
+        results["cpu_reference_rate"] = reference["rate"]
+        for key in ("cpu_ms_per_event", "platform_cpu_ms_per_event", "load_generator_cpu_ms_per_event"):
+            results[key] = reference[key]
         results["lost"] = sum(s["lost"] for s in steps)
         results["errors"] = sum(s["errors"] for s in steps)
         transformer_ports = [settings.serving.transformer_http_port + 100 * i for i in range(transformers)]
