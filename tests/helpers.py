@@ -77,7 +77,9 @@ def simulated(
     days: int = 40, customers: int = 150, terminals: int = 300, seed: int = 11, jitter_days: float = 0.0
 ) -> tuple[Any, Any]:
     """A small simulated history: (transactions frame, labels frame)."""
-    from fraud_producers.simulator import Simulator, SimulatorConfig, labels
+    from fraud_producers.encoding import labels
+    from fraud_producers.sim_config import SimulatorConfig
+    from fraud_producers.simulator import Simulator
 
     sim = Simulator(
         SimulatorConfig(
@@ -95,7 +97,7 @@ def simulated(
 
 def produce_history(settings: Settings, transactions: Any, labels_frame: Any) -> None:
     """Labels first (in report order), then transactions keyed by card (in event order)."""
-    from fraud_producers.simulator import label_events, to_event_bytes
+    from fraud_producers.encoding import label_events, to_event_bytes
 
     prod = producer(settings)
     for event in label_events(labels_frame.sort_values("reported_at")):

@@ -182,7 +182,7 @@ def _platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
 def run(rates: list[float], seconds: float, transformers: int, console: Console) -> dict[str, Any]:
     from fraud_features.store import apply
     from fraud_producers.modes import backfill, seed
-    from fraud_producers.simulator import SimulatorConfig
+    from fraud_producers.sim_config import SimulatorConfig
     from fraudcore.metrics import serve_metrics
 
     settings = get_settings()
@@ -220,7 +220,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         ports = settings.metrics_ports
         # The backfill went through the same producer: its burst is not the ladder's ack time.
         acks_before = histogram_buckets([ports.producer], "producer_send_latency_seconds")
-        steps = []
+        steps: list[dict[str, Any]] = []
         pids = _platform_pids(settings, ingest, serving)
         for k, rate in enumerate(rates):
             before = len(monitor.latencies)
@@ -250,7 +250,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
             load_ms = ((cpu_seconds(os.getpid()) or 0.0) - load_before) * 1000 / max(1, result.stats.sent)
             dead = _counter([ports.quality_gate, ports.dispatcher, ports.feature_job], "dead_letter_messages")
             pct = monitor.latency_percentiles(before)
-            step = {
+            step: dict[str, Any] = {
                 "rate": rate,
                 "achieved_per_s": round(result.stats.sent / seconds, 1),
                 "sent": result.stats.sent,

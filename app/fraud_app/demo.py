@@ -70,7 +70,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
     from fraud_features.store import apply
     from fraud_producers.modes import backfill, seed
     from fraud_producers.producer import EventProducer
-    from fraud_producers.simulator import SimulatorConfig
+    from fraud_producers.sim_config import SimulatorConfig
 
     devstack.up(settings, report=lambda m: console.print(f"[dim]{m}[/dim]"))
     apply(settings)

@@ -20,8 +20,10 @@ import orjson
 
 from fraud_features.store import apply, feature_store
 from fraud_features.stream import FeatureJob
+from fraud_producers.encoding import label_events, labels, to_event_bytes
 from fraud_producers.producer import EventProducer, send_paced
-from fraud_producers.simulator import Simulator, SimulatorConfig, label_events, labels, to_event_bytes
+from fraud_producers.sim_config import SimulatorConfig
+from fraud_producers.simulator import Simulator
 from fraudcore import features as F
 from fraudcore.kafka import admin, ensure_topics
 from fraudcore.settings import Settings, TopicSettings, TopicSpec, get_settings

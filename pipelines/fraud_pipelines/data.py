@@ -162,7 +162,9 @@ def simulate(options: dict[str, Any], delay_days: int = LABEL_DELAY_DAYS) -> Raw
     """Generate data with the simulator. ``options``: ``start`` (YYYY-MM-DD, default
     2018-04-01), ``days`` (default 183), ``label_delay_days`` (default ``delay_days``) and any
     ``SimulatorConfig`` field (``seed``, ``n_customers``, ``n_terminals``, ...)."""
-    from fraud_producers.simulator import Simulator, SimulatorConfig, labels
+    from fraud_producers.encoding import labels
+    from fraud_producers.sim_config import SimulatorConfig
+    from fraud_producers.simulator import Simulator
 
     opts = dict(options)
     start = _day(opts.pop("start", "2018-04-01")).to_pydatetime()
@@ -179,8 +181,8 @@ def load_file(
     """A user's labelled file via ``load_replay``. ``options["mapping"]``: ``ColumnMapping``
     fields, or the string ``"handbook"``; ``options["label_delay_days"]``: when each label is
     taken as reported (default ``delay_days``). ``s3://bucket/key`` paths are downloaded first."""
+    from fraud_producers.encoding import labels
     from fraud_producers.replay import ColumnMapping, load_replay
-    from fraud_producers.simulator import labels
 
     mapping_opt = options.get("mapping", {})
     mapping = ColumnMapping.handbook() if mapping_opt == "handbook" else ColumnMapping(**mapping_opt)

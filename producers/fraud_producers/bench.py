@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 import numpy as np
 
 from fraud_producers.archive import Archiver
+from fraud_producers.encoding import to_event_bytes
 from fraud_producers.producer import EventProducer, send_paced
-from fraud_producers.simulator import Simulator, SimulatorConfig, to_event_bytes
+from fraud_producers.sim_config import SimulatorConfig
+from fraud_producers.simulator import Simulator
 from fraudcore.kafka import admin, ensure_topics
 from fraudcore.settings import Settings, TopicSettings, TopicSpec, get_settings
 from fraudcore.storage import s3_client

@@ -23,7 +23,7 @@ console = Console()
 
 
 def _sim_config(seed: int, customers: int, terminals: int, handbook_only: bool) -> Any:
-    from fraud_producers.simulator import SimulatorConfig
+    from fraud_producers.sim_config import SimulatorConfig
 
     extra = {"card_testing_per_day": 0, "takeover_per_day": 0} if handbook_only else {}
     return SimulatorConfig(seed=seed, n_customers=customers, n_terminals=terminals, **extra)

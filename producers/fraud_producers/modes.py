@@ -17,9 +17,12 @@ import orjson
 import pandas as pd
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fraud_producers.encoding import label_events, labels, to_event_bytes
+from fraud_producers.live_stream import iter_live
 from fraud_producers.producer import EventProducer, Message, SendStats, send_paced
 from fraud_producers.replay import ColumnMapping, load_replay, rebase
-from fraud_producers.simulator import Simulator, SimulatorConfig, label_events, labels, to_event_bytes
+from fraud_producers.sim_config import SimulatorConfig
+from fraud_producers.simulator import Simulator
 from fraudcore.settings import Settings
 
 
@@ -156,7 +159,7 @@ def seed(
 
     def messages() -> Iterator[Message]:
         nonlocal sent_labels, counter
-        for frame in sim.iter_live(rate, datetime.now(UTC), slice_s=1.0):
+        for frame in iter_live(sim, rate, datetime.now(UTC), slice_s=1.0):
             now = pd.Timestamp.now(tz="UTC")
             while pending and pending[0][0] <= now:
                 _, _, key, value = heapq.heappop(pending)

@@ -4,8 +4,8 @@
 with the columns of ``Simulator.generate``: the event fields ``transaction_id``, ``card_id``,
 ``terminal_id``, ``amount``, ``currency``, ``timestamp`` (``datetime64[ns, UTC]``), ``channel``
 (None when the file has none) and the ground truth ``is_fraud`` / ``scenario`` (int8; 0 when
-the file has no labels), sorted by timestamp. ``simulator.to_events`` and
-``simulator.labels`` work on it unchanged.
+the file has no labels), sorted by timestamp. ``encoding.to_events`` and
+``encoding.labels`` work on it unchanged.
 
 A mapping names, for each of our fields, the file's column::
 
@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fraud_producers.simulator import CHANNELS, GROUND_TRUTH_COLUMNS, TRANSACTION_COLUMNS
+from fraud_producers.encoding import CHANNELS, GROUND_TRUTH_COLUMNS, TRANSACTION_COLUMNS
 from fraudcore.events import ISO_4217, CurrencyCode
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""A generative model of card payments with injected fraud, vectorised with numpy.
+"""The batch simulator (``Simulator.generate``): a generative model of card payments with injected
+fraud, vectorised with numpy, with its population and fraud scenarios.
 
 The legitimate part follows the transaction simulator of the *Reproducible Machine Learning
 for Credit Card Fraud Detection* handbook (Le Borgne et al.), with its defaults, so model
@@ -38,84 +39,48 @@ lowest code wins (the assignment order 1, 2, 3). Scenarios 4 and 5 add transacti
 their own, which carry their code. Legitimate transactions have code 0.
 
 Everything is drawn from ``numpy.random.Generator`` streams derived from ``config.seed``:
-the same seed and config give the same output, call after call.
+the same seed and config give the same output, call after call. The configuration is in
+``sim_config``, the live stream in ``live_stream``, events and labels in ``encoding``.
 
 Usage::
 
     sim = Simulator(SimulatorConfig(seed=7))
     batch = sim.generate(datetime(2018, 4, 1, tzinfo=UTC), days=183)
-    payloads = to_event_bytes(batch.transactions)     # transaction events, no labels
-    chargebacks = labels(batch, delay=timedelta(days=7))
-    label_payloads = label_events(chargebacks)
+    payloads = encoding.to_event_bytes(batch.transactions)     # transaction events, no labels
+    chargebacks = encoding.labels(batch, delay=timedelta(days=7))
+    label_payloads = encoding.label_events(chargebacks)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fraudcore.events import SCHEMA_VERSION, CurrencyCode, format_timestamp
+from fraud_producers.encoding import CHANNELS
+from fraud_producers.sim_config import DAY_S, SimulatorConfig
 
 __all__ = [
-    "CHANNELS",
-    "GROUND_TRUTH_COLUMNS",
-    "LABEL_COLUMNS",
-    "TRANSACTION_COLUMNS",
     "Scenario",
     "SimulatedBatch",
     "Simulator",
-    "SimulatorConfig",
-    "empty_transactions",
-    "format_timestamps",
-    "label_events",
-    "labels",
-    "to_event_bytes",
-    "to_events",
 ]
 
-DAY_S = 86_400
-_US = 1_000_000
+# Besides __all__, live_stream uses Rows, Incidents, as_utc, MICROS_PER_S and the array aliases.
 
-#: The event fields, in contract order. ``channel`` may hold None (then it is left out).
-TRANSACTION_COLUMNS = (
-    "transaction_id",
-    "card_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "timestamp",
-    "channel",
-)
-#: Ground truth the simulator (or a labelled replay file) knows; never part of the event.
-GROUND_TRUTH_COLUMNS = ("is_fraud", "scenario")
-#: Columns of the frame returned by ``labels``.
-LABEL_COLUMNS = (
-    "transaction_id",
-    "card_id",
-    "terminal_id",
-    "transaction_timestamp",
-    "reported_at",
-    "scenario",
-)
-Channel = Literal["pos", "ecom", "atm"]
-CHANNELS: tuple[Channel, ...] = ("pos", "ecom", "atm")
+#: Microseconds in a second (event times are kept in whole microseconds).
+MICROS_PER_S = 1_000_000
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-def _default_channel_weights() -> dict[Channel, float]:
-    return {"pos": 0.75, "ecom": 0.2, "atm": 0.05}
 
 
 class Scenario(IntEnum):
@@ -127,82 +92,6 @@ class Scenario(IntEnum):
     COMPROMISED_CARD = 3
     CARD_TESTING = 4
     ACCOUNT_TAKEOVER = 5
-
-
-class SimulatorConfig(BaseModel):
-    """Population, spending behaviour and fraud-scenario rates. Defaults: the handbook's."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    seed: int = Field(0, ge=0)
-    currency: CurrencyCode = "EUR"
-
-    # Population (handbook: 5,000 customers, 10,000 terminals, radius 5 on a 100 x 100 map).
-    n_customers: int = Field(5_000, ge=1)
-    n_terminals: int = Field(10_000, ge=1)
-    map_size: float = Field(100.0, gt=0)
-    radius: float = Field(5.0, gt=0)
-    mean_amount: tuple[float, float] = (5.0, 100.0)
-    std_ratio: float = Field(0.5, ge=0, description="std of a customer's amounts / its mean amount")
-    tx_per_day: tuple[float, float] = (0.0, 4.0)
-    channel_weights: dict[Channel, float] = Field(
-        default_factory=_default_channel_weights,
-        description="share of terminals per channel",
-    )
-
-    # Daily and weekly rhythm.
-    time_of_day_mean_s: float = Field(DAY_S / 2, ge=0, le=DAY_S)
-    time_of_day_std_s: float = Field(20_000.0, gt=0)
-    weekend_factor: float = Field(
-        0.8, ge=0, description="Sat/Sun rate relative to weekdays; the weekly volume stays the same"
-    )
-
-    # 1. Amount outliers (None: off).
-    outlier_threshold: float | None = Field(220.0, gt=0)
-    # 2. Compromised terminals.
-    compromised_terminals_per_day: int = Field(2, ge=0)
-    compromised_terminal_days: int = Field(28, ge=1)
-    # 3. Compromised cards.
-    compromised_cards_per_day: int = Field(3, ge=0)
-    compromised_card_days: int = Field(14, ge=1)
-    compromised_card_fraction: float = Field(1 / 3, ge=0, le=1)
-    compromised_card_amount_factor: float = Field(5.0, gt=0)
-    # 4. Card testing bursts.
-    card_testing_per_day: float = Field(1.0, ge=0)
-    card_testing_small_count: tuple[int, int] = (5, 15)
-    card_testing_small_amount: tuple[float, float] = (0.5, 3.0)
-    card_testing_span_s: tuple[float, float] = (60.0, 300.0)
-    card_testing_terminals: tuple[int, int] = (1, 3)
-    card_testing_cashout_delay_s: tuple[float, float] = (30.0, 600.0)
-    card_testing_large_amount: tuple[float, float] = (150.0, 600.0)
-    # 5. Account takeover.
-    takeover_per_day: float = Field(1.0, ge=0)
-    takeover_days: tuple[float, float] = (1.0, 2.0)
-    takeover_tx_per_day: float = Field(4.0, gt=0)
-    takeover_min_distance: float = Field(50.0, ge=0)
-    takeover_terminals: tuple[int, int] = (1, 3)
-    takeover_amount_factor: tuple[float, float] = (3.0, 8.0)
-
-    @field_validator("channel_weights")
-    @classmethod
-    def _weights(cls, value: dict[Channel, float]) -> dict[Channel, float]:
-        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
-            raise ValueError("channel weights must be >= 0 with a positive sum")
-        return value
-
-    @model_validator(mode="after")
-    def _ranges(self) -> SimulatorConfig:
-        for name, info in type(self).model_fields.items():
-            value = getattr(self, name)
-            if info.annotation in (tuple[float, float], tuple[int, int]):
-                lo, hi = value
-                if not 0 <= lo <= hi:
-                    raise ValueError(f"{name}: need 0 <= low <= high, got {value}")
-        if self.card_testing_small_count[0] < 1 or self.card_testing_terminals[0] < 1:
-            raise ValueError("card testing needs at least one small payment and one terminal")
-        if self.takeover_terminals[0] < 1 or self.takeover_days[1] <= 0:
-            raise ValueError("a takeover needs at least one terminal and a positive duration")
-        return self
 
 
 @dataclass(frozen=True)
@@ -232,7 +121,7 @@ class Population:
 
 
 @dataclass
-class _Rows:
+class Rows:
     """Transactions under construction: seconds from the start, indices, amounts, codes."""
 
     t_s: FloatArray
@@ -242,7 +131,7 @@ class _Rows:
     scenario: npt.NDArray[np.int8]
 
     @classmethod
-    def empty(cls) -> _Rows:
+    def empty(cls) -> Rows:
         return cls(
             np.empty(0),
             np.empty(0, np.int64),
@@ -252,7 +141,7 @@ class _Rows:
         )
 
     @classmethod
-    def concat(cls, parts: list[_Rows]) -> _Rows:
+    def concat(cls, parts: list[Rows]) -> Rows:
         if not parts:
             return cls.empty()
         return cls(
@@ -263,8 +152,8 @@ class _Rows:
             np.concatenate([p.scenario for p in parts]),
         )
 
-    def take(self, index: IntArray | BoolArray) -> _Rows:
-        return _Rows(
+    def take(self, index: IntArray | BoolArray) -> Rows:
+        return Rows(
             self.t_s[index],
             self.customer[index],
             self.terminal[index],
@@ -277,7 +166,7 @@ class _Rows:
 
 
 @dataclass
-class _Incidents:
+class Incidents:
     """Per-incident records (scenarios 2-5), times in seconds from the start."""
 
     compromised_terminals: list[tuple[int, float, float]] = field(default_factory=list)
@@ -319,7 +208,7 @@ class SimulatedBatch:
         return {int(code): int(n) for code, n in enumerate(counts)}
 
 
-def _as_utc(ts: datetime) -> datetime:
+def as_utc(ts: datetime) -> datetime:
     """A naive datetime is taken as UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
@@ -380,7 +269,7 @@ def _day_windows_mask(
 
 
 class Simulator:
-    """Generates a population once, then batches (``generate``) or a live stream (``iter_live``)."""
+    """Generates a population once, then batches (``generate``); ``live_stream.iter_live`` streams it."""
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
@@ -464,12 +353,12 @@ class Simulator:
         day_start_s: FloatArray,
         day_len_s: float,
         scale: float,
-        out: _Incidents,
-    ) -> _Rows:
+        out: Incidents,
+    ) -> Rows:
         """Scenario 4: one burst per entry of ``day_start_s``; durations scaled by ``scale``."""
         cfg, p = self.config, self.population
         ecom = self._ecom_terminals()
-        parts: list[_Rows] = []
+        parts: list[Rows] = []
         for day_start in day_start_s:
             card = int(rng.integers(p.n_customers))
             t0 = day_start + rng.uniform(0, day_len_s)
@@ -487,7 +376,7 @@ class Simulator:
             )
             n = n_small + 1
             parts.append(
-                _Rows(
+                Rows(
                     np.append(t_small, t_large),
                     np.full(n, card, np.int64),
                     terms[rng.integers(0, len(terms), n)],
@@ -496,14 +385,14 @@ class Simulator:
                 )
             )
             out.card_testing.append((card, float(t0), float(t_large), n_small))
-        return _Rows.concat(parts)
+        return Rows.concat(parts)
 
     def _takeovers(
-        self, rng: np.random.Generator, day_start_s: FloatArray, day_len_s: float, out: _Incidents
-    ) -> _Rows:
+        self, rng: np.random.Generator, day_start_s: FloatArray, day_len_s: float, out: Incidents
+    ) -> Rows:
         """Scenario 5: one takeover per entry of ``day_start_s``; a 'day' lasts ``day_len_s``."""
         cfg, p = self.config, self.population
-        parts: list[_Rows] = []
+        parts: list[Rows] = []
         for day_start in day_start_s:
             card = int(rng.integers(p.n_customers))
             home = p.customer_xy[card]
@@ -521,7 +410,7 @@ class Simulator:
             factor = rng.uniform(*cfg.takeover_amount_factor, n)
             amounts = np.maximum(np.round(p.mean_amount[card] * factor, 2), 0.01)
             parts.append(
-                _Rows(
+                Rows(
                     times,
                     np.full(n, card, np.int64),
                     terms[rng.integers(0, len(terms), n)],
@@ -532,7 +421,7 @@ class Simulator:
             out.takeovers.append(
                 (card, float(t0), float(t0 + duration_days * day_len_s), float(center[0]), float(center[1]))
             )
-        return _Rows.concat(parts)
+        return Rows.concat(parts)
 
     def _far_point(self, rng: np.random.Generator, home: FloatArray) -> FloatArray:
         """A point of the map at least ``takeover_min_distance`` from ``home`` (else the farthest corner)."""
@@ -550,16 +439,20 @@ class Simulator:
         so pass a midnight for the rhythm to peak at noon). Sorted by timestamp."""
         if days < 1:
             raise ValueError("days must be >= 1")
-        cfg, p = self.config, self.population
-        start = _as_utc(start)
-        rng = np.random.default_rng([cfg.seed, 1])
-        incidents = _Incidents()
+        start = as_utc(start)
+        rng = np.random.default_rng([self.config.seed, 1])
+        incidents = Incidents()
+        organic, day = self._organic(rng, start, days)
+        self._inject_organic_fraud(rng, organic, day, days, incidents)
+        injected = self._injected(rng, days, incidents)
+        rows, t_us = self._in_time_order(Rows.concat([organic, injected]), days)
+        return self._batch(rows, t_us, start, days, incidents)
 
-        # Organic transactions: Poisson count per customer-day, time of day around midday.
-        weekday = (start.weekday() + np.arange(days)) % 7
-        weekday_rate = 7 / (5 + 2 * cfg.weekend_factor)
-        day_factor = np.where(weekday >= 5, cfg.weekend_factor * weekday_rate, weekday_rate)
-        counts = rng.poisson(p.tx_per_day[:, None] * day_factor[None, :])
+    def _organic(self, rng: np.random.Generator, start: datetime, days: int) -> tuple[Rows, IntArray]:
+        """The customers' own transactions, all legitimate, and the day of each: a Poisson count
+        per customer-day, times of day around midday (draws outside the day dropped)."""
+        cfg, p = self.config, self.population
+        counts = rng.poisson(p.tx_per_day[:, None] * self._day_factors(start, days)[None, :])
         counts[p.n_neighbours == 0] = 0
         cell = np.repeat(np.arange(p.n_customers * days, dtype=np.int64), counts.ravel())
         time_of_day = rng.normal(cfg.time_of_day_mean_s, cfg.time_of_day_std_s, len(cell))
@@ -568,40 +461,78 @@ class Simulator:
         customer, day = cell // days, cell % days
         terminal = self._terminals_for(rng, customer)
         amount = self._amounts(rng, customer)
-        scenario = np.zeros(len(cell), np.int8)
+        rows = Rows(day * DAY_S + time_of_day, customer, terminal, amount, np.zeros(len(cell), np.int8))
+        return rows, day
 
-        # 3 first for the amounts (inflation), then codes in order 1, 2, 3.
-        outlier = (
-            amount > cfg.outlier_threshold if cfg.outlier_threshold is not None else np.zeros(len(cell), bool)
-        )
-        term_ev, term_day = self._daily_draws(rng, days, p.n_terminals, cfg.compromised_terminals_per_day)
-        at_compromised, _, _, _ = _day_windows_mask(
-            terminal, day, days, term_ev, term_day, cfg.compromised_terminal_days
-        )
-        card_ev, card_day = self._daily_draws(rng, days, p.n_customers, cfg.compromised_cards_per_day)
-        _, order, lo, hi = _day_windows_mask(
-            customer, day, days, card_ev, card_day, cfg.compromised_card_days
-        )
-        stolen = np.zeros(len(cell), bool)
+    def _day_factors(self, start: datetime, days: int) -> FloatArray:
+        """Each day's rate relative to the profile's: weekends weighted, the weekly volume kept."""
+        weekend_factor = self.config.weekend_factor
+        weekday = (start.weekday() + np.arange(days)) % 7
+        weekday_rate = 7 / (5 + 2 * weekend_factor)
+        return np.where(weekday >= 5, weekend_factor * weekday_rate, weekday_rate)
+
+    def _inject_organic_fraud(
+        self, rng: np.random.Generator, organic: Rows, day: IntArray, days: int, incidents: Incidents
+    ) -> None:
+        """Scenarios 1-3 on the organic rows, in place; records the compromises in ``incidents``."""
+        outlier = self._outliers(organic.amount)
+        at_terminal = self._compromised_terminals(rng, organic.terminal, day, days, incidents)
+        stolen = self._compromised_cards(rng, organic.customer, day, days, incidents)
+        self._label_organic(organic, outlier, at_terminal, stolen)
+
+    def _outliers(self, amount: FloatArray) -> BoolArray:
+        """Scenario 1: amounts above ``outlier_threshold`` (as drawn, before any inflation)."""
+        threshold = self.config.outlier_threshold
+        return amount > threshold if threshold is not None else np.zeros(len(amount), bool)
+
+    def _compromised_terminals(
+        self, rng: np.random.Generator, terminal: IntArray, day: IntArray, days: int, incidents: Incidents
+    ) -> BoolArray:
+        """Scenario 2: the rows at a terminal within its compromise window."""
+        cfg, p = self.config, self.population
+        ev, ev_day = self._daily_draws(rng, days, p.n_terminals, cfg.compromised_terminals_per_day)
+        in_window, _, _, _ = _day_windows_mask(terminal, day, days, ev, ev_day, cfg.compromised_terminal_days)
+        incidents.compromised_terminals = self._windows(ev, ev_day, cfg.compromised_terminal_days, days)
+        return in_window
+
+    def _compromised_cards(
+        self, rng: np.random.Generator, customer: IntArray, day: IntArray, days: int, incidents: Incidents
+    ) -> BoolArray:
+        """Scenario 3: per compromise, a random ``compromised_card_fraction`` of the card's rows
+        within the window (rounded down)."""
+        cfg, p = self.config, self.population
+        ev, ev_day = self._daily_draws(rng, days, p.n_customers, cfg.compromised_cards_per_day)
+        _, order, lo, hi = _day_windows_mask(customer, day, days, ev, ev_day, cfg.compromised_card_days)
+        stolen = np.zeros(len(customer), bool)
         for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
             k = int((b - a) * cfg.compromised_card_fraction)
             if k:
                 stolen[order[a + rng.choice(b - a, k, replace=False)]] = True
-        amount[stolen] = np.round(amount[stolen] * cfg.compromised_card_amount_factor, 2)
-        scenario[stolen] = Scenario.COMPROMISED_CARD
-        scenario[at_compromised] = Scenario.COMPROMISED_TERMINAL
-        scenario[outlier] = Scenario.AMOUNT_OUTLIER
-        incidents.compromised_terminals = [
-            (int(e), float(d * DAY_S), float(min(d + cfg.compromised_terminal_days, days) * DAY_S))
-            for e, d in zip(term_ev.tolist(), term_day.tolist(), strict=True)
-        ]
-        incidents.compromised_cards = [
-            (int(e), float(d * DAY_S), float(min(d + cfg.compromised_card_days, days) * DAY_S))
-            for e, d in zip(card_ev.tolist(), card_day.tolist(), strict=True)
-        ]
-        organic = _Rows(day * DAY_S + time_of_day, customer, terminal, amount, scenario)
+        incidents.compromised_cards = self._windows(ev, ev_day, cfg.compromised_card_days, days)
+        return stolen
 
-        # Injected scenarios 4 and 5.
+    @staticmethod
+    def _windows(
+        entity: IntArray, first_day: IntArray, window_days: int, days: int
+    ) -> list[tuple[int, float, float]]:
+        """Incident records (entity, start s, end s) of compromises, cut at the end of the batch."""
+        return [
+            (int(e), float(d * DAY_S), float(min(d + window_days, days) * DAY_S))
+            for e, d in zip(entity.tolist(), first_day.tolist(), strict=True)
+        ]
+
+    def _label_organic(
+        self, rows: Rows, outlier: BoolArray, at_terminal: BoolArray, stolen: BoolArray
+    ) -> None:
+        """Inflate the stolen cards' amounts, then set the codes so the lowest wins (3, then 2, then 1)."""
+        rows.amount[stolen] = np.round(rows.amount[stolen] * self.config.compromised_card_amount_factor, 2)
+        rows.scenario[stolen] = Scenario.COMPROMISED_CARD
+        rows.scenario[at_terminal] = Scenario.COMPROMISED_TERMINAL
+        rows.scenario[outlier] = Scenario.AMOUNT_OUTLIER
+
+    def _injected(self, rng: np.random.Generator, days: int, incidents: Incidents) -> Rows:
+        """Scenarios 4 and 5: card-testing bursts and takeovers, a Poisson number a day each."""
+        cfg = self.config
         day_starts = np.arange(days, dtype=np.float64) * DAY_S
         bursts = self._card_testing(
             rng, np.repeat(day_starts, rng.poisson(cfg.card_testing_per_day, days)), DAY_S, 1.0, incidents
@@ -609,21 +540,28 @@ class Simulator:
         takeovers = self._takeovers(
             rng, np.repeat(day_starts, rng.poisson(cfg.takeover_per_day, days)), DAY_S, incidents
         )
-        rows = _Rows.concat([organic, bursts, takeovers])
+        return Rows.concat([bursts, takeovers])
+
+    @staticmethod
+    def _in_time_order(rows: Rows, days: int) -> tuple[Rows, IntArray]:
+        """The rows within the batch, sorted by their time in whole microseconds (returned too)."""
         rows = rows.take(rows.t_s < days * DAY_S)
-        t_us = np.rint(rows.t_s * _US).astype(np.int64)
-        order_t = np.argsort(t_us, kind="stable")
-        rows, t_us = rows.take(order_t), t_us[order_t]
-        prefix = f"{cfg.seed}-{start:%Y%m%dT%H%M%S}-"
-        frame = self._frame(rows, t_us, start, [prefix + str(i) for i in range(len(rows))])
+        t_us = np.rint(rows.t_s * MICROS_PER_S).astype(np.int64)
+        order = np.argsort(t_us, kind="stable")
+        return rows.take(order), t_us[order]
+
+    def _batch(
+        self, rows: Rows, t_us: IntArray, start: datetime, days: int, incidents: Incidents
+    ) -> SimulatedBatch:
+        prefix = f"{self.config.seed}-{start:%Y%m%dT%H%M%S}-"
         return SimulatedBatch(
-            transactions=frame,
+            transactions=self._frame(rows, t_us, start, [prefix + str(i) for i in range(len(rows))]),
             customers=self.customers,
             terminals=self.terminals,
             **self._incident_frames(incidents, start),
             start=start,
             days=days,
-            config=cfg,
+            config=self.config,
         )
 
     @staticmethod
@@ -634,7 +572,7 @@ class Simulator:
         drawn = np.concatenate([rng.choice(n, k, replace=False) for _ in range(days)]).astype(np.int64)
         return drawn, np.repeat(np.arange(days, dtype=np.int64), k)
 
-    def _frame(self, rows: _Rows, t_us: IntArray, start: datetime, ids: list[str]) -> pd.DataFrame:
+    def _frame(self, rows: Rows, t_us: IntArray, start: datetime, ids: list[str]) -> pd.DataFrame:
         p = self.population
         base_us = int(pd.Timestamp(start).value // 1000)
         timestamps = pd.to_datetime((base_us + t_us) * 1000, unit="ns", utc=True)
@@ -652,13 +590,13 @@ class Simulator:
             }
         )
 
-    def _incident_frames(self, inc: _Incidents, start: datetime) -> dict[str, pd.DataFrame]:
+    def _incident_frames(self, inc: Incidents, start: datetime) -> dict[str, pd.DataFrame]:
         p = self.population
         base = pd.Timestamp(start)
 
         def when(seconds: list[float]) -> pd.DatetimeIndex:
             return base + pd.to_timedelta(
-                np.rint(np.asarray(seconds, np.float64) * _US).astype(np.int64), unit="us"
+                np.rint(np.asarray(seconds, np.float64) * MICROS_PER_S).astype(np.int64), unit="us"
             )
 
         def table(
@@ -683,293 +621,10 @@ class Simulator:
             "takeovers": table(inc.takeovers, p.card_ids, "card_id", ["center_x", "center_y"]),
         }
 
-    # ------------------------------------------------------------------ live
-    def iter_live(
-        self, rate_per_s: float, start: datetime, *, slice_s: float = 1.0, day_s: float | None = None
-    ) -> Iterator[pd.DataFrame]:
-        """An endless stream for a live producer: one frame per ``slice_s`` seconds of event time.
-
-        Transaction ``i`` has the timestamp ``start + i / rate_per_s`` (naive ``start`` = UTC),
-        so the frames are evenly spaced; frame ``k`` holds the transactions of
-        ``[start + k slice_s, start + (k + 1) slice_s)`` (possibly none at low rates) in the
-        columns of ``generate``. A producer sends frame ``k`` when the clock reaches the end of
-        its slice, with ``start = now``.
-
-        Cards are drawn in proportion to their profile's rate (no daily rhythm: the rate is
-        steady). The fraud scenarios evolve per *simulated day*, which lasts ``day_s`` seconds
-        of event time; by default ``day_s`` is the population's daily volume divided by the
-        rate, so the fraud mix matches ``generate``. Scenario durations (28- and 14-day
-        compromises, bursts, takeovers) scale with it. Injected transactions (scenarios 4, 5)
-        take the slot of an organic one. Deterministic for a given seed and ``start``.
-        """
-        if rate_per_s <= 0 or slice_s <= 0:
-            raise ValueError("rate_per_s and slice_s must be > 0")
-        return _LiveStream(self, rate_per_s, _as_utc(start), slice_s, day_s).frames()
-
+    # ------------------------------------------------------------------ rates
     def expected_daily_transactions(self) -> float:
         """Mean number of organic transactions a day (customers with a terminal, within-day times)."""
         cfg, p = self.config, self.population
         z = 1 / (cfg.time_of_day_std_s * math.sqrt(2))
         inside = 0.5 * (math.erf((DAY_S - cfg.time_of_day_mean_s) * z) + math.erf(cfg.time_of_day_mean_s * z))
         return float(p.tx_per_day[p.n_neighbours > 0].sum()) * inside
-
-
-class _LiveStream:
-    """State of ``Simulator.iter_live``: active compromises and pending injected payments."""
-
-    def __init__(
-        self, sim: Simulator, rate: float, start: datetime, slice_s: float, day_s: float | None
-    ) -> None:
-        self.sim, self.rate, self.start, self.slice_s = sim, rate, start, slice_s
-        p, cfg = sim.population, sim.config
-        weights = np.where(p.n_neighbours > 0, p.tx_per_day, 0.0)
-        if weights.sum() <= 0:
-            raise ValueError("no customer transacts: none has a terminal within the radius")
-        self.cdf = np.cumsum(weights) / weights.sum()
-        self.day_s = day_s if day_s is not None else sim.expected_daily_transactions() / rate
-        if self.day_s <= 0:
-            raise ValueError("day_s must be > 0")
-        self.scale = self.day_s / DAY_S
-        start_us = int(pd.Timestamp(start).value // 1000)
-        self.rng = np.random.default_rng([cfg.seed, 2, start_us])
-        self.prefix = f"{cfg.seed}-L{start:%Y%m%dT%H%M%S}-"
-        self.next_day = 0
-        # Active compromises: entity, first day, end day (exclusive).
-        self.terminal_ev = np.empty((0, 3), np.int64)
-        self.card_ev = np.empty((0, 3), np.int64)
-        self.pending = _Rows.empty()
-        self.incidents = _Incidents()
-
-    def _start_day(self, d: int) -> None:
-        sim, cfg, rng = self.sim, self.sim.config, self.rng
-        p = sim.population
-        terms, _ = Simulator._daily_draws(rng, 1, p.n_terminals, cfg.compromised_terminals_per_day)
-        cards, _ = Simulator._daily_draws(rng, 1, p.n_customers, cfg.compromised_cards_per_day)
-        new_t = np.column_stack(
-            [terms, np.full(len(terms), d), np.full(len(terms), d + cfg.compromised_terminal_days)]
-        )
-        new_c = np.column_stack(
-            [cards, np.full(len(cards), d), np.full(len(cards), d + cfg.compromised_card_days)]
-        )
-        self.terminal_ev = np.concatenate(
-            [self.terminal_ev[self.terminal_ev[:, 2] > d], new_t.astype(np.int64)]
-        )
-        self.card_ev = np.concatenate([self.card_ev[self.card_ev[:, 2] > d], new_c.astype(np.int64)])
-        day_start = np.array([d * self.day_s])
-        injected = _Rows.concat(
-            [
-                self.pending,
-                sim._card_testing(
-                    rng,
-                    np.repeat(day_start, rng.poisson(cfg.card_testing_per_day)),
-                    self.day_s,
-                    self.scale,
-                    self.incidents,
-                ),
-                sim._takeovers(
-                    rng, np.repeat(day_start, rng.poisson(cfg.takeover_per_day)), self.day_s, self.incidents
-                ),
-            ]
-        )
-        self.pending = injected.take(np.argsort(injected.t_s, kind="stable"))
-        self.incidents = _Incidents()  # the live stream keeps no history
-
-    def _slice(self, k: int) -> pd.DataFrame:
-        sim, cfg, rng = self.sim, self.sim.config, self.rng
-        i0 = math.ceil(round(k * self.slice_s * self.rate, 9))
-        i1 = math.ceil(round((k + 1) * self.slice_s * self.rate, 9))
-        n = i1 - i0
-        slot = np.arange(i0, i1, dtype=np.int64)
-        t_s = slot / self.rate
-        slot_day = np.floor(t_s / self.day_s).astype(np.int64)
-        last_day = int(slot_day[-1]) if n else int((i0 / self.rate) // self.day_s)
-        while self.next_day <= last_day:
-            self._start_day(self.next_day)
-            self.next_day += 1
-
-        customer = np.searchsorted(self.cdf, rng.random(n), side="right").astype(np.int64)
-        customer = np.minimum(customer, len(self.cdf) - 1)
-        terminal = sim._terminals_for(rng, customer)
-        amount = sim._amounts(rng, customer)
-        scenario = np.zeros(n, np.int8)
-        at_terminal = np.zeros(n, bool)
-        for ent, first, end in self.terminal_ev.tolist():
-            at_terminal |= (terminal == ent) & (slot_day >= first) & (slot_day < end)
-        on_card = np.zeros(n, bool)
-        for ent, first, end in self.card_ev.tolist():
-            on_card |= (customer == ent) & (slot_day >= first) & (slot_day < end)
-        stolen = on_card & (rng.random(n) < cfg.compromised_card_fraction)
-        outlier = amount > cfg.outlier_threshold if cfg.outlier_threshold is not None else np.zeros(n, bool)
-        amount[stolen] = np.round(amount[stolen] * cfg.compromised_card_amount_factor, 2)
-        scenario[stolen] = Scenario.COMPROMISED_CARD
-        scenario[at_terminal] = Scenario.COMPROMISED_TERMINAL
-        scenario[outlier] = Scenario.AMOUNT_OUTLIER
-
-        # Due injected payments replace organic ones, in time order, one per slot.
-        rows = _Rows(t_s, customer, terminal, amount, scenario)
-        due = int(np.searchsorted(self.pending.t_s, i1 / self.rate, side="left"))
-        placed = 0
-        next_free = i0
-        for j in range(due):
-            s = max(next_free, math.ceil(round(float(self.pending.t_s[j]) * self.rate, 9)))
-            if s >= i1:
-                break
-            r = s - i0
-            rows.customer[r] = self.pending.customer[j]
-            rows.terminal[r] = self.pending.terminal[j]
-            rows.amount[r] = self.pending.amount[j]
-            rows.scenario[r] = self.pending.scenario[j]
-            next_free = s + 1
-            placed = j + 1
-        self.pending = self.pending.take(np.arange(placed, len(self.pending)))
-
-        t_us = np.rint(t_s * _US).astype(np.int64)
-        return sim._frame(rows, t_us, self.start, [self.prefix + str(i) for i in range(i0, i1)])
-
-    def frames(self) -> Iterator[pd.DataFrame]:
-        k = 0
-        while True:
-            yield self._slice(k)
-            k += 1
-
-
-# ---------------------------------------------------------------------- events and labels
-def empty_transactions() -> pd.DataFrame:
-    """A frame with no rows in the shape of ``generate``'s transactions."""
-    return pd.DataFrame(
-        {
-            "transaction_id": pd.Series([], dtype=object),
-            "card_id": pd.Series([], dtype=object),
-            "terminal_id": pd.Series([], dtype=object),
-            "amount": pd.Series([], dtype=np.float64),
-            "currency": pd.Series([], dtype=object),
-            "timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
-            "channel": pd.Series([], dtype=object),
-            "is_fraud": pd.Series([], dtype=np.int8),
-            "scenario": pd.Series([], dtype=np.int8),
-        }
-    )
-
-
-def format_timestamps(values: pd.Series) -> list[str]:
-    """Vectorised ``fraudcore.events.format_timestamp`` (UTC, microseconds, ``+00:00``)."""
-    if len(values) == 0:
-        return []
-    series = pd.Series(values)
-    if isinstance(series.dtype, pd.DatetimeTZDtype):
-        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif not pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return [format_timestamp(pd.Timestamp(v).to_pydatetime()) for v in series]
-    micro = series.to_numpy().astype("datetime64[us]")
-    text = np.datetime_as_string(micro, unit="us")
-    return [s + "+00:00" for s in text.tolist()]
-
-
-def to_events(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Transaction events (contract v1) for the rows of ``frame``, in order; no ground truth.
-
-    ``channel`` is left out where it is None/NaN. Works on ``generate``, ``iter_live`` and
-    ``replay.load_replay`` frames.
-    """
-    if len(frame) == 0:
-        return []
-    ids = frame["transaction_id"].astype(str).tolist()
-    cards = frame["card_id"].astype(str).tolist()
-    terms = frame["terminal_id"].astype(str).tolist()
-    amounts = frame["amount"].astype(np.float64).tolist()
-    currencies = frame["currency"].tolist()
-    stamps = format_timestamps(frame["timestamp"])
-    base = [
-        {
-            "schema_version": SCHEMA_VERSION,
-            "transaction_id": i,
-            "card_id": c,
-            "terminal_id": t,
-            "amount": a,
-            "currency": cur,
-            "timestamp": ts,
-        }
-        for i, c, t, a, cur, ts in zip(ids, cards, terms, amounts, currencies, stamps, strict=True)
-    ]
-    if "channel" in frame.columns:
-        channel = frame["channel"]
-        present = channel.notna().to_numpy()
-        for event, ch, ok in zip(base, channel.tolist(), present.tolist(), strict=True):
-            if ok:
-                event["channel"] = ch
-    return base
-
-
-def to_event_bytes(frame: pd.DataFrame, chunk_rows: int = 50_000) -> list[bytes]:
-    """``to_events`` serialised as compact JSON (what goes on the wire).
-
-    Works through ``chunk_rows`` rows at a time so the intermediate dicts stay few.
-    """
-    dumps = orjson.dumps
-    out: list[bytes] = []
-    for lo in range(0, len(frame), chunk_rows):
-        out.extend(dumps(e) for e in to_events(frame.iloc[lo : lo + chunk_rows]))
-    return out
-
-
-def labels(
-    batch: SimulatedBatch | pd.DataFrame,
-    delay: timedelta = timedelta(days=7),
-    *,
-    jitter: timedelta = timedelta(0),
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Fraud labels (chargebacks) for the fraud rows, sorted by ``reported_at``.
-
-    ``reported_at`` = transaction time + ``delay`` + U(0, ``jitter``) (drawn with ``seed``).
-    Columns ``LABEL_COLUMNS``; the timestamps are ``datetime64[ns, UTC]``, ``scenario`` int8.
-    """
-    frame = batch.transactions if isinstance(batch, SimulatedBatch) else batch
-    fraud = frame.loc[frame["is_fraud"].to_numpy() != 0]
-    codes = fraud["scenario"].to_numpy(np.int64)
-    if len(codes) and not ((codes >= 1) & (codes <= 5)).all():
-        raise ValueError("every fraud row needs a scenario code in 1..5 (the label contract requires one)")
-    extra = np.zeros(len(fraud), np.int64)
-    jitter_us = int(jitter / timedelta(microseconds=1))
-    if jitter_us > 0:
-        extra = np.random.default_rng(seed).integers(0, jitter_us + 1, len(fraud))
-    ts = pd.DatetimeIndex(fraud["timestamp"])
-    if ts.tz is None:
-        ts = ts.tz_localize("UTC")
-    out = pd.DataFrame(
-        {
-            "transaction_id": fraud["transaction_id"].to_numpy(),
-            "card_id": fraud["card_id"].to_numpy(),
-            "terminal_id": fraud["terminal_id"].to_numpy(),
-            "transaction_timestamp": ts,
-            "reported_at": ts + pd.Timedelta(delay) + pd.to_timedelta(extra, unit="us"),
-            "scenario": codes.astype(np.int8),
-        }
-    )
-    return out.sort_values("reported_at", kind="stable").reset_index(drop=True)
-
-
-def label_events(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Fraud-label events (contract v1) for the rows of a ``labels`` frame."""
-    if len(frame) == 0:
-        return []
-    return [
-        {
-            "schema_version": SCHEMA_VERSION,
-            "transaction_id": str(i),
-            "card_id": str(c),
-            "terminal_id": str(t),
-            "transaction_timestamp": ts,
-            "reported_at": rep,
-            "scenario": int(s),
-        }
-        for i, c, t, ts, rep, s in zip(
-            frame["transaction_id"].tolist(),
-            frame["card_id"].tolist(),
-            frame["terminal_id"].tolist(),
-            format_timestamps(frame["transaction_timestamp"]),
-            format_timestamps(frame["reported_at"]),
-            frame["scenario"].tolist(),
-            strict=True,
-        )
-    ]

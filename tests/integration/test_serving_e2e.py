@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fraud_producers.simulator import TRANSACTION_COLUMNS
+from fraud_producers.encoding import TRANSACTION_COLUMNS
 from fraud_transformer.scoring import decision_id
 from fraudcore.events import EventKind, validate
 from fraudcore.features import TERMINAL_FEATURES

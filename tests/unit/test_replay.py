@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from fraud_producers.encoding import labels, to_events
 from fraud_producers.replay import (
     HANDBOOK_MAPPING,
     ColumnMapping,
@@ -19,7 +20,8 @@ from fraud_producers.replay import (
     pacing_delays,
     rebase,
 )
-from fraud_producers.simulator import Simulator, SimulatorConfig, labels, to_events
+from fraud_producers.sim_config import SimulatorConfig
+from fraud_producers.simulator import Simulator
 from fraudcore.events import EventKind, validate
 
 START = datetime(2024, 1, 1, tzinfo=UTC)

@@ -11,18 +11,17 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from fraud_producers.simulator import (
+from fraud_producers.encoding import (
     TRANSACTION_COLUMNS,
-    Scenario,
-    SimulatedBatch,
-    Simulator,
-    SimulatorConfig,
     format_timestamps,
     label_events,
     labels,
     to_event_bytes,
     to_events,
 )
+from fraud_producers.live_stream import iter_live
+from fraud_producers.sim_config import SimulatorConfig
+from fraud_producers.simulator import Scenario, SimulatedBatch, Simulator
 from fraudcore.events import EventKind, format_timestamp, validate
 
 START = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
@@ -259,7 +258,7 @@ def test_labels_only_for_fraud_with_the_delay(mid: SimulatedBatch) -> None:
 def test_live_stream_is_steady_deterministic_and_valid() -> None:
     sim = Simulator(SimulatorConfig(seed=9, n_customers=300, n_terminals=600))
     start = datetime(2025, 6, 1, 12, tzinfo=UTC)
-    frames = list(itertools.islice(sim.iter_live(200.0, start, slice_s=0.5), 400))
+    frames = list(itertools.islice(iter_live(sim, 200.0, start, slice_s=0.5), 400))
     assert all(len(f) == 100 for f in frames)
     live = pd.concat(frames, ignore_index=True)
     assert live["transaction_id"].is_unique
@@ -270,9 +269,9 @@ def test_live_stream_is_steady_deterministic_and_valid() -> None:
     assert set(live["scenario"].unique()) == {0, 1, 2, 3, 4, 5}
     for event in to_events(live.sample(200, random_state=0)):
         assert validate(EventKind.TRANSACTION, event).ok
-    again = pd.concat(itertools.islice(sim.iter_live(200.0, start, slice_s=0.5), 400), ignore_index=True)
+    again = pd.concat(itertools.islice(iter_live(sim, 200.0, start, slice_s=0.5), 400), ignore_index=True)
     pd.testing.assert_frame_equal(live, again)
-    slow = list(itertools.islice(sim.iter_live(0.5, start), 4))
+    slow = list(itertools.islice(iter_live(sim, 0.5, start), 4))
     assert [len(f) for f in slow] == [1, 0, 1, 0]
     assert re.fullmatch(r"9-L20250601T120000-\d+", live["transaction_id"].iloc[0])
 
