@@ -28,146 +28,52 @@ Restart after a crash: the job resumes each transaction partition from its last 
 from there. Replayed counter updates are skipped by the applied-offset guard, and the card
 features it recomputes are the same, so there is no double counting and no gap. The
 feature log may hold a replayed row twice; readers keep one row per transaction_id.
+
+The parts, one job each; `FeatureJob` here consumes, positions partitions, checkpoints and
+runs them in order:
+* `fraud_features.events`: parsing transactions and labels; dead letters for the rest.
+* `fraud_features.terminals`: the shared terminal counters and the terminal values.
+* `fraud_features.watermarks`: every partition's progress and the watermark.
+* `fraud_features.card_state`: per-partition state, card histories and card features.
+* `fraud_features.feature_log`: the feature log, written to the offline store.
+* `fraud_features.redis_keys`: the Redis keys of all of them.
 """
 
 from __future__ import annotations
 
-import io
-import logging
-import pickle
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, cast
 
-import numpy as np
-import orjson
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
-from fraudcore import features as F
-from fraudcore.events import parse_timestamp
-from fraudcore.kafka import NewPartitions, by_partition, committed_or_beginning, dead_letter
+# Checkpoints are pickled PartitionState and CardHistory objects, and those written by
+# earlier versions name this module: both stay importable from here.
+from fraud_features.card_state import CardFeatureBatch, CardHistory, PartitionState
+from fraud_features.events import DeadLetters, Transaction, parse_label, parse_transaction
+from fraud_features.feature_log import FeatureLog
+from fraud_features.redis_keys import RedisKeys
+from fraud_features.terminals import Increment, TerminalCounters
+from fraud_features.watermarks import Progress, Watermark
+from fraudcore.kafka import NewPartitions, by_partition, committed_or_beginning
 from fraudcore.kafka import consumer as make_consumer
-from fraudcore.kafka import producer as make_producer
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
 
-log = logging.getLogger(__name__)
+__all__ = ["CardHistory", "FeatureJob", "PartitionState"]
+
 COMPONENT = "feature-job"
 
 EVENTS = Counter("feature_job_events", "Events applied by the feature job", ["kind"])
-LATE = Counter("feature_job_late_events", "Transactions older than their card's latest event")
 BATCH_SECONDS = Histogram(
     "feature_job_batch_seconds",
     "Time to process one polled batch",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 HELD = Counter("feature_job_held_events", "Transactions held back until the terminal watermark allowed them")
-
-# Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field)
-# triples in offset order; those below the partition's applied offset were applied before.
-APPLY_LUA = """
-local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local last = applied
-for i = 1, #ARGV, 3 do
-  local offset = tonumber(ARGV[i])
-  if offset >= applied then
-    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
-    redis.call('EXPIRE', ARGV[i + 1], 5184000)
-    if offset + 1 > last then last = offset + 1 end
-  end
-end
-if last > applied then redis.call('SET', KEYS[1], last) end
-return last
-"""
-
-# Every counter hash of a batch's terminals in one reply (parsed in C by hiredis).
-FETCH_LUA = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
-return out
-"""
-
-INF = float("inf")
-
-
-@dataclass
-class Transaction:
-    offset: int
-    transaction_id: str
-    card_id: str
-    terminal_id: str
-    amount: float
-    t_us: int
-
-
-@dataclass
-class CardHistory:
-    """A card's events of the last 30 days before its latest one, in event-time order."""
-
-    t_us: list[int] = field(default_factory=list)
-    cents: list[int] = field(default_factory=list)
-    terminal: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PartitionState:
-    cards: dict[str, CardHistory] = field(default_factory=dict)
-    next_offset: int | None = None  # after the last record whose counters are applied
-    max_event_us: int = -(2**62)
-    # Transactions whose counters are applied but whose features wait for the watermark,
-    # in partition order.
-    held: list[Transaction] = field(default_factory=list)
-
-    @property
-    def resume_offset(self) -> int | None:
-        """Where a restart must resume: the first transaction without features yet."""
-        return self.held[0].offset if self.held else self.next_offset
-
-
-_TX_FIELDS = ("transaction_id", "card_id", "terminal_id", "amount", "timestamp")
-_LABEL_FIELDS = ("terminal_id", "transaction_timestamp", "reported_at")
-
-
-def _require(event: Any, fields: tuple[str, ...]) -> None:
-    if not isinstance(event, dict):
-        raise ValueError("payload: must be a JSON object")
-    missing = [f for f in fields if f not in event]
-    if missing:
-        raise ValueError("; ".join(f"{f}: is required" for f in missing))
-
-
-def _parse_transaction(value: bytes, offset: int) -> Transaction:
-    event = orjson.loads(value)
-    _require(event, _TX_FIELDS)
-    amount = float(event["amount"])
-    if not amount > 0:
-        raise ValueError("amount: must be > 0")
-    ts = parse_timestamp(event["timestamp"])
-    t_us = int(ts.timestamp()) * F.US_PER_S + ts.microsecond
-    ids = [event["transaction_id"], event["card_id"], event["terminal_id"]]
-    if not all(isinstance(i, str) and i for i in ids):
-        raise ValueError("transaction_id, card_id, terminal_id: must be non-empty strings")
-    return Transaction(offset, ids[0], ids[1], ids[2], amount, t_us)
-
-
-def _to_us(value: str) -> int:
-    ts = parse_timestamp(value)
-    return int(ts.timestamp()) * F.US_PER_S + ts.microsecond
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"{exc.args[0]}: is required"
-    if isinstance(exc, orjson.JSONDecodeError):
-        return "payload: not valid UTF-8 JSON"
-    return str(exc) or type(exc).__name__
 
 
 class FeatureJob:
@@ -183,34 +89,27 @@ class FeatureJob:
     ) -> None:
         self.settings = settings
         self.group = group
-        self.ns = settings.features.namespace
-        self.delay = settings.features.label_delay_days
         self.tx_topic = settings.topics.transactions.name
         self.label_topic = settings.topics.labels.name
         self.redis = redis_client or redis.Redis(host=settings.redis.host, port=settings.redis.port)
-        self.apply_script = self.redis.register_script(APPLY_LUA)
-        self.fetch_script = self.redis.register_script(FETCH_LUA)
+        self.keys = RedisKeys(settings.features.namespace)
         if writer is None:
             from fraud_features.online import OnlineWriter
             from fraud_features.store import feature_store
 
             writer = OnlineWriter(feature_store(settings))
         self.writer = writer
+        self.terminals = TerminalCounters(self.redis, self.keys, settings.features.label_delay_days, writer)
+        self.progress = Progress(settings, self.redis, self.keys)
+        self.dead_letters = DeadLetters(settings, COMPONENT)
         self.log_features = log_features
+        self.feature_log = FeatureLog(settings)
         self.batch_records = batch_records
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.assignments = NewPartitions(on_revoked=self._forget)
-        self.terminal_cache: dict[tuple[str, int], tuple[float, ...]] = {}
-        self.feature_log: list[pd.DataFrame] = []
-        self.log_offsets: dict[int, list[int]] = {}
         self.last_checkpoint = time.monotonic()
         self.consumer: KafkaConsumer | None = None
-        self.dlq = make_producer(settings)
         self.processed = 0
-
-    # --- keys ---------------------------------------------------------------------------
-    def _k(self, *parts: object) -> str:
-        return ":".join([self.ns, *map(str, parts)])
 
     # --- rebalance ----------------------------------------------------------------------
     def _forget(self, tp: TopicPartition) -> None:
@@ -222,72 +121,61 @@ class FeatureJob:
         assert self.consumer is not None
         state = PartitionState()
         if tp.topic == self.tx_topic:
-            blob = self.redis.get(self._k("ckpt", tp.topic, tp.partition))
+            blob = self.redis.get(self.keys.checkpoint(tp))
             if blob:
-                state = pickle.loads(cast(bytes, blob))  # written by this job only (trusted)
+                state = PartitionState.from_checkpoint(cast(bytes, blob))
         self.partitions[tp] = state
         if state.next_offset is not None:
             return state.next_offset
         return committed_or_beginning(self.consumer, tp)
 
-    # --- the batch --------------------------------------------------------------------------
-    def handle(self, records: Records) -> Commit:
-        t0 = time.perf_counter()
+    def _owned(self, records: Records) -> dict[TopicPartition, list[Any]]:
+        """The records by partition, less those of partitions this replica must not use yet
+        (new ones not positioned at them) or any more (revoked while in flight)."""
         assert self.consumer is not None
         by_tp = by_partition(records)
         self.assignments.start_new(self.consumer, by_tp, self._resume_at)
         for tp in [tp for tp in by_tp if tp not in self.partitions]:
             del by_tp[tp]  # revoked while they were in flight: the new owner reads them
+        return by_tp
 
-        new_tx: dict[TopicPartition, list[Transaction]] = {}
-        increments: dict[TopicPartition, list[str]] = {}
-        for tp, recs in by_tp.items():
-            args: list[str] = []
+    # --- the batch --------------------------------------------------------------------------
+    def handle(self, records: Records) -> Commit:
+        t0 = time.perf_counter()
+        # Counters first (exactly once per record), then progress, then features. A partition's
+        # position moves only once its counters are applied and its transactions held, so a
+        # failure part-way (Redis away) never lets a checkpoint commit past unapplied records.
+        for tp, recs in self._owned(records).items():
+            txs, increments = self._read(tp, recs)
+            self.terminals.apply(tp, increments)
             state = self.partitions[tp]
-            if tp.topic == self.tx_topic:
-                txs = []
-                for r in recs:
-                    try:
-                        tx = _parse_transaction(r.value, r.offset)
-                    except Exception as exc:  # bad input: quarantine, never crash
-                        self._dead_letter(r, _reason(exc))
-                        continue
-                    txs.append(tx)
-                    args += [str(r.offset), self._k("tc", tx.terminal_id), str(tx.t_us // F.DAY_US)]
-                    state.max_event_us = max(state.max_event_us, tx.t_us)
-                new_tx[tp] = txs
-                EVENTS.labels("transaction").inc(len(txs))
-            else:
-                for r in recs:
-                    try:
-                        event = orjson.loads(r.value)
-                        _require(event, _LABEL_FIELDS)
-                        t_us, rep_us = _to_us(event["transaction_timestamp"]), _to_us(event["reported_at"])
-                        terminal = event["terminal_id"]
-                        if not (isinstance(terminal, str) and terminal):
-                            raise ValueError("terminal_id: must be a non-empty string")
-                    except Exception as exc:
-                        self._dead_letter(r, _reason(exc))
-                        continue
-                    args += [
-                        str(r.offset),
-                        self._k("tf", terminal),
-                        f"{t_us // F.DAY_US}:{rep_us // F.DAY_US}",
-                    ]
-                    state.max_event_us = max(state.max_event_us, rep_us)
-                    EVENTS.labels("label").inc()
-            increments[tp] = args
+            state.held.extend(txs)
             state.next_offset = recs[-1].offset + 1
-        # Counters first (exactly once per record), then progress, then features.
-        for tp, args in increments.items():
-            if args:
-                self.apply_script(keys=[self._k("applied", tp.topic, tp.partition)], args=args)
         self._publish_progress()
-        for tp, txs in new_tx.items():
-            self.partitions[tp].held.extend(txs)
         self.drain()
         BATCH_SECONDS.observe(time.perf_counter() - t0)
         return self._checkpoint_if_due()
+
+    def _read(self, tp: TopicPartition, records: list[Any]) -> tuple[list[Transaction], list[Increment]]:
+        """A partition's records: its new transactions and the counter increments of all."""
+        state = self.partitions[tp]
+        txs: list[Transaction] = []
+        if tp.topic == self.tx_topic:
+            txs = self.dead_letters.parse_all(records, parse_transaction)
+            increments = [self.terminals.transaction_increment(tx) for tx in txs]
+            state.max_event_us = max([state.max_event_us, *(tx.t_us for tx in txs)])
+            EVENTS.labels("transaction").inc(len(txs))
+        else:
+            labels = self.dead_letters.parse_all(records, parse_label)
+            increments = [self.terminals.label_increment(label) for label in labels]
+            state.max_event_us = max([state.max_event_us, *(label.reported_us for label in labels)])
+            if labels:
+                EVENTS.labels("label").inc(len(labels))
+        return txs, increments
+
+    def _publish_progress(self) -> None:
+        assert self.consumer is not None
+        self.progress.publish(self.consumer, self.partitions)
 
     def drain(self) -> None:
         """Compute features for every held transaction whose terminal values are final.
@@ -300,18 +188,10 @@ class FeatureJob:
         waiting = [tp for tp, st in self.partitions.items() if st.held]
         if not waiting:
             return
-        tx_wm, label_wm = self._watermarks()
+        watermark = self.progress.watermark()
         for tp in waiting:
             state = self.partitions[tp]
-            ready = 0
-            for tx in state.held:
-                day = tx.t_us // F.DAY_US
-                if (tx.terminal_id, day) in self.terminal_cache or (
-                    tx_wm >= (day - self.delay) * F.DAY_US and label_wm >= day * F.DAY_US
-                ):
-                    ready += 1
-                else:
-                    break
+            ready = self._ready(state.held, watermark)
             if ready:
                 batch, state.held = state.held[:ready], state.held[ready:]
                 self._features(tp, batch)
@@ -319,163 +199,31 @@ class FeatureJob:
             if state.held and not ready:
                 HELD.inc(len(state.held))
 
+    def _ready(self, held: list[Transaction], watermark: Watermark) -> int:
+        """How many of the held transactions, from the first, have final terminal values."""
+        ready = 0
+        for tx in held:
+            if not self.terminals.final((tx.terminal_id, tx.day), watermark):
+                break
+            ready += 1
+        return ready
+
     def busy(self) -> bool:
         return any(st.held for st in self.partitions.values())
 
-    def _dead_letter(self, record: Any, reason: str) -> None:
-        label = reason.split(":")[0] if ":" in reason else "payload"
-        dead_letter(self.dlq.send, self.settings, COMPONENT, label, reason, record)
-
-    # --- watermarks ------------------------------------------------------------------------
-    def _publish_progress(self) -> None:
-        assert self.consumer is not None
-        mapping: dict[str, str] = {}
-        for tp in self.consumer.assignment():
-            state = self.partitions.get(tp)
-            high = self.consumer.highwater(tp)
-            caught_up = (
-                high is not None
-                and state is not None
-                and state.next_offset is not None
-                and state.next_offset >= high
-            )
-            if high == 0 or caught_up:
-                mapping[f"{tp.topic}:{tp.partition}"] = "inf"
-            elif state is not None and state.max_event_us > -(2**62):
-                mapping[f"{tp.topic}:{tp.partition}"] = str(state.max_event_us)
-        if mapping:
-            self.redis.hset(self._k("progress"), mapping=mapping)
-
-    def _watermarks(self) -> tuple[float, float]:
-        raw = cast(dict[bytes, bytes], self.redis.hgetall(self._k("progress")))
-        progress = {k.decode(): float(v) for k, v in raw.items()}
-        topics = self.settings.topics
-        tx = min(progress.get(f"{self.tx_topic}:{p}", -INF) for p in range(topics.transactions.partitions))
-        labels = min(progress.get(f"{self.label_topic}:{p}", -INF) for p in range(topics.labels.partitions))
-        return tx, labels
-
     # --- features ----------------------------------------------------------------------------
-    def _terminal_values(self, pairs: list[tuple[str, int]]) -> None:
-        missing = sorted({p for p in pairs if p not in self.terminal_cache}, key=lambda p: p[1])
-        if not missing:
-            return
-        terminals = sorted({m for m, _ in missing})
-        keys = [k for m in terminals for k in (self._k("tc", m), self._k("tf", m))]
-        replies = self.fetch_script(keys=keys, args=[])
-        # Counters become pseudo-events at day starts: the shared function then applies the
-        # very same windows and "reported before the day" rule as the backfill.
-        tx_rows: list[tuple[int, int, int]] = []  # (terminal code, day, count)
-        fr_rows: list[tuple[int, int, int, int]] = []  # (terminal code, tx day, report day, count)
-        for code in range(len(terminals)):
-            flat = replies[2 * code]
-            tx_rows += [(code, int(flat[j]), int(flat[j + 1])) for j in range(0, len(flat), 2)]
-            flat = replies[2 * code + 1]
-            for j in range(0, len(flat), 2):
-                txday, repday = flat[j].split(b":")
-                fr_rows.append((code, int(txday), int(repday), int(flat[j + 1])))
-        tx = np.array(tx_rows, dtype=np.int64).reshape(-1, 3)
-        fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
-        tx_term, tx_t = np.repeat(tx[:, 0], tx[:, 2]), np.repeat(tx[:, 1], tx[:, 2]) * F.DAY_US
-        fr_term, fr_t = np.repeat(fr[:, 0], fr[:, 3]), np.repeat(fr[:, 1], fr[:, 3]) * F.DAY_US
-        fr_rep = np.repeat(fr[:, 2], fr[:, 3]) * F.DAY_US
-        index = {m: i for i, m in enumerate(terminals)}
-        q_term = np.array([index[m] for m, _ in missing], dtype=np.int64)
-        q_day = np.array([d for _, d in missing], dtype=np.int64)
-        values = F.terminal_features(q_term, q_day, tx_term, tx_t, fr_term, fr_t, fr_rep, self.delay)
-        for i, pair in enumerate(missing):
-            self.terminal_cache[pair] = tuple(float(values[n][i]) for n in F.TERMINAL_FEATURES)
-        # Only today's and yesterday's values can be read by a live transaction (the view's
-        # TTL is two days): a backfill computes older days for the feature log only.
-        recent = q_day >= int(time.time() // 86_400) - 1
-        if recent.any():
-            self.writer.write_terminals(
-                [m for (m, _), keep in zip(missing, recent, strict=True) if keep],
-                q_day[recent] * F.DAY_US,
-                {name: column[recent] for name, column in values.items()},
-            )
-        if len(self.terminal_cache) > 500_000:  # values of past days are never needed again
-            today = int(q_day.max())
-            self.terminal_cache = {k: v for k, v in self.terminal_cache.items() if k[1] >= today - 1}
-
     def _features(self, tp: TopicPartition, txs: list[Transaction]) -> None:
+        """Serve the transactions the features as they stood just before each, write the new
+        card state and their days' terminal values online, log what was served, and then add
+        them to their cards' histories."""
         state = self.partitions[tp]
-        cards = {tx.card_id for tx in txs}
-        hist_card: list[str] = []
-        hist_t: list[int] = []
-        hist_c: list[int] = []
-        hist_term: list[str] = []
-        for card in cards:
-            h = state.cards.get(card)
-            if h:
-                hist_card += [card] * len(h.t_us)
-                hist_t += h.t_us
-                hist_c += h.cents
-                hist_term += h.terminal
-        n_hist = len(hist_t)
-        card_ids = np.array(hist_card + [tx.card_id for tx in txs], dtype=object)
-        t_us = np.array(hist_t + [tx.t_us for tx in txs], dtype=np.int64)
-        cents = np.concatenate([np.array(hist_c, dtype=np.int64), F.to_cents([tx.amount for tx in txs])])
-        terminals = np.array(hist_term + [tx.terminal_id for tx in txs], dtype=object)
-        query = np.zeros(len(t_us), dtype=bool)
-        query[n_hist:] = True
-        result = F.card_features(F.codes(card_ids), t_us, cents, F.codes(terminals), query)
-
-        # Online: each card's state after its latest event (by event time).
-        frame = pd.DataFrame({"card": card_ids, "t": t_us, "row": np.arange(len(t_us))})
-        latest = frame.sort_values(["t", "row"]).groupby("card", sort=False).tail(1)
-        rows = latest["row"].to_numpy()
-        self.writer.write_cards(
-            list(latest["card"]), latest["t"].to_numpy(), {n: result.state[n][rows] for n in F.CARD_STATE}
-        )
-
-        # Terminal values of each transaction's day.
-        pairs = [(tx.terminal_id, tx.t_us // F.DAY_US) for tx in txs]
-        self._terminal_values(pairs)
-
+        cards = CardFeatureBatch.compute(state.cards, txs)
+        self.writer.write_cards(*cards.latest_states())
+        terminal_days = [(tx.terminal_id, tx.day) for tx in txs]
+        self.terminals.compute(terminal_days)
         if self.log_features:
-            new_t = t_us[n_hist:]
-            request = F.request_features(np.array([tx.amount for tx in txs]), new_t, result.served)
-            terminal_rows = np.array([self.terminal_cache[p] for p in pairs], dtype=np.float64)
-            log_frame = pd.DataFrame(
-                {
-                    "transaction_id": [tx.transaction_id for tx in txs],
-                    "card_id": [tx.card_id for tx in txs],
-                    "terminal_id": [tx.terminal_id for tx in txs],
-                    "timestamp": pd.to_datetime(new_t, unit="us", utc=True),
-                    "kafka_partition": tp.partition,
-                    "kafka_offset": [tx.offset for tx in txs],
-                }
-            )
-            for name in F.MODEL_FEATURES:
-                if name in request:
-                    log_frame[name] = request[name]
-                elif name in result.served:
-                    log_frame[name] = result.served[name]
-            for j, name in enumerate(F.TERMINAL_FEATURES):
-                log_frame[name] = terminal_rows[:, j]
-            log_frame["card_last_tx_time"] = result.served["card_last_tx_time"]
-            self.feature_log.append(log_frame)
-
-        # Update histories: insert in event-time order, keep 30 days before the latest event.
-        for tx in txs:
-            h = state.cards.setdefault(tx.card_id, CardHistory())
-            cents_i = round(tx.amount * 100)
-            if h.t_us and tx.t_us < h.t_us[-1]:
-                LATE.inc()
-                pos = int(np.searchsorted(np.array(h.t_us), tx.t_us, side="right"))
-                h.t_us.insert(pos, tx.t_us)
-                h.cents.insert(pos, cents_i)
-                h.terminal.insert(pos, tx.terminal_id)
-            else:
-                h.t_us.append(tx.t_us)
-                h.cents.append(cents_i)
-                h.terminal.append(tx.terminal_id)
-        horizon_s = F.CARD_HISTORY_S * F.US_PER_S
-        for card in cards:
-            h = state.cards[card]
-            cut = int(np.searchsorted(np.array(h.t_us), h.t_us[-1] - horizon_s, side="right"))
-            if cut:
-                del h.t_us[:cut], h.cents[:cut], h.terminal[:cut]
+            self.feature_log.add(tp.partition, txs, cards.served, self.terminals.values(terminal_days))
+        state.update_histories(txs)
 
     # --- checkpoints --------------------------------------------------------------------------
     def _checkpoint_if_due(self, force: bool = False) -> Commit:
@@ -488,8 +236,8 @@ class FeatureJob:
 
     def checkpoint(self) -> Commit:
         """Feature log, then card state with its offsets, then (returned) the commit."""
-        self.dlq.flush()
-        self._flush_feature_log()
+        self.dead_letters.flush()
+        self.feature_log.flush()
         offsets: Commit = {}
         pipe = self.redis.pipeline(transaction=True)
         for tp, state in self.partitions.items():
@@ -497,28 +245,11 @@ class FeatureJob:
             if resume is None:
                 continue
             if tp.topic == self.tx_topic:
-                snapshot = PartitionState(state.cards, resume, state.max_event_us)
-                pipe.set(self._k("ckpt", tp.topic, tp.partition), pickle.dumps(snapshot, protocol=5))
+                pipe.set(self.keys.checkpoint(tp), state.checkpoint())
             offsets[tp] = OffsetAndMetadata(resume, "", -1)
         pipe.execute()
         self.last_checkpoint = time.monotonic()
         return offsets
-
-    def _flush_feature_log(self) -> None:
-        if not self.feature_log:
-            return
-        frame = pd.concat(self.feature_log, ignore_index=True)
-        self.feature_log = []
-        from fraud_features.store import offline_path, storage_target
-
-        for partition, part in frame.groupby("kafka_partition"):
-            first, last = int(part["kafka_offset"].min()), int(part["kafka_offset"].max())
-            name = f"p{int(cast(int, partition)):03d}-o{first:012d}-{last:012d}"
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pandas(part, preserve_index=False), buf, compression="zstd")
-            storage_target(
-                self.settings, f"{offline_path(self.settings, 'feature_log')}/{name}.parquet", buf.getvalue()
-            )
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
         # Each batch has a fixed cost (Redis scripts, watermarks, an online write), so a
@@ -559,4 +290,4 @@ class FeatureJob:
             if offsets:
                 self.consumer.commit(offsets)
             self.consumer.close()
-            self.dlq.close()
+            self.dead_letters.close()

@@ -1,0 +1,35 @@
+"""The feature job's Redis keys, all under the settings' feature namespace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kafka import TopicPartition
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    namespace: str
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self.namespace, *map(str, parts)])
+
+    def transaction_counts(self, terminal_id: str) -> str:
+        """Hash: a terminal's transaction count per UTC day (field ``<day>``)."""
+        return self._key("tc", terminal_id)
+
+    def fraud_counts(self, terminal_id: str) -> str:
+        """Hash: a terminal's fraud count per transaction day and report day (``<day>:<day>``)."""
+        return self._key("tf", terminal_id)
+
+    def applied(self, tp: TopicPartition) -> str:
+        """The offset after the partition's last record whose counter increments are applied."""
+        return self._key("applied", tp.topic, tp.partition)
+
+    def progress(self) -> str:
+        """Hash: each partition's event-time progress (µs, or ``inf`` once caught up)."""
+        return self._key("progress")
+
+    def checkpoint(self, tp: TopicPartition) -> str:
+        """A transaction partition's card histories and the offset they resume from."""
+        return self._key("ckpt", tp.topic, tp.partition)

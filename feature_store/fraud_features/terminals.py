@@ -1,0 +1,163 @@
+"""Terminal state, shared by every replica and keyed by terminal in Redis: counters applied
+exactly once per record, and the terminal values of a UTC day computed from them once the
+watermark makes them final.
+
+The counters are per-day transaction counts and per-(transaction day, report day) fraud
+counts. A Lua script applies a partition's increments together with the partition's applied
+offset, so a replayed record is never counted twice whichever replica replays it. Values of
+day ``d`` only read counters of days before ``d - D`` and labels reported before ``d``, so
+every replica computes the same values for a day once the watermark allows it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from kafka import TopicPartition
+
+from fraud_features.events import Label, Transaction
+from fraud_features.redis_keys import RedisKeys
+from fraud_features.watermarks import Watermark
+from fraudcore import features as F
+
+# Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field)
+# triples in offset order; those below the partition's applied offset were applied before.
+APPLY_LUA = """
+local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local last = applied
+for i = 1, #ARGV, 3 do
+  local offset = tonumber(ARGV[i])
+  if offset >= applied then
+    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
+    redis.call('EXPIRE', ARGV[i + 1], 5184000)
+    if offset + 1 > last then last = offset + 1 end
+  end
+end
+if last > applied then redis.call('SET', KEYS[1], last) end
+return last
+"""
+
+# Every counter hash of a batch's terminals in one reply (parsed in C by hiredis).
+FETCH_LUA = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
+CACHE_LIMIT = 500_000  # terminal days cached before the values of past days are dropped
+
+Increment = tuple[int, str, str]  # (record offset, counter hash, field)
+TerminalDay = tuple[str, int]  # (terminal id, UTC day)
+
+
+@dataclass
+class CountedEvents:
+    """Counters as pseudo-events at day starts (one per count): the shared feature function
+    then applies the very same windows and "reported before the day" rule as the backfill."""
+
+    tx_terminal: F.I64  # terminal codes
+    tx_t_us: F.I64
+    fraud_terminal: F.I64
+    fraud_t_us: F.I64
+    fraud_reported_us: F.I64
+
+
+class TerminalCounters:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, delay_days: int, writer: Any) -> None:
+        self.keys = keys
+        self.delay = delay_days
+        self.writer = writer
+        self._apply = client.register_script(APPLY_LUA)
+        self._fetch = client.register_script(FETCH_LUA)
+        self.cache: dict[TerminalDay, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
+
+    # --- counters ---------------------------------------------------------------------------
+    def transaction_increment(self, tx: Transaction) -> Increment:
+        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(tx.day)
+
+    def label_increment(self, label: Label) -> Increment:
+        field = f"{label.t_us // F.DAY_US}:{label.reported_us // F.DAY_US}"
+        return label.offset, self.keys.fraud_counts(label.terminal_id), field
+
+    def apply(self, tp: TopicPartition, increments: list[Increment]) -> None:
+        """Apply a partition's increments (in offset order), skipping those applied before."""
+        if increments:
+            args = [arg for offset, key, field in increments for arg in (str(offset), key, field)]
+            self._apply(keys=[self.keys.applied(tp)], args=args)
+
+    # --- values -----------------------------------------------------------------------------
+    def final(self, terminal_day: TerminalDay, watermark: Watermark) -> bool:
+        """Whether the day's values are known or can be computed for good."""
+        return terminal_day in self.cache or watermark.allows(terminal_day[1], self.delay)
+
+    def values(self, terminal_days: list[TerminalDay]) -> F.F64:
+        """The computed values, one row per terminal day, columns in TERMINAL_FEATURES order."""
+        return np.array([self.cache[p] for p in terminal_days], dtype=np.float64)
+
+    def compute(self, terminal_days: list[TerminalDay]) -> None:
+        """Compute the values of the terminal days not computed yet (and write the recent ones
+        to the online store). Only for final days: see `final`."""
+        missing = sorted({p for p in terminal_days if p not in self.cache}, key=lambda p: p[1])
+        if not missing:
+            return
+        terminals = sorted({m for m, _ in missing})
+        events = self._counted_events(terminals)
+        index = {m: i for i, m in enumerate(terminals)}
+        q_term = np.array([index[m] for m, _ in missing], dtype=np.int64)
+        q_day = np.array([d for _, d in missing], dtype=np.int64)
+        values = F.terminal_features(
+            q_term,
+            q_day,
+            events.tx_terminal,
+            events.tx_t_us,
+            events.fraud_terminal,
+            events.fraud_t_us,
+            events.fraud_reported_us,
+            self.delay,
+        )
+        for i, pair in enumerate(missing):
+            self.cache[pair] = tuple(float(values[n][i]) for n in F.TERMINAL_FEATURES)
+        self._write_recent(missing, q_day, values)
+        if len(self.cache) > CACHE_LIMIT:  # values of past days are never needed again
+            self._forget_before(int(q_day.max()) - 1)
+
+    def _counted_events(self, terminals: list[str]) -> CountedEvents:
+        """The terminals' counters (terminal codes: positions in ``terminals``)."""
+        keys = [k for m in terminals for k in (self.keys.transaction_counts(m), self.keys.fraud_counts(m))]
+        replies = self._fetch(keys=keys, args=[])
+        tx_rows: list[tuple[int, int, int]] = []  # (terminal code, day, count)
+        fr_rows: list[tuple[int, int, int, int]] = []  # (terminal code, tx day, report day, count)
+        for code in range(len(terminals)):
+            flat = replies[2 * code]
+            tx_rows += [(code, int(flat[j]), int(flat[j + 1])) for j in range(0, len(flat), 2)]
+            flat = replies[2 * code + 1]
+            for j in range(0, len(flat), 2):
+                txday, repday = flat[j].split(b":")
+                fr_rows.append((code, int(txday), int(repday), int(flat[j + 1])))
+        tx = np.array(tx_rows, dtype=np.int64).reshape(-1, 3)
+        fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
+        return CountedEvents(
+            np.repeat(tx[:, 0], tx[:, 2]),
+            np.repeat(tx[:, 1], tx[:, 2]) * F.DAY_US,
+            np.repeat(fr[:, 0], fr[:, 3]),
+            np.repeat(fr[:, 1], fr[:, 3]) * F.DAY_US,
+            np.repeat(fr[:, 2], fr[:, 3]) * F.DAY_US,
+        )
+
+    def _write_recent(self, terminal_days: list[TerminalDay], days: F.I64, values: dict[str, F.F64]) -> None:
+        # Only today's and yesterday's values can be read by a live transaction (the view's
+        # TTL is two days): a backfill computes older days for the feature log only.
+        recent = days >= int(time.time() // 86_400) - 1
+        if recent.any():
+            self.writer.write_terminals(
+                [m for (m, _), keep in zip(terminal_days, recent, strict=True) if keep],
+                days[recent] * F.DAY_US,
+                {name: column[recent] for name, column in values.items()},
+            )
+
+    def _forget_before(self, day: int) -> None:
+        self.cache = {k: v for k, v in self.cache.items() if k[1] >= day}
