@@ -16,6 +16,14 @@ from fraudcore.settings import Settings
 console = Console()
 
 
+def command_group(help_text: str) -> typer.Typer:
+    """A component's (or the root's) Typer app, configured the platform's way: ``--help``
+    when called bare, plain errors instead of rich tracebacks, no shell-completion flags."""
+    return typer.Typer(
+        help=help_text, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+    )
+
+
 def fail(message: str) -> NoReturn:
     """End a command with a one-line error (exit 1), never a stack trace."""
     console.print(f"[red]error:[/red] {message}")

@@ -17,15 +17,10 @@ from fraud_features.cli import app as features_app
 from fraud_pipelines.cli import app as pipeline_app
 from fraud_pipelines.cli import train as pipeline_train
 from fraud_producers.cli import app as producers_app
-from fraudcore.commands import fail, parse_duration, start_component
+from fraudcore.commands import command_group, fail, parse_duration, start_component
 from fraudcore.settings import get_settings
 
-app = typer.Typer(
-    help="Real-time fraud detection on Kafka, Feast, Kubeflow Pipelines and KServe.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = command_group("Real-time fraud detection on Kafka, Feast, Kubeflow Pipelines and KServe.")
 console = Console()
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from fraudcore.commands import start_component
+from fraudcore.commands import command_group, start_component
 from fraudcore.settings import get_settings
 
-app = typer.Typer(help="The feature layer: Feast repo, streaming job.", no_args_is_help=True)
+app = command_group("The feature layer: Feast repo, streaming job.")
 console = Console()
 
 

@@ -13,13 +13,9 @@ import typer
 from rich.console import Console
 
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
+from fraudcore.commands import command_group
 
-app = typer.Typer(
-    help="The fraud model's training pipeline (Kubeflow Pipelines).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = command_group("The fraud model's training pipeline (Kubeflow Pipelines).")
 console = Console()
 LOCAL_ROOT = Path("local_outputs") / "pipeline"
 BENCH_ROOT = Path("local_outputs") / "bench"

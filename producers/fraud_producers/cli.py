@@ -10,15 +10,10 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from fraudcore.commands import fail, parse_duration, start_component
+from fraudcore.commands import command_group, fail, parse_duration, start_component
 from fraudcore.settings import get_settings
 
-app = typer.Typer(
-    help="Ingest: simulated and replayed transactions, the quality gate, the archive.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = command_group("Ingest: simulated and replayed transactions, the quality gate, the archive.")
 console = Console()
 
 
