@@ -170,19 +170,20 @@ def test_two_replicas_produce_the_same_features_as_one(
 
 
 class _SmallBatches(FeatureJob):
-    """A replica that reads 100 records at a time and, while ``slow`` is set, pauses after
-    each batch, so a backlog lasts while members join and leave (it still polls often
-    enough for every rebalance to complete at once)."""
+    """A replica that reads 25 records at a time and, while ``slow`` is set, pauses briefly
+    after each batch, so a backlog lasts while members join and leave. The pauses are short:
+    the replicas share the client's I/O loop in this process, and a long one delays the
+    others' heartbeats and joins."""
 
     slow = threading.Event()
 
     def __init__(self, settings: Settings, *, group: str) -> None:
-        super().__init__(settings, group=group, batch_records=100)
+        super().__init__(settings, group=group, batch_records=25)
         self.records_read = 0
 
     def handle(self, records: Records) -> Commit:
         if self.slow.is_set():
-            time.sleep(0.3)
+            time.sleep(0.05)
         commit = super().handle(records)
         self.records_read += len(records)
         return commit
@@ -207,7 +208,7 @@ def test_a_replica_joining_and_leaving_mid_stream_skips_and_double_counts_nothin
         _wait_for(lambda: replicas.processed > 0, "the first replicas to start")
         third.start()
         joined = cast(_SmallBatches, third.jobs[0])
-        _wait_for(lambda: joined.records_read > 0, "the third replica to read its partitions")
+        _wait_for(lambda: joined.records_read > 0, "the third replica to read its partitions", timeout_s=120)
         third.stop()
         at_leave = replicas.processed + third.processed
     finally:
