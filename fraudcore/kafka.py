@@ -347,9 +347,13 @@ class NewPartitions(ConsumerRebalanceListener):
         resume_at: Callable[[TopicPartition], int],
     ) -> list[TopicPartition]:
         """Seek each newly assigned partition to ``resume_at(tp)``; its records in ``by_tp``
-        stay only if they begin exactly there (the others come again). Returns the new ones."""
+        stay only if they begin exactly there (the others come again). Records of partitions
+        revoked while they were in flight go too: the new owner reads them. Returns the new ones."""
+        assigned = client.assignment()
+        for tp in [tp for tp in by_tp if tp not in assigned]:
+            del by_tp[tp]
         with self._lock:
-            new, self._new = self._new & client.assignment(), set()
+            new, self._new = self._new & assigned, set()
         for tp in sorted(new):
             target = resume_at(tp)
             records = by_tp.get(tp)

@@ -136,7 +136,7 @@ class FeatureJob:
         by_tp = by_partition(records)
         self.assignments.start_new(self.consumer, by_tp, self._resume_at)
         for tp in [tp for tp in by_tp if tp not in self.partitions]:
-            del by_tp[tp]  # revoked while they were in flight: the new owner reads them
+            del by_tp[tp]  # revoked (on the client's I/O thread) since start_new looked
         return by_tp
 
     # --- the batch --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from minio import Minio
 from prometheus_client import Counter, Histogram
 
-from fraudcore.kafka import NewPartitions, by_partition, committed_or_beginning
+from fraudcore.kafka import NewPartitions, by_partition
 from fraudcore.kafka import consumer as make_consumer
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
@@ -172,8 +172,10 @@ class Archiver:
     def _resume_at(self, tp: TopicPartition) -> int:
         """The start of the block holding the committed offset (its objects are rewritten whole)."""
         assert self.consumer is not None
-        committed = committed_or_beginning(self.consumer, tp)
+        committed = self.consumer.committed(tp)
         beginning = self.consumer.beginning_offsets([tp])[tp]
+        if committed is None:
+            return beginning
         return max((committed // self.block_size) * self.block_size, beginning)
 
     # --- batches -----------------------------------------------------------------------
@@ -184,7 +186,7 @@ class Archiver:
         offsets: Commit = {}
         for tp, recs in by_tp.items():
             if tp not in self.consumer.assignment():
-                continue  # revoked while in flight: the new owner reads them
+                continue  # revoked (on the client's I/O thread) since start_new looked
             for r in recs:
                 block_start = (r.offset // self.block_size) * self.block_size
                 current = self.blocks.get(tp)
