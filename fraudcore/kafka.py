@@ -5,9 +5,9 @@ Two clients, each for a reason:
 | role | client | why |
 | --- | --- | --- |
 | producers on the scoring path: simulator/replay (``EventProducer``), quality gate, transformer's decisions | librdkafka (``librdkafka_producer``) | the work happens in C threads; kafka-python's sender thread cost ~28 % of a transformer's CPU |
-| consumers on the scoring path: quality gate, KafkaSource stand-in | librdkafka (``librdkafka_consumer``, ``fraudcore.service.librdkafka_loop``) | latency: a record is handed over as soon as it arrives (``consume_ready``) |
-| stateful consumers: archiver, feature job | kafka-python (``consumer``, ``fraudcore.service.consume_loop``) | their rebalance and seek logic (``NewPartitions``) is written against kafka-python's listener; to move to librdkafka (the performance work's plan) |
-| control and low-rate paths: admin, dead letters of kafka-python consumers, model events, the decision monitor | kafka-python | no hot loop; one client less to configure there |
+| consumers on the scoring path: quality gate, KafkaSource stand-in | librdkafka (``librdkafka_consumer``, ``fraudcore.service.consume_loop``) | latency: a record is handed over as soon as it arrives (``consume_ready``) |
+| stateful consumers: archiver, feature job | librdkafka (``owning_consumer``, ``fraudcore.service.consume_loop``) | the fetching is done in C threads; the rebalance callbacks run on the loop's own thread, so a partition is positioned before its first record and released after its last |
+| control and low-rate paths: admin, dead letters, model events, the decision monitor | kafka-python | no hot loop; one client less to configure there |
 
 librdkafka producers use the murmur2 partitioner, so keyed records land on the partition
 kafka-python and Java clients choose: a card's events share a partition whichever wrote them.
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import confluent_kafka
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from confluent_kafka import TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -182,11 +183,12 @@ def librdkafka_consumer(
     settings: Settings,
     group_id: str,
     topics: list[str],
-    on_revoke: Callable[[confluent_kafka.Consumer, list[confluent_kafka.TopicPartition]], None] | None = None,
+    on_revoke: Callable[[confluent_kafka.Consumer, list[TopicPartition]], None] | None = None,
+    on_assign: Callable[[confluent_kafka.Consumer, list[TopicPartition]], None] | None = None,
     **overrides: Any,
 ) -> confluent_kafka.Consumer:
-    """A librdkafka consumer that commits only when told: at-least-once. ``on_revoke`` runs
-    inside ``consume()`` before partitions move to another member."""
+    """A librdkafka consumer that commits only when told: at-least-once. The rebalance
+    callbacks run inside ``consume()``/``poll()``, on the caller's thread, between batches."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "client.id": settings.kafka.client_id,
@@ -202,11 +204,93 @@ def librdkafka_consumer(
     }
     config.update(overrides)
     client = confluent_kafka.Consumer(config)
-    if on_revoke is None:
-        client.subscribe(topics)
-    else:
-        client.subscribe(topics, on_revoke=on_revoke)
+    callbacks: dict[str, Any] = {}
+    if on_assign is not None:
+        callbacks["on_assign"] = on_assign
+    if on_revoke is not None:
+        callbacks["on_revoke"] = on_revoke
+    client.subscribe(topics, **callbacks)
     return client
+
+
+class OwnedPartitions:
+    """The partitions a consumer owns, for a component that keeps state per partition, and
+    where each one's next record must begin.
+
+    librdkafka runs the rebalance callbacks inside ``consume()``/``poll()``, on the consume
+    loop's thread, between batches. On assignment each partition starts at
+    ``resume_at(tp, committed)`` (None: at the committed offset, else the beginning; never
+    before the partition's first retained record). On revocation ``release(tps)`` makes what
+    the component holds for them durable and commits, and the component drops their state.
+
+    A batch read just before a rebalance can still be in hand after it, so ``take`` keeps,
+    per partition, only records that continue exactly where the partition stands (the rest
+    come again from the broker) and none of a partition no longer owned (its new owner
+    reads them). The topics' offsets are contiguous: no transactions, no compaction."""
+
+    def __init__(
+        self,
+        resume_at: Callable[[TopicPartition, int | None], int | None],
+        release: Callable[[list[TopicPartition]], None],
+    ) -> None:
+        self._resume_at = resume_at
+        self._release = release
+        self.next: dict[TopicPartition, int] = {}
+
+    def consumer(
+        self, settings: Settings, group_id: str, topics: list[str], **overrides: Any
+    ) -> confluent_kafka.Consumer:
+        """A consumer whose rebalances go through this object. The assignment strategy is an
+        eager one: every rebalance revokes everything and assigns afresh."""
+        overrides.setdefault("partition.assignment.strategy", "roundrobin")
+        return librdkafka_consumer(
+            settings, group_id, topics, on_revoke=self._on_revoke, on_assign=self._on_assign, **overrides
+        )
+
+    def _on_assign(self, client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+        committed = client.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10
+        )
+        for tp, done in zip(partitions, committed, strict=True):
+            low, _high = client.get_watermark_offsets(tp, timeout=10)
+            wanted = self._resume_at(tp, done.offset if done.offset >= 0 else None)
+            tp.offset = max(low, wanted if wanted is not None else low)
+            self.next[tp] = tp.offset
+        client.assign(partitions)
+
+    def _on_revoke(self, client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(partitions)
+        for tp in partitions:
+            self.next.pop(tp, None)
+        client.unassign()
+
+    def take(self, records: list[Record]) -> dict[TopicPartition, list[Record]]:
+        """``records`` by partition, less those this consumer must not use (see above)."""
+        taken: dict[TopicPartition, list[Record]] = {}
+        for tp, recs in by_partition(records).items():
+            expected = self.next.get(tp)
+            if expected is None:
+                continue  # revoked while in hand: the new owner reads them
+            recs = [r for r in recs if r.offset >= expected]
+            if not recs or recs[0].offset != expected:
+                continue  # read before a rebalance moved the partition's position: they come again
+            self.next[tp] = recs[-1].offset + 1
+            taken[tp] = recs
+        return taken
+
+
+def high_watermark(client: confluent_kafka.Consumer, tp: TopicPartition) -> int | None:
+    """The partition's end offset as last seen in a fetch (no request); None before one."""
+    _low, high = client.get_watermark_offsets(tp, cached=True)
+    return high if high >= 0 else None
+
+
+def by_partition(records: list[Record]) -> dict[TopicPartition, list[Record]]:
+    """Records grouped by partition, each group in offset order."""
+    groups: dict[TopicPartition, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[TopicPartition(r.topic, r.partition)].append(r)
+    return groups
 
 
 def consume_ready(client: confluent_kafka.Consumer, max_records: int, timeout_s: float) -> list[Any]:
@@ -221,8 +305,8 @@ def consume_ready(client: confluent_kafka.Consumer, max_records: int, timeout_s:
     return [first, *client.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
 
-def record_lag_librdkafka(client: confluent_kafka.Consumer, group: str, timeout_s: float = 1.0) -> int:
-    """Publish a librdkafka consumer's lag per topic (asks the broker: call it now and then)."""
+def record_lag(client: confluent_kafka.Consumer, group: str, timeout_s: float = 1.0) -> int:
+    """Publish the consumer's lag per topic (asks the broker: call it now and then)."""
     from fraudcore.metrics import CONSUMER_LAG
 
     per_topic: dict[str, int] = {}
@@ -270,10 +354,9 @@ def consumer(
     settings: Settings,
     group_id: str | None,
     *topics: str,
-    listener: ConsumerRebalanceListener | None = None,
     **overrides: Any,
 ) -> KafkaConsumer:
-    """A consumer that commits only when told: at-least-once by default."""
+    """A kafka-python consumer for low-rate paths; it commits only when told."""
     config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka.bootstrap_servers,
         "client_id": settings.kafka.client_id,
@@ -287,97 +370,13 @@ def consumer(
         "heartbeat_interval_ms": 1_000,
     }
     config.update(overrides)
-    if listener is None:
-        client = KafkaConsumer(*topics, **config)
-    else:
-        client = KafkaConsumer(**config)
-        client.subscribe(list(topics), listener=listener)
+    client = KafkaConsumer(*topics, **config)
     # Learn the topics' partitions before the first poll joins the group: kafka-python 3.0
     # otherwise joins with an empty assignment, rejoins once the metadata arrives, and with
     # short polls may never apply the second assignment (a consumer that reads nothing).
     for topic in topics:
         client.partitions_for_topic(topic)
     return client
-
-
-def by_partition(records: list[Any]) -> dict[TopicPartition, list[Any]]:
-    """kafka-python records grouped by partition, each group in offset order."""
-    groups: dict[TopicPartition, list[Any]] = defaultdict(list)
-    for r in records:
-        groups[TopicPartition(r.topic, r.partition)].append(r)
-    return groups
-
-
-def committed_or_beginning(client: KafkaConsumer, tp: TopicPartition) -> int:
-    """Where the group resumes ``tp``: its committed offset, else the partition's start."""
-    committed = client.committed(tp)
-    return committed if committed is not None else client.beginning_offsets([tp])[tp]
-
-
-class NewPartitions(ConsumerRebalanceListener):
-    """Tracks the partitions a kafka-python consumer gains, for components that keep state
-    per partition and must choose where each one resumes.
-
-    kafka-python runs the rebalance callbacks on its I/O thread, where nothing may block:
-    they only note the change (``on_revoked`` drops the partition's state), and the consume
-    loop's thread positions every new partition with ``start_new`` before using its records.
-    All of them at once, not when a partition's first records arrive: the client can hand a
-    partition back positioned past records that nobody processed, and such a partition would
-    never deliver a record."""
-
-    def __init__(self, on_revoked: Callable[[TopicPartition], None]) -> None:
-        self._on_revoked = on_revoked
-        self._new: set[TopicPartition] = set()
-        self._lock = threading.Lock()
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        with self._lock:
-            for tp in revoked:
-                self._new.discard(tp)
-                self._on_revoked(tp)
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        with self._lock:
-            self._new.update(assigned)
-
-    def start_new(
-        self,
-        client: KafkaConsumer,
-        by_tp: dict[TopicPartition, list[Any]],
-        resume_at: Callable[[TopicPartition], int],
-    ) -> list[TopicPartition]:
-        """Seek each newly assigned partition to ``resume_at(tp)``; its records in ``by_tp``
-        stay only if they begin exactly there (the others come again). Records of partitions
-        revoked while they were in flight go too: the new owner reads them. Returns the new ones."""
-        assigned = client.assignment()
-        for tp in [tp for tp in by_tp if tp not in assigned]:
-            del by_tp[tp]
-        with self._lock:
-            new, self._new = self._new & assigned, set()
-        for tp in sorted(new):
-            target = resume_at(tp)
-            records = by_tp.get(tp)
-            if records and records[0].offset == target:
-                continue
-            by_tp.pop(tp, None)
-            client.seek(tp, target)
-        return sorted(new)
-
-
-def record_lag(consumer: KafkaConsumer, group: str) -> int:
-    """Publish the consumer's lag per topic (from cached high watermarks); return the total."""
-    from fraudcore.metrics import CONSUMER_LAG
-
-    per_topic: dict[str, int] = {}
-    for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        if high is None:
-            continue
-        position = consumer.position(tp)
-        per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, high - position)
-    for topic, lag in per_topic.items():
-        CONSUMER_LAG.labels(group=group, topic=topic).set(lag)
-    return sum(per_topic.values())
 
 
 class DeadLetterSend(Protocol):

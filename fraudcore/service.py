@@ -13,19 +13,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import confluent_kafka
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from confluent_kafka import TopicPartition
 
-from fraudcore.kafka import Record, consume_ready, record_lag, record_lag_librdkafka
+from fraudcore.kafka import Record, consume_ready, record_lag
 
 log = logging.getLogger(__name__)
 
-Records = list[Any]  # kafka ConsumerRecord objects, across partitions, in poll order
-# What a handler asks to commit; None means "everything polled so far".
-Commit = dict[TopicPartition, OffsetAndMetadata]
+Records = list[Record]  # across partitions, in the order they were read
+# What a handler asks to commit: the next offset to read per partition.
+Commit = dict[TopicPartition, int]
 
 
 def stop_on_signals() -> threading.Event:
@@ -41,30 +39,39 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def librdkafka_loop(
+def consume_loop(
     consumer: confluent_kafka.Consumer,
     group: str,
-    handle: Callable[[list[Record]], None],
+    handle: Callable[[list[Record]], Commit | None],
     *,
     stop: threading.Event,
     poll_timeout_s: float = 0.1,
     max_records: int = 1000,
     idle_exit_s: float | None = None,
+    on_idle: Callable[[], Commit | None] | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> int:
-    """``consume_loop`` for a librdkafka consumer: read a batch, handle it, commit, repeat.
+    """Read a batch, handle it, commit, repeat, until ``stop`` is set (or idle for
+    ``idle_exit_s``, while ``busy`` says no work is pending); returns the records handled.
 
-    The handler must make its output durable before it returns (or raise: then nothing is
-    committed and the batch comes again). The commit is asynchronous: a crash before it
-    lands replays the batch, which at-least-once allows. Returns the records handled."""
+    The handler makes its output durable before it returns (or raises: then nothing is
+    committed and the batch comes again), and returns the offsets to commit, or None for
+    everything it was given. ``on_idle`` runs when a poll brings nothing and may return
+    offsets too. Commits are asynchronous: a crash before one lands replays the batch,
+    which at-least-once allows; the last one, on the way out, is waited for."""
     handled = 0
     last_data = time.monotonic()
     last_lag = 0.0
-    assignment: list[confluent_kafka.TopicPartition] = []
+    assignment: list[TopicPartition] = []
+    last: Commit | None = {}  # the latest commit asked for, made again and waited for at the end
     while not stop.is_set():
         messages = consume_ready(consumer, max_records, poll_timeout_s)
-        if consumer.assignment() != assignment:  # a rebalance: the idle clock starts again
+        if consumer.assignment() != assignment:
+            # A rebalance hands over partitions whose records are yet to be fetched: the idle
+            # clock starts again, or a member idle before it would leave with them unread.
             assignment = consumer.assignment()
             last_data = time.monotonic()
+            last = {}  # what was asked before belongs to the old assignment
         records = []
         for message in messages:
             if message.error():
@@ -72,69 +79,46 @@ def librdkafka_loop(
             else:
                 records.append(Record.of(message))
         if records:
-            handle(records)
-            consumer.commit(asynchronous=True)
-            handled += len(records)
-            last_data = time.monotonic()
-        elif not consumer.assignment():
-            last_data = time.monotonic()  # still joining the group: not idle
-        elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
-            break
-        if time.monotonic() - last_lag > 5.0:
-            record_lag_librdkafka(consumer, group)
-            last_lag = time.monotonic()
-    with contextlib.suppress(confluent_kafka.KafkaException):  # nothing consumed: nothing to commit
-        consumer.commit(asynchronous=False)
-    return handled
-
-
-def consume_loop(
-    consumer: KafkaConsumer,
-    group: str,
-    handle: Callable[[Records], Commit | None],
-    *,
-    stop: threading.Event,
-    # A poll returns as soon as records arrive, so this only paces idle work. Long enough
-    # that a group rejoin completes within one poll: kafka-python 3.0 can otherwise fail to
-    # apply the new assignment and sit idle on partitions it owns.
-    poll_timeout_ms: int = 500,
-    max_records: int | None = None,
-    idle_exit_s: float | None = None,
-    on_idle: Callable[[], None] | None = None,
-    busy: Callable[[], bool] | None = None,
-) -> int:
-    """Run until ``stop`` is set (or idle for ``idle_exit_s``); return the number of records handled.
-
-    The handler returns the offsets to commit, or None to commit all it was given.
-    """
-    handled = 0
-    last_data = time.monotonic()
-    last_lag = 0.0
-    assignment: set[TopicPartition] = set()
-    while not stop.is_set():
-        batches = consumer.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
-        records = [r for batch in batches.values() for r in batch]
-        if consumer.assignment() != assignment:
-            # A rebalance hands over partitions whose records are yet to be fetched: the idle
-            # clock starts again, or a member idle before it would leave with them unread.
-            assignment = set(consumer.assignment())
-            last_data = time.monotonic()
-        if records:
             offsets = handle(records)
-            if offsets is None:
-                consumer.commit()
-            elif offsets:
-                consumer.commit(offsets)
+            _commit(consumer, offsets)
+            if offsets is None or offsets:
+                last = offsets
             handled += len(records)
             last_data = time.monotonic()
         else:
-            if on_idle:
-                on_idle()
+            offsets = on_idle() if on_idle is not None else {}
+            if offsets:
+                _commit(consumer, offsets)
+                last = offsets
             if not consumer.assignment() or (busy is not None and busy()):
                 last_data = time.monotonic()  # joining the group, or work still pending: not idle
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
-        if time.monotonic() - last_lag > 1.0:
+        if time.monotonic() - last_lag > 5.0:
             record_lag(consumer, group)
             last_lag = time.monotonic()
+    if last is None or last:
+        commit_now(consumer, last)
     return handled
+
+
+def _commit(consumer: confluent_kafka.Consumer, offsets: Commit | None, *, wait: bool = False) -> None:
+    if offsets is None and wait:
+        consumer.commit(asynchronous=False)
+    elif offsets is None:
+        consumer.commit(asynchronous=True)
+    elif offsets and wait:
+        consumer.commit(offsets=commit_list(offsets), asynchronous=False)
+    elif offsets:
+        consumer.commit(offsets=commit_list(offsets), asynchronous=True)
+
+
+def commit_list(offsets: Commit) -> list[TopicPartition]:
+    return [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+
+
+def commit_now(consumer: confluent_kafka.Consumer, offsets: Commit | None = None) -> None:
+    """Commit and wait for it (on the way out, or before partitions move to another member).
+    Nothing consumed means nothing to commit, which librdkafka reports as an error."""
+    with contextlib.suppress(confluent_kafka.KafkaException):
+        _commit(consumer, offsets, wait=True)

@@ -46,7 +46,7 @@ from fraudcore.kafka import (
     consume_ready,
     dead_letter,
     librdkafka_consumer,
-    record_lag_librdkafka,
+    record_lag,
 )
 from fraudcore.kafka import producer as make_producer
 from fraudcore.settings import Settings
@@ -273,12 +273,13 @@ class Dispatcher:
 
     async def run_async(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:
         tracker = OffsetTracker()
+        reset: dict[str, Any] = {"auto.offset.reset": self.spec.initial_offset}
         consumer = librdkafka_consumer(
             self.settings,
             self.spec.consumer_group,
             self.spec.topics,
             on_revoke=lambda c, partitions: self._revoked(c, partitions, tracker),
-            **{"auto.offset.reset": self.spec.initial_offset},
+            **reset,
         )
         connector = aiohttp.TCPConnector(limit=self.max_in_flight, keepalive_timeout=60)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
@@ -331,7 +332,7 @@ class Dispatcher:
                         self._commit(consumer, tracker, asynchronous=True)
                         last_commit = now
                     if now - last_lag >= 5:
-                        await asyncio.to_thread(record_lag_librdkafka, consumer, self.spec.consumer_group)
+                        await asyncio.to_thread(record_lag, consumer, self.spec.consumer_group)
                         last_lag = now
                 if tasks:  # finish what was started: those records are not committed yet
                     await asyncio.wait(set(tasks), timeout=self.timeout_s * (self.spec.delivery.retry + 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kafka import TopicPartition
+from confluent_kafka import TopicPartition
 
 
 @dataclass(frozen=True)

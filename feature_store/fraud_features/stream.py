@@ -41,13 +41,14 @@ runs them in order:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, cast
 
+import confluent_kafka
 import redis
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from confluent_kafka import TopicPartition
 from prometheus_client import Counter, Histogram
 
 # Checkpoints are pickled PartitionState and CardHistory objects, and those written by
@@ -58,14 +59,14 @@ from fraud_features.feature_log import FeatureLog
 from fraud_features.redis_keys import RedisKeys
 from fraud_features.terminals import Increment, TerminalCounters
 from fraud_features.watermarks import Progress, Watermark
-from fraudcore.kafka import NewPartitions, by_partition, committed_or_beginning
-from fraudcore.kafka import consumer as make_consumer
-from fraudcore.service import Commit, Records, consume_loop
+from fraudcore.kafka import OwnedPartitions, Record
+from fraudcore.service import Commit, Records, commit_now, consume_loop
 from fraudcore.settings import Settings
 
 __all__ = ["CardHistory", "FeatureJob", "PartitionState"]
 
 COMPONENT = "feature-job"
+log = logging.getLogger(__name__)
 
 EVENTS = Counter("feature_job_events", "Events applied by the feature job", ["kind"])
 BATCH_SECONDS = Histogram(
@@ -106,38 +107,34 @@ class FeatureJob:
         self.feature_log = FeatureLog(settings)
         self.batch_records = batch_records
         self.partitions: dict[TopicPartition, PartitionState] = {}
-        self.assignments = NewPartitions(on_revoked=self._forget)
+        self.owned = OwnedPartitions(self._resume_at, self._release)
         self.last_checkpoint = time.monotonic()
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: confluent_kafka.Consumer | None = None
         self.processed = 0
 
-    # --- rebalance ----------------------------------------------------------------------
-    def _forget(self, tp: TopicPartition) -> None:
-        """A revoked partition's state goes: its next owner resumes from the checkpoint."""
-        self.partitions.pop(tp, None)
-
-    def _resume_at(self, tp: TopicPartition) -> int:
+    # --- rebalance (librdkafka runs these between batches, on the loop's thread) -----------
+    def _resume_at(self, tp: TopicPartition, committed: int | None) -> int | None:
         """Load a newly assigned partition's checkpoint; where its records resume."""
-        assert self.consumer is not None
         state = PartitionState()
         if tp.topic == self.tx_topic:
             blob = self.redis.get(self.keys.checkpoint(tp))
             if blob:
                 state = PartitionState.from_checkpoint(cast(bytes, blob))
         self.partitions[tp] = state
-        if state.next_offset is not None:
-            return state.next_offset
-        return committed_or_beginning(self.consumer, tp)
+        return state.next_offset if state.next_offset is not None else committed
 
-    def _owned(self, records: Records) -> dict[TopicPartition, list[Any]]:
-        """The records by partition, less those of partitions this replica must not use yet
-        (new ones not positioned at them) or any more (revoked while in flight)."""
-        assert self.consumer is not None
-        by_tp = by_partition(records)
-        self.assignments.start_new(self.consumer, by_tp, self._resume_at)
-        for tp in [tp for tp in by_tp if tp not in self.partitions]:
-            del by_tp[tp]  # revoked (on the client's I/O thread) since start_new looked
-        return by_tp
+    def _release(self, revoked: list[TopicPartition]) -> None:
+        """Checkpoint and commit before partitions move, so their next owner resumes where
+        this replica stopped. Should that fail, it resumes from the last checkpoint instead
+        (at-least-once either way)."""
+        try:
+            offsets = self.checkpoint()
+            if offsets and self.consumer is not None:
+                commit_now(self.consumer, offsets)
+        except Exception:
+            log.warning("could not checkpoint revoked partitions; their next owner replays", exc_info=True)
+        for tp in revoked:
+            self.partitions.pop(tp, None)
 
     # --- the batch --------------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
@@ -145,7 +142,7 @@ class FeatureJob:
         # Counters first (exactly once per record), then progress, then features. A partition's
         # position moves only once its counters are applied and its transactions held, so a
         # failure part-way (Redis away) never lets a checkpoint commit past unapplied records.
-        for tp, recs in self._owned(records).items():
+        for tp, recs in self.owned.take(records).items():
             txs, increments = self._read(tp, recs)
             self.terminals.apply(tp, increments)
             state = self.partitions[tp]
@@ -156,7 +153,7 @@ class FeatureJob:
         BATCH_SECONDS.observe(time.perf_counter() - t0)
         return self._checkpoint_if_due()
 
-    def _read(self, tp: TopicPartition, records: list[Any]) -> tuple[list[Transaction], list[Increment]]:
+    def _read(self, tp: TopicPartition, records: list[Record]) -> tuple[list[Transaction], list[Increment]]:
         """A partition's records: its new transactions and the counter increments of all."""
         state = self.partitions[tp]
         txs: list[Transaction] = []
@@ -246,7 +243,7 @@ class FeatureJob:
                 continue
             if tp.topic == self.tx_topic:
                 pipe.set(self.keys.checkpoint(tp), state.checkpoint())
-            offsets[tp] = OffsetAndMetadata(resume, "", -1)
+            offsets[tp] = resume
         pipe.execute()
         self.last_checkpoint = time.monotonic()
         return offsets
@@ -255,25 +252,17 @@ class FeatureJob:
         # Each batch has a fixed cost (Redis scripts, watermarks, an online write), so a
         # trickle of single-record batches costs far more per event than a stream does:
         # wait up to 50 ms for 32 KiB, which keeps features fresh and batches useful.
-        self.consumer = make_consumer(
+        self.consumer = self.owned.consumer(
             self.settings,
             self.group,
-            self.tx_topic,
-            self.label_topic,
-            listener=self.assignments,
-            max_poll_records=self.batch_records,
-            fetch_min_bytes=32 * 1024,
-            fetch_max_wait_ms=50,
+            [self.tx_topic, self.label_topic],
+            **{"fetch.min.bytes": 32 * 1024, "fetch.wait.max.ms": 50},
         )
 
-        def idle() -> None:
-            if self.consumer is not None:
-                self.assignments.start_new(self.consumer, {}, self._resume_at)
+        def idle() -> Commit:
             self._publish_progress()
             self.drain()
-            offsets = self._checkpoint_if_due()
-            if offsets and self.consumer is not None:
-                self.consumer.commit(offsets)
+            return self._checkpoint_if_due()
 
         try:
             return consume_loop(
@@ -281,13 +270,12 @@ class FeatureJob:
                 self.group,
                 self.handle,
                 stop=stop,
+                max_records=self.batch_records,
                 idle_exit_s=idle_exit_s,
                 on_idle=idle,
                 busy=self.busy,
             )
         finally:
-            offsets = self.checkpoint()
-            if offsets:
-                self.consumer.commit(offsets)
+            commit_now(self.consumer, self.checkpoint())
             self.consumer.close()
             self.dead_letters.close()

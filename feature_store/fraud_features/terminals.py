@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import redis
-from kafka import TopicPartition
+from confluent_kafka import TopicPartition
 
 from fraud_features.events import Label, Transaction
 from fraud_features.redis_keys import RedisKeys

@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
+import confluent_kafka
 import redis
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from fraud_features.card_state import NO_EVENT_US, PartitionState
 from fraud_features.redis_keys import RedisKeys
 from fraudcore import features as F
+from fraudcore.kafka import high_watermark
 from fraudcore.settings import Settings
 
 INF = float("inf")
@@ -41,12 +43,14 @@ class Progress:
         self.redis = client
         self.key = keys.progress()
 
-    def publish(self, consumer: KafkaConsumer, partitions: Mapping[TopicPartition, PartitionState]) -> None:
+    def publish(
+        self, consumer: confluent_kafka.Consumer, partitions: Mapping[TopicPartition, PartitionState]
+    ) -> None:
         """Publish the progress of this replica's assigned partitions."""
         mapping: dict[str, str] = {}
         for tp in consumer.assignment():
             state = partitions.get(tp)
-            high = consumer.highwater(tp)
+            high = high_watermark(consumer, tp)
             caught_up = (
                 high is not None
                 and state is not None

@@ -17,25 +17,27 @@ write and the commit just rewrites the same objects.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import confluent_kafka
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from confluent_kafka import TopicPartition
 from minio import Minio
 from prometheus_client import Counter, Histogram
 
-from fraudcore.kafka import NewPartitions, by_partition
-from fraudcore.kafka import consumer as make_consumer
-from fraudcore.service import Commit, Records, consume_loop
+from fraudcore.kafka import OwnedPartitions, Record
+from fraudcore.service import Commit, Records, commit_now, consume_loop
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
+
+log = logging.getLogger(__name__)
 
 RECORDS_WRITTEN = Counter("archiver_records_written", "Records made durable in the archive", ["kind"])
 OBJECTS_WRITTEN = Counter(
@@ -84,7 +86,7 @@ LABELS = ArchiveKind("labels", LABEL_SCHEMA, "reported_at")
 @dataclass
 class Block:
     start: int  # first offset of the block (a multiple of block_size)
-    records: list[Any] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     durable: int = 0  # how many of `records` are already in the archive
     opened: float = field(default_factory=time.monotonic)
     table: pa.Table | None = None  # the durable records, converted once
@@ -94,7 +96,7 @@ class Block:
         return self.records[-1].offset + 1
 
 
-def to_table(kind: ArchiveKind, records: list[Any]) -> pa.Table:
+def to_table(kind: ArchiveKind, records: list[Record]) -> pa.Table:
     events = [orjson.loads(r.value) for r in records]
     columns: dict[str, Any] = {}
     for name in kind.schema.names:
@@ -159,34 +161,31 @@ class Archiver:
         self.prefix = f"{prefix.strip('/')}/" if prefix else ""
         self.kinds = {settings.topics.transactions.name: TRANSACTIONS, settings.topics.labels.name: LABELS}
         self.blocks: dict[TopicPartition, Block] = {}
-        self.assignments = NewPartitions(on_revoked=self._forget)
-        self.consumer: KafkaConsumer | None = None
+        self.owned = OwnedPartitions(self._resume_at, self._release)
+        self.consumer: confluent_kafka.Consumer | None = None
         self.written = 0
 
-    # --- rebalance: resume at the start of the committed offset's block -------------
-    def _forget(self, tp: TopicPartition) -> None:
-        # Unflushed records are simply dropped: they were never committed, so whoever owns
-        # the partition next reads them again from the start of their block.
-        self.blocks.pop(tp, None)
-
-    def _resume_at(self, tp: TopicPartition) -> int:
+    # --- rebalance (librdkafka runs these between batches, on the loop's thread) -----------
+    def _resume_at(self, tp: TopicPartition, committed: int | None) -> int | None:
         """The start of the block holding the committed offset (its objects are rewritten whole)."""
-        assert self.consumer is not None
-        committed = self.consumer.committed(tp)
-        beginning = self.consumer.beginning_offsets([tp])[tp]
-        if committed is None:
-            return beginning
-        return max((committed // self.block_size) * self.block_size, beginning)
+        return None if committed is None else (committed // self.block_size) * self.block_size
+
+    def _release(self, revoked: list[TopicPartition]) -> None:
+        """Write out what the revoked partitions' blocks hold and commit, before they move.
+        Should that fail, their next owner reads the records again (never a loss)."""
+        try:
+            offsets = self._flush([tp for tp in revoked if tp in self.blocks], force=True)
+            if offsets and self.consumer is not None:
+                commit_now(self.consumer, offsets)
+        except Exception:
+            log.warning("could not flush revoked partitions; their next owner rereads", exc_info=True)
+        for tp in revoked:
+            self.blocks.pop(tp, None)
 
     # --- batches -----------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
-        assert self.consumer is not None
-        by_tp = by_partition(records)
-        self.assignments.start_new(self.consumer, by_tp, self._resume_at)
         offsets: Commit = {}
-        for tp, recs in by_tp.items():
-            if tp not in self.consumer.assignment():
-                continue  # revoked (on the client's I/O thread) since start_new looked
+        for tp, recs in self.owned.take(records).items():
             for r in recs:
                 block_start = (r.offset // self.block_size) * self.block_size
                 current = self.blocks.get(tp)
@@ -198,12 +197,8 @@ class Archiver:
         offsets.update(self._flush(list(self.blocks), force=False))
         return offsets
 
-    def flush_due(self) -> None:
-        if self.consumer is not None:  # idle: new partitions are positioned all the same
-            self.assignments.start_new(self.consumer, {}, self._resume_at)
-        offsets = self._flush(list(self.blocks), force=False)
-        if offsets and self.consumer is not None:
-            self.consumer.commit(offsets)
+    def flush_due(self) -> Commit:
+        return self._flush(list(self.blocks), force=False)
 
     def _flush(self, tps: list[TopicPartition], *, force: bool) -> Commit:
         offsets: Commit = {}
@@ -216,7 +211,7 @@ class Archiver:
             if not (force or full or now - block.opened >= self.flush_interval_s):
                 continue
             self._write(tp, block)
-            offsets[tp] = OffsetAndMetadata(block.next_offset, "", -1)
+            offsets[tp] = block.next_offset
             block.opened = now
         return offsets
 
@@ -249,13 +244,11 @@ class Archiver:
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
         # Latency does not matter here (blocks flush every few seconds): fetch in bigger
         # batches, so the per-batch work is spread over many records at low rates too.
-        self.consumer = make_consumer(
+        self.consumer = self.owned.consumer(
             self.settings,
             self.group,
-            *self.kinds,
-            listener=self.assignments,
-            fetch_min_bytes=256 * 1024,
-            fetch_max_wait_ms=500,
+            list(self.kinds),
+            **{"fetch.min.bytes": 256 * 1024, "fetch.wait.max.ms": 500},
         )
         try:
             return consume_loop(
@@ -263,11 +256,10 @@ class Archiver:
                 self.group,
                 self.handle,
                 stop=stop,
+                max_records=5000,
                 idle_exit_s=idle_exit_s,
                 on_idle=self.flush_due,
             )
         finally:
-            offsets = self._flush(list(self.blocks), force=True)
-            if offsets:
-                self.consumer.commit(offsets)
+            commit_now(self.consumer, self._flush(list(self.blocks), force=True))
             self.consumer.close()

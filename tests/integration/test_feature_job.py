@@ -155,25 +155,10 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -
         time.sleep(0.02)
 
 
-def test_two_replicas_produce_the_same_features_as_one(
-    stack: Settings, unique: str, tmp_path: Path, history
-) -> None:
-    transactions, labels, offline = history
-    settings = _settings(stack, unique, tmp_path)
-    produce_history(settings, transactions, labels)
-    replicas = Replicas(settings, f"fj-{unique}", 2).start()
-    replicas.run_until_caught_up()
-    assert replicas.processed >= len(transactions)
-    assert all(j.processed > 0 for j in replicas.jobs), "both replicas should own partitions"
-    served = _feature_log(settings).drop_duplicates("transaction_id", keep="last")
-    _assert_same_features(served, offline)
-
-
 class _SmallBatches(FeatureJob):
     """A replica that reads 25 records at a time and, while ``slow`` is set, pauses briefly
-    after each batch, so a backlog lasts while members join and leave. The pauses are short:
-    the replicas share the client's I/O loop in this process, and a long one delays the
-    others' heartbeats and joins."""
+    before each batch, so a backlog lasts while members join and leave. The pauses are
+    short: a rebalance waits for every member's next poll."""
 
     slow = threading.Event()
 
@@ -187,6 +172,27 @@ class _SmallBatches(FeatureJob):
         commit = super().handle(records)
         self.records_read += len(records)
         return commit
+
+
+def test_two_replicas_produce_the_same_features_as_one(
+    stack: Settings, unique: str, tmp_path: Path, history
+) -> None:
+    transactions, labels, offline = history
+    settings = _settings(stack, unique, tmp_path)
+    produce_history(settings, transactions, labels)
+    # Slow at first, so that the first member to join does not work off the whole backlog
+    # before the second has joined.
+    _SmallBatches.slow.set()
+    try:
+        replicas = Replicas(settings, f"fj-{unique}", 2, _SmallBatches).start()
+        _wait_for(lambda: all(j.owned.next for j in replicas.jobs), "both replicas to own partitions", 120)
+    finally:
+        _SmallBatches.slow.clear()
+    replicas.run_until_caught_up()
+    assert replicas.processed >= len(transactions)
+    assert all(j.processed > 0 for j in replicas.jobs), "both replicas should own partitions"
+    served = _feature_log(settings).drop_duplicates("transaction_id", keep="last")
+    _assert_same_features(served, offline)
 
 
 def test_a_replica_joining_and_leaving_mid_stream_skips_and_double_counts_nothing(

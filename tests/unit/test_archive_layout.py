@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import orjson
 import pyarrow as pa
 
 from fraud_producers.archive import TRANSACTIONS, object_names, to_table
+from fraudcore.kafka import Record
 
 
-def records(stamps: list[str], first_offset: int = 0) -> list[SimpleNamespace]:
+def records(stamps: list[str], first_offset: int = 0) -> list[Record]:
     out = []
     for i, ts in enumerate(stamps):
         event = {
@@ -22,7 +21,7 @@ def records(stamps: list[str], first_offset: int = 0) -> list[SimpleNamespace]:
             "currency": "EUR",
             "timestamp": ts,
         }
-        out.append(SimpleNamespace(value=orjson.dumps(event), partition=2, offset=first_offset + i))
+        out.append(Record("transactions", 2, first_offset + i, b"C1", orjson.dumps(event), 0))
     return out
 
 

@@ -1,0 +1,90 @@
+"""OwnedPartitions: where partitions resume after a rebalance, and which records in hand a
+component may use (no Kafka here: the rebalance callbacks are driven by hand)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from fraudcore.kafka import OwnedPartitions, Record
+
+
+class FakeClient:
+    """The calls the callbacks make on a consumer, answered from fixed offsets."""
+
+    def __init__(self, committed: dict[int, int], low: int = 0) -> None:
+        self.committed_at = committed
+        self.low = low
+        self.assigned: list[TopicPartition] = []
+        self.unassigned = False
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [
+            TopicPartition(tp.topic, tp.partition, self.committed_at.get(tp.partition, -1001))
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return self.low, 1_000
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = partitions
+
+    def unassign(self) -> None:
+        self.unassigned = True
+
+
+def records(partition: int, offsets: range) -> list[Record]:
+    return [Record("tx", partition, o, b"k", b"v", 0) for o in offsets]
+
+
+def owned(resume: dict[int, int | None] | None = None) -> tuple[OwnedPartitions, list[Any]]:
+    released: list[Any] = []
+
+    def resume_at(tp: TopicPartition, committed: int | None) -> int | None:
+        return (resume or {}).get(tp.partition, committed)
+
+    return OwnedPartitions(resume_at, released.append), released
+
+
+def test_a_partition_starts_where_the_component_says_else_at_its_committed_offset_else_the_beginning() -> (
+    None
+):
+    parts, _ = owned(resume={0: 40})
+    client = FakeClient(committed={0: 10, 1: 20}, low=5)
+    parts._on_assign(client, [TopicPartition("tx", p) for p in (0, 1, 2)])  # type: ignore[arg-type]
+    assert [(tp.partition, tp.offset) for tp in client.assigned] == [(0, 40), (1, 20), (2, 5)]
+    assert parts.next == {
+        TopicPartition("tx", 0): 40,
+        TopicPartition("tx", 1): 20,
+        TopicPartition("tx", 2): 5,
+    }
+
+
+def test_never_before_the_first_retained_record() -> None:
+    parts, _ = owned(resume={0: 3})
+    client = FakeClient(committed={}, low=100)
+    parts._on_assign(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    assert client.assigned[0].offset == 100
+
+
+def test_records_continue_exactly_where_the_partition_stands() -> None:
+    parts, _ = owned()
+    parts._on_assign(FakeClient(committed={0: 10, 1: 10}), [TopicPartition("tx", 0), TopicPartition("tx", 1)])  # type: ignore[arg-type]
+    taken = parts.take(records(0, range(8, 14)) + records(1, range(12, 15)))
+    # partition 0: the two already handled go; partition 1 would leave a gap: they come again
+    assert {tp.partition: [r.offset for r in recs] for tp, recs in taken.items()} == {0: [10, 11, 12, 13]}
+    assert parts.take(records(0, range(14, 16)))[TopicPartition("tx", 0)][0].offset == 14
+    assert parts.take(records(0, range(10, 16))) == {}  # replayed from before: all handled
+
+
+def test_records_of_a_revoked_partition_are_left_to_its_new_owner() -> None:
+    parts, released = owned()
+    client = FakeClient(committed={0: 0})
+    parts._on_assign(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    in_hand = records(0, range(0, 5))
+    parts._on_revoke(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    assert released == [[TopicPartition("tx", 0)]]
+    assert client.unassigned
+    assert parts.take(in_hand) == {}
