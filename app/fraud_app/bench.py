@@ -30,6 +30,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,7 @@ from fraud_app import devstack
 from fraud_app.cpu import cpu_seconds, ms_per_event, snapshot
 from fraud_app.live import DecisionMonitor
 from fraud_app.supervisor import Platform, components
+from fraud_producers.sim_config import SimulatorConfig
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings, get_settings
 from fraudcore.storage import s3_client
@@ -179,10 +181,131 @@ def _platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
     return pids
 
 
+INGEST = ("quality-gate", "archiver", "feature-job")  # started first: they take the backfill
+DEAD_LETTER_COUNTER = "dead_letter_messages"
+
+
+@dataclass
+class Ladder:
+    """What one ladder step needs: the load, the decisions read back, the processes measured."""
+
+    settings: Settings
+    config: SimulatorConfig
+    seconds: float
+    monitor: DecisionMonitor
+    pids: dict[str, int]
+
+    @property
+    def dead_letter_ports(self) -> list[int]:
+        ports = self.settings.metrics_ports
+        return [ports.quality_gate, ports.dispatcher, ports.feature_job]
+
+    def step(self, k: int, rate: float) -> dict[str, Any]:
+        """Produce at ``rate`` for the step's seconds, wait for the decisions, and measure."""
+        from fraud_producers.modes import seed
+
+        before = len(self.monitor.latencies)
+        cpu_before = snapshot(self.pids)
+        load_before = cpu_seconds(os.getpid()) or 0.0
+        dead_before = _counter(self.dead_letter_ports, DEAD_LETTER_COUNTER)
+        result = seed(
+            self.settings,
+            rate=rate,
+            duration_s=self.seconds,
+            config=self.config.model_copy(update={"seed": 100 + k}),
+            label_delay=timedelta(days=7),
+        )
+        sent = result.stats.sent
+        decided = self._wait_for_decisions(before, sent)
+        cpu = ms_per_event(cpu_before, snapshot(self.pids), sent)
+        load_ms = ((cpu_seconds(os.getpid()) or 0.0) - load_before) * 1000 / max(1, sent)
+        dead = _counter(self.dead_letter_ports, DEAD_LETTER_COUNTER) - dead_before
+        pct = self.monitor.latency_percentiles(before)
+        return {
+            "rate": rate,
+            "achieved_per_s": round(sent / self.seconds, 1),
+            "sent": sent,
+            "decided": decided,
+            "lost": max(0, sent - decided),
+            "errors": int(dead) + result.stats.errors,
+            **{f"ms_{q}": v for q, v in pct.items()},
+            # CPU over the step (sending and draining), per event sent: every platform
+            # process, and this process (load generator and decision reader) apart.
+            "cpu_ms_per_event": cpu,
+            "platform_cpu_ms_per_event": round(sum(cpu.values()), 3),
+            "load_generator_cpu_ms_per_event": round(load_ms, 3),
+        }
+
+    def _wait_for_decisions(self, before: int, sent: int, quiet_s: float = 3, grace_s: float = 30) -> int:
+        """Until every event sent has a decision, or none came for ``quiet_s`` (at most
+        ``grace_s`` past the last quiet spell); returns the decisions of the step."""
+        quiet_until = time.monotonic() + quiet_s
+        last = len(self.monitor.latencies)
+        while time.monotonic() < quiet_until + grace_s and len(self.monitor.latencies) - before < sent:
+            time.sleep(0.5)
+            if len(self.monitor.latencies) != last:
+                last = len(self.monitor.latencies)
+                quiet_until = time.monotonic() + quiet_s
+            elif time.monotonic() > quiet_until:
+                break
+        return len(self.monitor.latencies) - before
+
+
+def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of a ladder (see the module's docstring)."""
+    clean = [s for s in steps if s["lost"] == 0 and s["errors"] == 0]
+    passing = [s for s in clean if s["ms_p95"] <= LIMITS["p95"] and s["ms_p99"] <= LIMITS["p99"]]
+    best = max(passing, key=lambda s: s["rate"]) if passing else min(steps, key=lambda s: s["rate"])
+    # The CPU figures of the step nearest 1,000 events/s (the seed's target rate).
+    reference = min(steps, key=lambda s: abs(s["rate"] - 1000))
+    return {
+        "e2e_max_events_per_s": best["rate"] if passing else 0,
+        # The highest rate the machine keeps up with at all (no backlog), whatever the latency.
+        "e2e_sustained_events_per_s": max((s["rate"] for s in clean if s["ms_p99"] <= BACKLOG_MS), default=0),
+        "e2e_ms_p50": best["ms_p50"],
+        "e2e_ms_p95": best["ms_p95"],
+        "e2e_ms_p99": best["ms_p99"],
+        "cpu_reference_rate": reference["rate"],
+        **{
+            key: reference[key]
+            for key in ("cpu_ms_per_event", "platform_cpu_ms_per_event", "load_generator_cpu_ms_per_event")
+        },
+        "lost": sum(s["lost"] for s in steps),
+        "errors": sum(s["errors"] for s in steps),
+    }
+
+
+def _hops(settings: Settings, transformers: int, acks_before: dict[float, float]) -> dict[str, Any]:
+    ports = settings.metrics_ports
+    transformer_ports = [settings.serving.transformer_http_port + 100 * i for i in range(transformers)]
+    return {
+        "producer_send_to_ack": histogram_quantiles(
+            [ports.producer], "producer_send_latency_seconds", since=acks_before
+        ),
+        "dispatcher_record_to_sink": histogram_quantiles([ports.dispatcher], "dispatcher_delivery_seconds"),
+        "transformer_feature_lookup": histogram_quantiles(
+            transformer_ports, "transformer_feature_lookup_seconds"
+        ),
+        "predictor_predict": histogram_quantiles(
+            [settings.serving.predictor_http_port], "request_predict_seconds"
+        ),
+    }
+
+
+def _backfill(settings: Settings, config: SimulatorConfig) -> int:
+    """45 days of history through the platform, waited for; returns its transactions."""
+    from fraud_producers.modes import backfill
+
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    history = backfill(
+        settings, days=45, config=config, show_progress=False, start=midnight - timedelta(days=45)
+    )
+    _caught_up(settings, history.transactions)  # the ladder must not compete with the backfill
+    return history.transactions
+
+
 def run(rates: list[float], seconds: float, transformers: int, console: Console) -> dict[str, Any]:
     from fraud_features.store import apply
-    from fraud_producers.modes import backfill, seed
-    from fraud_producers.sim_config import SimulatorConfig
     from fraudcore.metrics import serve_metrics
 
     settings = get_settings()
@@ -191,124 +314,43 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
     apply(settings)
     config = SimulatorConfig(seed=3, n_customers=1_000, n_terminals=2_000)
     parts = components(settings, transformers=transformers)
-    ingest = Platform(settings, [p for p in parts if p.name in ("quality-gate", "archiver", "feature-job")])
-    ingest.start(report=lambda m: console.print(m, style="dim"))
-    serving = Platform(
-        settings, [p for p in parts if p.name not in ("quality-gate", "archiver", "feature-job")]
-    )
+    ingest = Platform(settings, [p for p in parts if p.name in INGEST])
+    serving = Platform(settings, [p for p in parts if p.name not in INGEST])
+
+    def report(message: str) -> None:
+        console.print(message, style="dim")
+
     results: dict[str, Any] = {"transformer_processes": transformers, "step_seconds": seconds}
     monitor = None
+    ingest.start(report=report)
     try:
-        history = backfill(
-            settings,
-            days=45,
-            config=config,
-            show_progress=False,
-            start=(datetime.now(UTC) - timedelta(days=45)).replace(hour=0, minute=0, second=0, microsecond=0),
-        )
-        _caught_up(settings, history.transactions)  # the ladder must not compete with the backfill
+        _backfill(settings, config)
         _ensure_model(settings, console)
-        serving.start(report=lambda m: console.print(m, style="dim"))
+        serving.start(report=report)
         monitor = DecisionMonitor(settings).start()
-        cards = [f"C{i:05d}" for i in range(config.n_customers)]
-        terminals = [f"T{i:05d}" for i in range(config.n_terminals)]
-        direct = _transformer_latency(settings, 200, 15, cards, terminals)
+        direct = _transformer_latency(
+            settings,
+            200,
+            15,
+            [f"C{i:05d}" for i in range(config.n_customers)],
+            [f"T{i:05d}" for i in range(config.n_terminals)],
+        )
         results["transformer_ms_p50_at_200rps"] = direct["p50"]
         results["transformer_ms_p99_at_200rps"] = direct["p99"]
         results["transformer_achieved_rps"] = direct["achieved"]
         time.sleep(2)
-        ports = settings.metrics_ports
         # The backfill went through the same producer: its burst is not the ladder's ack time.
-        acks_before = histogram_buckets([ports.producer], "producer_send_latency_seconds")
+        acks_before = histogram_buckets([settings.metrics_ports.producer], "producer_send_latency_seconds")
+        ladder = Ladder(settings, config, seconds, monitor, _platform_pids(settings, ingest, serving))
         steps: list[dict[str, Any]] = []
-        pids = _platform_pids(settings, ingest, serving)
         for k, rate in enumerate(rates):
-            before = len(monitor.latencies)
-            cpu_before = snapshot(pids)
-            load_before = cpu_seconds(os.getpid()) or 0.0
-            dead_before = _counter(
-                [ports.quality_gate, ports.dispatcher, ports.feature_job], "dead_letter_messages"
-            )
-            result = seed(
-                settings,
-                rate=rate,
-                duration_s=seconds,
-                config=config.model_copy(update={"seed": 100 + k}),
-                label_delay=timedelta(days=7),
-            )
-            quiet_until = time.monotonic() + 3
-            last = len(monitor.latencies)
-            while time.monotonic() < quiet_until + 30 and len(monitor.latencies) - before < result.stats.sent:
-                time.sleep(0.5)
-                if len(monitor.latencies) != last:
-                    last = len(monitor.latencies)
-                    quiet_until = time.monotonic() + 3
-                elif time.monotonic() > quiet_until:
-                    break
-            decided = len(monitor.latencies) - before
-            cpu = ms_per_event(cpu_before, snapshot(pids), result.stats.sent)
-            load_ms = ((cpu_seconds(os.getpid()) or 0.0) - load_before) * 1000 / max(1, result.stats.sent)
-            dead = _counter([ports.quality_gate, ports.dispatcher, ports.feature_job], "dead_letter_messages")
-            pct = monitor.latency_percentiles(before)
-            step: dict[str, Any] = {
-                "rate": rate,
-                "achieved_per_s": round(result.stats.sent / seconds, 1),
-                "sent": result.stats.sent,
-                "decided": decided,
-                "lost": max(0, result.stats.sent - decided),
-                "errors": int(dead - dead_before) + result.stats.errors,
-                **{f"ms_{k}": v for k, v in pct.items()},
-                # CPU over the step (sending and draining), per event sent: every platform
-                # process, and this process (load generator and decision reader) apart.
-                "cpu_ms_per_event": cpu,
-                "platform_cpu_ms_per_event": round(sum(cpu.values()), 3),
-                "load_generator_cpu_ms_per_event": round(load_ms, 3),
-            }
-            steps.append(step)
-            console.print(step, style="dim")
-            if step["lost"] or step["errors"] or pct["p99"] > BACKLOG_MS:
+            steps.append(ladder.step(k, rate))
+            console.print(steps[-1], style="dim")
+            if steps[-1]["lost"] or steps[-1]["errors"] or steps[-1]["ms_p99"] > BACKLOG_MS:
                 break  # past saturation: higher rates only queue up
         results["ladder"] = steps
-        passing = [
-            s
-            for s in steps
-            if s["ms_p95"] <= LIMITS["p95"]
-            and s["ms_p99"] <= LIMITS["p99"]
-            and s["lost"] == 0
-            and s["errors"] == 0
-        ]
-        best = max(passing, key=lambda s: s["rate"]) if passing else min(steps, key=lambda s: s["rate"])
-        results["e2e_max_events_per_s"] = best["rate"] if passing else 0
-        # The highest rate the machine keeps up with at all (no backlog), whatever the latency.
-        sustained = [s for s in steps if s["lost"] == 0 and s["errors"] == 0 and s["ms_p99"] <= BACKLOG_MS]
-        results["e2e_sustained_events_per_s"] = max((s["rate"] for s in sustained), default=0)
-        results["e2e_ms_p50"], results["e2e_ms_p95"], results["e2e_ms_p99"] = (
-            best["ms_p50"],
-            best["ms_p95"],
-            best["ms_p99"],
-        )
-        # The CPU figures of the step nearest 1,000 events/s (the seed's target rate).
-        reference = min(steps, key=lambda s: abs(s["rate"] - 1000))
-        results["cpu_reference_rate"] = reference["rate"]
-        for key in ("cpu_ms_per_event", "platform_cpu_ms_per_event", "load_generator_cpu_ms_per_event"):
-            results[key] = reference[key]
-        results["lost"] = sum(s["lost"] for s in steps)
-        results["errors"] = sum(s["errors"] for s in steps)
-        transformer_ports = [settings.serving.transformer_http_port + 100 * i for i in range(transformers)]
-        results["hops_ms"] = {
-            "producer_send_to_ack": histogram_quantiles(
-                [ports.producer], "producer_send_latency_seconds", since=acks_before
-            ),
-            "dispatcher_record_to_sink": histogram_quantiles(
-                [ports.dispatcher], "dispatcher_delivery_seconds"
-            ),
-            "transformer_feature_lookup": histogram_quantiles(
-                transformer_ports, "transformer_feature_lookup_seconds"
-            ),
-            "predictor_predict": histogram_quantiles(
-                [settings.serving.predictor_http_port], "request_predict_seconds"
-            ),
-        }
+        results.update(summarise(steps))
+        results["hops_ms"] = _hops(settings, transformers, acks_before)
         results["duplicates_seen"] = monitor.duplicates
     finally:
         if monitor:
