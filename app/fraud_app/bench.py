@@ -41,7 +41,7 @@ from rich.console import Console
 from fraud_app import devstack
 from fraud_app.cpu import cpu_seconds, ms_per_event, snapshot
 from fraud_app.live import DecisionMonitor
-from fraud_app.supervisor import Platform, components
+from fraud_app.supervisor import Platform, ingest_and_serving, wait_for_backfill
 from fraud_producers.sim_config import SimulatorConfig
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings, get_settings
@@ -156,21 +156,6 @@ def _transformer_latency(
     }
 
 
-def _caught_up(settings: Settings, transactions: int, timeout_s: float = 300) -> None:
-    """Wait until the archiver and the feature job have processed the backfill."""
-
-    ports = settings.metrics_ports
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        archived = sample_sum(
-            scrape(ports.archiver), "archiver_records_written_total", {"kind": "transactions"}
-        )
-        featured = sample_sum(scrape(ports.feature_job), "feature_job_events_total", {"kind": "transaction"})
-        if archived >= transactions and featured >= transactions:
-            return
-        time.sleep(1)
-
-
 def _platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
     """Every platform process by name: the local services and each running component."""
     pids = {s.name: s.pid for s in devstack.status(settings) if s.pid}
@@ -181,7 +166,6 @@ def _platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
     return pids
 
 
-INGEST = ("quality-gate", "archiver", "feature-job")  # started first: they take the backfill
 DEAD_LETTER_COUNTER = "dead_letter_messages"
 
 
@@ -300,7 +284,7 @@ def _backfill(settings: Settings, config: SimulatorConfig) -> int:
     history = backfill(
         settings, days=45, config=config, show_progress=False, start=midnight - timedelta(days=45)
     )
-    _caught_up(settings, history.transactions)  # the ladder must not compete with the backfill
+    wait_for_backfill(settings, history.transactions)  # the ladder must not compete with the backfill
     return history.transactions
 
 
@@ -313,9 +297,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
     serve_metrics(settings, "producer")  # this process produces: its send-to-ack histogram
     apply(settings)
     config = SimulatorConfig(seed=3, n_customers=1_000, n_terminals=2_000)
-    parts = components(settings, transformers=transformers)
-    ingest = Platform(settings, [p for p in parts if p.name in INGEST])
-    serving = Platform(settings, [p for p in parts if p.name not in INGEST])
+    ingest, serving = ingest_and_serving(settings, transformers=transformers)
 
     def report(message: str) -> None:
         console.print(message, style="dim")

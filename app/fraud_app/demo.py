@@ -20,8 +20,8 @@ from rich.table import Table
 
 from fraud_app import devstack
 from fraud_app.live import DecisionMonitor, Snapshot
-from fraud_app.supervisor import Platform, components
-from fraudcore.metrics import sample_sum, scrape
+from fraud_app.supervisor import Platform, ingest_and_serving, wait_for_backfill
+from fraud_producers.sim_config import SimulatorConfig
 from fraudcore.settings import Settings
 
 
@@ -35,20 +35,6 @@ class DemoOptions:
     seed: int = 7
     label_delay: timedelta = timedelta(seconds=30)
     train: bool = True
-
-
-def _metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
-    """A counter's value from a component's /metrics (0 when it has none yet)."""
-    return sample_sum(scrape(port), name, labels)
-
-
-def _wait_until(what: str, check: Any, console: Console, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    with console.status(what):
-        while not check():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not done after {timeout_s:.0f}s")
-            time.sleep(0.5)
 
 
 def _view(s: Snapshot, started: float, alive: list[str], produced: int) -> Table:
@@ -68,81 +54,79 @@ def _view(s: Snapshot, started: float, alive: list[str], produced: int) -> Table
 
 def run(settings: Settings, options: DemoOptions, console: Console) -> Snapshot:
     from fraud_features.store import apply
-    from fraud_producers.modes import backfill, seed
-    from fraud_producers.producer import EventProducer
-    from fraud_producers.sim_config import SimulatorConfig
 
     devstack.up(settings, report=lambda m: console.print(f"[dim]{m}[/dim]"))
     apply(settings)
     config = SimulatorConfig(seed=options.seed, n_customers=options.customers, n_terminals=options.terminals)
-    parts = components(settings)
-    ingest = Platform(settings, [p for p in parts if p.name in ("quality-gate", "archiver", "feature-job")])
-    serving = Platform(
-        settings, [p for p in parts if p.name not in ("quality-gate", "archiver", "feature-job")]
-    )
+    ingest, serving = ingest_and_serving(settings)
     ingest.start(report=console.print)
     monitor: DecisionMonitor | None = None
     try:
-        history = backfill(settings, days=options.days, config=config, show_progress=True)
-        ports = settings.metrics_ports
-        expected = history.transactions
-        _wait_until(
-            "archiving the history",
-            lambda: (
-                _metric(ports.archiver, "archiver_records_written_total", {"kind": "transactions"})
-                >= expected
-            ),
-            console,
-        )
-        _wait_until(
-            "computing its features",
-            lambda: (
-                _metric(ports.feature_job, "feature_job_events_total", {"kind": "transaction"}) >= expected
-            ),
-            console,
-        )
+        _backfill(settings, options, config, console)
         if options.train:
             _train(console, burn_in_days=7, history_days=14)
         serving.start(report=console.print)
         monitor = DecisionMonitor(settings).start()
-        stop = threading.Event()
-        producer = EventProducer(settings)
-        producer_thread = threading.Thread(
-            target=seed,
-            kwargs={
-                "settings": settings,
-                "producer": producer,
-                "rate": options.rate,
-                "duration_s": options.duration_s,
-                "config": config.model_copy(update={"seed": options.seed + 1}),
-                "label_delay": options.label_delay,
-            },
-            daemon=True,
-        )
-        started = time.monotonic()
-        producer_thread.start()
-        with Live(console=console, refresh_per_second=2) as live:
-            while producer_thread.is_alive() and not stop.is_set():
-                live.update(
-                    _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
-                )
-                time.sleep(0.5)
-            # The backlog drains for up to half a minute after the producer stops.
-            deadline = time.monotonic() + 30
-            while monitor.snapshot().decisions < producer.stats.sent and time.monotonic() < deadline:
-                live.update(
-                    _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
-                )
-                time.sleep(0.5)
-            live.update(
-                _view(monitor.snapshot(), started, serving.alive() + ingest.alive(), producer.stats.sent)
-            )
+        _stream_live(settings, options, config, console, monitor, [ingest, serving])
         return monitor.snapshot()
     finally:
         if monitor:
             monitor.stop()
         serving.stop()
         ingest.stop()
+
+
+def _backfill(settings: Settings, options: DemoOptions, config: SimulatorConfig, console: Console) -> None:
+    """The history, through the ingest components, and waited for."""
+    from fraud_producers.modes import backfill
+
+    history = backfill(settings, days=options.days, config=config, show_progress=True)
+    with console.status("archiving the history and computing its features"):
+        wait_for_backfill(settings, history.transactions)
+
+
+def _stream_live(
+    settings: Settings,
+    options: DemoOptions,
+    config: SimulatorConfig,
+    console: Console,
+    monitor: DecisionMonitor,
+    platforms: list[Platform],
+) -> None:
+    """Live traffic at the demo's rate, shown as it is decided; then up to half a minute for
+    the backlog to drain."""
+    from fraud_producers.modes import seed
+    from fraud_producers.producer import EventProducer
+
+    producer = EventProducer(settings)
+    producer_thread = threading.Thread(
+        target=seed,
+        kwargs={
+            "settings": settings,
+            "producer": producer,
+            "rate": options.rate,
+            "duration_s": options.duration_s,
+            "config": config.model_copy(update={"seed": options.seed + 1}),
+            "label_delay": options.label_delay,
+        },
+        daemon=True,
+    )
+    started = time.monotonic()
+
+    def view() -> Table:
+        alive = [name for platform in platforms for name in platform.alive()]
+        return _view(monitor.snapshot(), started, alive, producer.stats.sent)
+
+    producer_thread.start()
+    with Live(console=console, refresh_per_second=2) as live:
+        while producer_thread.is_alive():
+            live.update(view())
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while monitor.snapshot().decisions < producer.stats.sent and time.monotonic() < deadline:
+            live.update(view())
+            time.sleep(0.5)
+        live.update(view())
 
 
 def _train(console: Console, **overrides: Any) -> None:

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import httpx
 
+from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
+
+INGEST = ("quality-gate", "archiver", "feature-job")  # they take a backfill before serving starts
 
 
 class ComponentError(RuntimeError):
@@ -217,3 +220,33 @@ class Platform:
     def stop(self) -> None:
         for part in reversed(self.parts):
             part.stop()
+
+
+def ingest_and_serving(settings: Settings, *, transformers: int = 1) -> tuple[Platform, Platform]:
+    """The components in two groups: ingest (quality gate, archiver, feature job) and serving
+    (predictor, transformers, dispatcher), so a backfill is processed before scoring starts."""
+    parts = components(settings, transformers=transformers)
+    return (
+        Platform(settings, [p for p in parts if p.name in INGEST]),
+        Platform(settings, [p for p in parts if p.name not in INGEST]),
+    )
+
+
+def wait_for_backfill(settings: Settings, transactions: int, timeout_s: float = 600) -> None:
+    """Until the archiver and the feature job have both processed ``transactions``
+    transactions (as their counters say)."""
+    ports = settings.metrics_ports
+    deadline = time.monotonic() + timeout_s
+    while True:
+        archived = sample_sum(
+            scrape(ports.archiver), "archiver_records_written_total", {"kind": "transactions"}
+        )
+        featured = sample_sum(scrape(ports.feature_job), "feature_job_events_total", {"kind": "transaction"})
+        if archived >= transactions and featured >= transactions:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"after {timeout_s:.0f}s the archiver had {archived:.0f} and the feature job "
+                f"{featured:.0f} of the backfill's {transactions} transactions"
+            )
+        time.sleep(0.5)
