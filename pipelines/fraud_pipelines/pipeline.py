@@ -56,16 +56,20 @@ class PipelineOutputs(NamedTuple):
     report: HTML
 
 
-def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None) -> Any:
-    """The pipeline with its steps on ``image`` (default ``pipeline_image()``); ``cluster``
-    adds the Kubernetes Secret, environment and resources (none for local runs)."""
-    image = image or pipeline_image()
+@dataclass(frozen=True)
+class StepRuntime:
+    """What every step's task gets: its image, and on a cluster the Secret, environment and
+    resources (none for local runs)."""
 
-    def configure(task: Any, name: str) -> Any:
+    image: str
+    cluster: ClusterConfig | None = None
+
+    def configure(self, task: Any, name: str) -> Any:
         task.set_display_name(name)
-        task.set_container_image(image)
+        task.set_container_image(self.image)
         task.set_caching_options(False)
-        if cluster is not None:
+        if self.cluster is not None:
+            cluster = self.cluster
             kubernetes.use_secret_as_env(
                 task, secret_name=cluster.secret_name, secret_key_to_env=dict(cluster.secret_key_to_env)
             )
@@ -74,6 +78,14 @@ def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None
             task.set_cpu_request(cluster.cpu).set_cpu_limit(cluster.cpu)
             task.set_memory_request(cluster.memory).set_memory_limit(cluster.memory)
         return task
+
+
+def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None) -> Any:
+    """The pipeline with its steps on ``image`` (default ``pipeline_image()``); ``cluster``
+    adds the Kubernetes Secret, environment and resources (none for local runs).
+
+    The pipeline function spells out every parameter: kfp reads them from its signature."""
+    configure = StepRuntime(image or pipeline_image(), cluster).configure
 
     @dsl.pipeline(
         name=PIPELINE_NAME,

@@ -247,28 +247,28 @@ def export_step(
 SUMMARY_FIELDS = ("metrics", "dataset", "data_window", "candidate", "params", "threshold")
 
 
-def publish_step(
-    onnx_path: str,
-    test_path: str,
-    evaluation_path: str,
-    *,
-    model_name: str = DEFAULTS.model_name,
-    min_improvement: float = DEFAULTS.min_improvement,
-    upload: bool = DEFAULTS.upload,
-    settings_factory: Callable[[], Settings] = get_settings,
-    log: Log = log,
-) -> dict[str, Any]:
-    from fraud_pipelines.onnx_export import metadata_of
-    from fraud_pipelines.publish import publish
+_DATASET_FIELDS = (
+    "source",
+    "transactions",
+    "labels",
+    "train_rows",
+    "train_frauds",
+    "history_rows",
+    "test_rows",
+    "test_frauds",
+)
 
-    onnx_bytes = Path(onnx_path).read_bytes()
+
+def model_metadata(
+    onnx_bytes: bytes, evaluation: dict[str, Any], dataset_info: dict[str, Any], model_name: str
+) -> dict[str, Any]:
+    """The model's ``metadata.json``: what it is, what it expects, how it did and on what data."""
+    from fraud_pipelines.onnx_export import metadata_of
+
     props = metadata_of(onnx_bytes)
-    evaluation = json.loads(Path(evaluation_path).read_text())
-    test, info = data_mod.read_parquet(test_path)
-    version = props["model_version"]
-    metadata = {
+    return {
         "model_name": model_name,
-        "version": version,
+        "version": props["model_version"],
         "format": "onnx",
         "input": {
             "name": props.get("input_name", "input"),
@@ -289,51 +289,55 @@ def publish_step(
         "card_precision_per_day": evaluation.get("card_precision_per_day"),
         "calibration": evaluation.get("calibration"),
         "data_window": json.loads(props.get("data_window", "{}")),
-        "dataset": {
-            k: info.get(k)
-            for k in (
-                "source",
-                "transactions",
-                "labels",
-                "train_rows",
-                "train_frauds",
-                "history_rows",
-                "test_rows",
-                "test_frauds",
-            )
-        },
+        "dataset": {k: dataset_info.get(k) for k in _DATASET_FIELDS},
         "code_revision": props.get("code_revision", "unknown"),
         "trained_at": props.get("trained_at"),
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "sklearn_version": props.get("sklearn_version"),
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
     }
+
+
+def publish_step(
+    onnx_path: str,
+    test_path: str,
+    evaluation_path: str,
+    *,
+    model_name: str = DEFAULTS.model_name,
+    min_improvement: float = DEFAULTS.min_improvement,
+    upload: bool = DEFAULTS.upload,
+    settings_factory: Callable[[], Settings] = get_settings,
+    log: Log = log,
+) -> dict[str, Any]:
+    from fraud_pipelines.publish import publish
+
+    onnx_bytes = Path(onnx_path).read_bytes()
+    test, info = data_mod.read_parquet(test_path)
+    metadata = model_metadata(onnx_bytes, json.loads(Path(evaluation_path).read_text()), info, model_name)
+    in_summary = {k: metadata[k] for k in SUMMARY_FIELDS}
     if not upload:
         log("upload disabled: nothing published")
         return {
             "model_name": model_name,
-            "version": version,
+            "version": metadata["version"],
             "uri": None,
             "model_uri": None,
             "promoted": False,
             "decision": None,
-            **{k: metadata[k] for k in SUMMARY_FIELDS},
+            **in_summary,
         }
-    settings = settings_factory()
-    x = data_mod.feature_matrix(test)
-    y = test["is_fraud"].to_numpy(np.int64)
     summary = publish(
-        settings,
+        settings_factory(),
         onnx_bytes,
-        x,
-        y,
+        data_mod.feature_matrix(test),
+        test["is_fraud"].to_numpy(np.int64),
         metadata,
         model_name=model_name,
-        version=version,
+        version=metadata["version"],
         min_improvement=min_improvement,
         log=log,
     )
-    summary.update({k: metadata[k] for k in SUMMARY_FIELDS})
+    summary.update(in_summary)
     log(f"published {summary['uri']}")
     return summary
 

@@ -199,6 +199,59 @@ def f1_threshold(y: npt.NDArray[Any], scores: npt.NDArray[Any]) -> float:
     return float(thresholds[int(np.argmax(f1))])
 
 
+@dataclass(frozen=True)
+class FoldRows:
+    """A validation fold's rows, and the training labels as known at its validation start."""
+
+    fold: Fold
+    train: npt.NDArray[np.bool_]
+    valid: npt.NDArray[np.bool_]
+    y_train: npt.NDArray[np.int64]
+
+
+def usable_folds(frame: pd.DataFrame, windows: Windows, n_folds: int, log: Log = _quiet) -> list[FoldRows]:
+    """The prequential folds whose training and validation sides both hold both classes."""
+    when = _timestamps(frame)
+    reported = pd.to_datetime(frame["label_reported_at"], utc=True)
+    known = frame["is_fraud"].to_numpy(np.int64)
+    usable = []
+    for fold in prequential_folds(windows, n_folds):
+        tr = ((when >= fold.train_start) & (when < fold.train_end)).to_numpy()
+        va = ((when >= fold.valid_start) & (when < fold.valid_end)).to_numpy()
+        y_tr = (reported < fold.valid_start).to_numpy().astype(np.int64)[tr]
+        if y_tr.sum() == 0 or known[va].sum() == 0 or y_tr.sum() == len(y_tr):
+            log(f"{fold.describe()}: skipped (a side has one class only)")
+            continue
+        usable.append(FoldRows(fold, tr, va, y_tr))
+        log(
+            f"{fold.describe()}: {tr.sum():,} train rows ({y_tr.sum()} known frauds), {va.sum():,} validation rows"
+        )
+    return usable
+
+
+def validate(
+    name: str,
+    params: dict[str, Any],
+    folds: list[FoldRows],
+    x_all: npt.NDArray[Any],
+    known: npt.NDArray[np.int64],
+    seed: int,
+) -> tuple[ConfigScore, tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+    """One candidate setting over the folds: its score, and its out-of-fold labels and scores."""
+    started = time.perf_counter()
+    fold_ap, fold_auc, ys, ss = [], [], [], []
+    for rows in folds:
+        model = make_estimator(name, params, seed).fit(x_all[rows.train], rows.y_train)
+        s = model.predict_proba(x_all[rows.valid])[:, 1]
+        y_va = known[rows.valid]
+        fold_ap.append(float(average_precision_score(y_va, s)))
+        fold_auc.append(float(roc_auc_score(y_va, s)))
+        ys.append(y_va)
+        ss.append(s)
+    score = ConfigScore(name, params, fold_ap, fold_auc, time.perf_counter() - started)
+    return score, (np.concatenate(ys), np.concatenate(ss))
+
+
 def train(
     frame: pd.DataFrame,
     windows: Windows,
@@ -215,46 +268,20 @@ def train(
     for name in candidates:
         if name not in CANDIDATES:
             raise ValueError(f"unknown candidate {name!r}; one of {CANDIDATES}")
-    when = _timestamps(frame)
     x_all = feature_matrix(frame)
-    reported = pd.to_datetime(frame["label_reported_at"], utc=True)
     known = frame["is_fraud"].to_numpy(np.int64)
-    folds = prequential_folds(windows, n_folds)
-    usable: list[tuple[Fold, npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.int64]]] = []
-    for fold in folds:
-        tr = ((when >= fold.train_start) & (when < fold.train_end)).to_numpy()
-        va = ((when >= fold.valid_start) & (when < fold.valid_end)).to_numpy()
-        y_tr = (reported < fold.valid_start).to_numpy().astype(np.int64)[tr]
-        if y_tr.sum() == 0 or known[va].sum() == 0 or y_tr.sum() == len(y_tr):
-            log(f"{fold.describe()}: skipped (a side has one class only)")
-            continue
-        usable.append((fold, tr, va, y_tr))
-        log(
-            f"{fold.describe()}: {tr.sum():,} train rows ({y_tr.sum()} known frauds), {va.sum():,} validation rows"
-        )
+    folds = usable_folds(frame, windows, n_folds, log)
     scores: list[ConfigScore] = []
     oof: dict[int, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {}
     best_index = 0
-    if not usable:
+    if not folds:
         log("no usable validation fold (too little history or no frauds): first candidate's first setting")
         scores.append(ConfigScore(candidates[0], param_grid(candidates[0], search)[0], [], [], 0.0))
-    for name in candidates:
+    for name in candidates if folds else []:
         for params in param_grid(name, search):
-            started = time.perf_counter()
-            fold_ap, fold_auc, ys, ss = [], [], [], []
-            for _fold, tr, va, y_tr in usable:
-                model = make_estimator(name, params, seed).fit(x_all[tr], y_tr)
-                s = model.predict_proba(x_all[va])[:, 1]
-                y_va = known[va]
-                fold_ap.append(float(average_precision_score(y_va, s)))
-                fold_auc.append(float(roc_auc_score(y_va, s)))
-                ys.append(y_va)
-                ss.append(s)
-            if not usable:
-                break
-            score = ConfigScore(name, params, fold_ap, fold_auc, time.perf_counter() - started)
+            score, out_of_fold = validate(name, params, folds, x_all, known, seed)
+            oof[len(scores)] = out_of_fold
             scores.append(score)
-            oof[len(scores) - 1] = (np.concatenate(ys), np.concatenate(ss))
             log(
                 f"{name} {params}: validation AP {score.mean_ap:.4f}, AUC {score.mean_auc:.4f} ({score.seconds:.1f} s)"
             )
@@ -262,6 +289,7 @@ def train(
                 best_index = len(scores) - 1
     best = scores[best_index]
     threshold = f1_threshold(*oof[best_index]) if best_index in oof else 0.5
+    when = _timestamps(frame)
     in_window = ((when >= windows.train_start) & (when < windows.train_end)).to_numpy()
     log(
         f"best: {best.candidate} {best.params} (validation AP {best.mean_ap:.4f}); fitting on {in_window.sum():,} rows"
@@ -273,7 +301,7 @@ def train(
         params=best.params,
         threshold=threshold,
         scores=scores,
-        folds=[f for f, *_ in usable],
+        folds=[rows.fold for rows in folds],
         trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
         train_rows=int(in_window.sum()),
         seconds=time.perf_counter() - t0,
