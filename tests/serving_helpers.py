@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import onnx
@@ -23,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fraud_app.supervisor import Component
 from fraudcore.features import CARD_STATE, MODEL_FEATURES, TERMINAL_FEATURES, US_PER_S
+from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
 from fraudcore.storage import ensure_buckets, s3_client
 from tests.helpers import env_for, isolated
@@ -220,15 +220,9 @@ class Server(Component):
         super().wait_ready(timeout_s)
         return self
 
-    def metric_text(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=5).text
-
-    def metric(self, name: str) -> float | None:
-        """The first sample of ``name`` on /metrics (exact name with labels, or bare name)."""
-        for line in self.metric_text().splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+    def metric(self, sample: str, **labels: str) -> float:
+        """The sum of the samples named ``sample`` with these labels on /metrics (0 if none)."""
+        return sample_sum(scrape(self.http_port), sample, labels)
 
 
 def predictor(settings: Settings, model_dir: str, log: Path, args: Sequence[str] = (), **env: str) -> Server:

@@ -242,7 +242,7 @@ def test_metrics(served: Served) -> None:
         "request_predict_seconds",
     ):
         assert name in text, name
-    assert 'predictor_model_info{model="fraud",version="v-e2e-1"} 1.0' in served.predictor.metric_text()
+    assert served.predictor.metric("predictor_model_info", model="fraud", version="v-e2e-1") == 1.0
 
 
 BAD = [
@@ -406,7 +406,7 @@ def test_model_swap_under_load_fails_no_request(served: Served) -> None:
     new_version = "v-e2e-2"
     new_model = make_model(new_version, seed=11, baselines=[0.5] * 22)
     uri = upload_model(served.settings, served.prefix, new_version, new_model)
-    assert served.predictor.metric('predictor_model_events_ready{model="fraud"}') == 1.0
+    assert served.predictor.metric("predictor_model_events_ready", model="fraud") == 1.0
     txn = served.txn(6)
     results: list[tuple[int | None, str]] = []
     stop = threading.Event()
@@ -446,7 +446,7 @@ def test_model_swap_under_load_fails_no_request(served: Served) -> None:
         publish(
             {"type": "champion-changed", "model": "fraud", "version": "v-missing", "uri": uri + "-missing"}
         )
-        wait_for(lambda: served.predictor.metric('predictor_model_load_failures_total{model="fraud"}') == 1.0)
+        wait_for(lambda: served.predictor.metric("predictor_model_load_failures_total", model="fraud") == 1.0)
         publish({"type": "champion-changed", "model": "fraud", "version": new_version, "uri": uri, "ap": 0.7})
         wait_for(lambda: any(v == new_version for _, v in results))
         seen = len(results)
