@@ -5,9 +5,9 @@ Two clients, each for a reason:
 | role | client | why |
 | --- | --- | --- |
 | producers on the scoring path: simulator/replay (``EventProducer``), quality gate, transformer's decisions | librdkafka (``librdkafka_producer``) | the work happens in C threads; kafka-python's sender thread cost ~28 % of a transformer's CPU |
-| consumers on the scoring path: quality gate, KafkaSource stand-in | librdkafka (``librdkafka_consumer``, ``fraudcore.service.consume_loop``) | latency: a record is handed over as soon as it arrives (``consume_ready``) |
+| consumers on the scoring path: quality gate, KafkaSource stand-in, the decision monitor (demo, bench) | librdkafka (``librdkafka_consumer``, ``fraudcore.service.consume_loop``) | latency: a record is handed over as soon as it arrives (``consume_ready``) |
 | stateful consumers: archiver, feature job | librdkafka (``owning_consumer``, ``fraudcore.service.consume_loop``) | the fetching is done in C threads; the rebalance callbacks run on the loop's own thread, so a partition is positioned before its first record and released after its last |
-| control and low-rate paths: admin, dead letters, model events, the decision monitor | kafka-python | no hot loop; one client less to configure there |
+| control and low-rate paths: admin, dead letters, model events | kafka-python | no hot loop; one client less to configure there |
 
 librdkafka producers use the murmur2 partitioner, so keyed records land on the partition
 kafka-python and Java clients choose: a card's events share a partition whichever wrote them.

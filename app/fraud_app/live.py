@@ -13,11 +13,13 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import confluent_kafka
 import numpy as np
 import orjson
+from confluent_kafka import TopicPartition
 
 from fraudcore.events import parse_timestamp
-from fraudcore.kafka import consumer as make_consumer
+from fraudcore.kafka import consume_ready, librdkafka_consumer
 from fraudcore.settings import Settings
 
 
@@ -61,30 +63,34 @@ class DecisionMonitor:
         self._stop.set()
         self._thread.join(10)
 
+    def _from_now(self, client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+        """Every partition from its end as of now, so nothing produced after ``start`` returns
+        is missed (a lazily resolved "latest" could skip the first records)."""
+        for tp in partitions:
+            _low, tp.offset = client.get_watermark_offsets(tp, timeout=10)
+        client.assign(partitions)
+        self._ready.set()
+
     def _run(self) -> None:
         topics = self.settings.topics
-        consumer = make_consumer(
+        consumer = librdkafka_consumer(
             self.settings,
             f"monitor-{uuid.uuid4().hex[:8]}",
-            topics.scores.name,
-            topics.labels.name,
-            auto_offset_reset="latest",
-            fetch_max_wait_ms=100,  # data is served at once; this only bounds idle waits
-            enable_auto_commit=False,
+            [topics.scores.name, topics.labels.name],
+            on_assign=self._from_now,
         )
         try:
             while not self._stop.is_set():
-                batches = consumer.poll(timeout_ms=50)
-                if consumer.assignment():
-                    self._ready.set()
+                messages = consume_ready(consumer, 5000, 0.05)
                 now = time.time()
                 with self._lock:
-                    for tp, records in batches.items():
-                        for r in records:
-                            if tp.topic == topics.scores.name:
-                                self._decision(r.value, now)
-                            else:
-                                self.frauds.add(orjson.loads(r.value)["transaction_id"])
+                    for m in messages:
+                        if m.error():
+                            continue
+                        if m.topic() == topics.scores.name:
+                            self._decision(m.value(), now)
+                        else:
+                            self.frauds.add(orjson.loads(m.value())["transaction_id"])
         finally:
             consumer.close()
 
