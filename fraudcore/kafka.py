@@ -220,13 +220,17 @@ class OwnedPartitions:
     librdkafka runs the rebalance callbacks inside ``consume()``/``poll()``, on the consume
     loop's thread, between batches. On assignment each partition starts at
     ``resume_at(tp, committed)`` (None: at the committed offset, else the beginning; never
-    before the partition's first retained record). On revocation ``release(tps)`` makes what
-    the component holds for them durable and commits, and the component drops their state.
+    before the partition's first retained record; a position past the partition's end, left
+    by an earlier incarnation of the topic, starts it from the beginning). On revocation
+    ``release(tps)`` makes what the component holds for them durable and commits, and the
+    component drops their state.
 
     A batch read just before a rebalance can still be in hand after it, so ``take`` keeps,
     per partition, only records that continue exactly where the partition stands (the rest
     come again from the broker) and none of a partition no longer owned (its new owner
-    reads them). The topics' offsets are contiguous: no transactions, no compaction."""
+    reads them). The one gap accepted is retention's: a partition whose position fell off
+    its start is reset by the client to the first retained record. The topics' offsets are
+    otherwise contiguous: no transactions, no compaction."""
 
     def __init__(
         self,
@@ -235,6 +239,7 @@ class OwnedPartitions:
     ) -> None:
         self._resume_at = resume_at
         self._release = release
+        self._client: confluent_kafka.Consumer | None = None
         self.next: dict[TopicPartition, int] = {}
 
     def consumer(
@@ -248,12 +253,23 @@ class OwnedPartitions:
         )
 
     def _on_assign(self, client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+        self._client = client
         committed = client.committed(
             [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10
         )
         for tp, done in zip(partitions, committed, strict=True):
-            low, _high = client.get_watermark_offsets(tp, timeout=10)
+            low, high = client.get_watermark_offsets(tp, timeout=10)
             wanted = self._resume_at(tp, done.offset if done.offset >= 0 else None)
+            if wanted is not None and wanted > high:
+                log.warning(
+                    "%s[%d]: resume offset %d is past the partition's end %d (the topic was "
+                    "recreated?): reading it from the beginning",
+                    tp.topic,
+                    tp.partition,
+                    wanted,
+                    high,
+                )
+                wanted = low
             tp.offset = max(low, wanted if wanted is not None else low)
             self.next[tp] = tp.offset
         client.assign(partitions)
@@ -272,11 +288,29 @@ class OwnedPartitions:
             if expected is None:
                 continue  # revoked while in hand: the new owner reads them
             recs = [r for r in recs if r.offset >= expected]
-            if not recs or recs[0].offset != expected:
+            if not recs:
+                continue  # already taken: read again after a rebalance
+            if recs[0].offset != expected and not self._fell_off_the_start(tp, expected, recs[0].offset):
                 continue  # read before a rebalance moved the partition's position: they come again
             self.next[tp] = recs[-1].offset + 1
             taken[tp] = recs
         return taken
+
+    def _fell_off_the_start(self, tp: TopicPartition, expected: int, first: int) -> bool:
+        """Whether retention deleted ``expected`` (asks the broker: only ever on a gap)."""
+        if self._client is None:
+            return False
+        low, _high = self._client.get_watermark_offsets(tp, timeout=10)
+        if expected < low:
+            log.warning(
+                "%s[%d]: offsets %d..%d were deleted by retention before they were read",
+                tp.topic,
+                tp.partition,
+                expected,
+                first - 1,
+            )
+            return True
+        return False
 
 
 def high_watermark(client: confluent_kafka.Consumer, tp: TopicPartition) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,32 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Settings:
-    """The running local stack (started if it is not: `fraud up` is idempotent)."""
+def stack(settings: Settings) -> Iterator[Settings]:
+    """The running local stack (started if it is not: `fraud up` is idempotent). The topics
+    the tests made are deleted at the end: a broker left with thousands of partitions takes
+    minutes to start."""
     from fraud_app import devstack
 
     devstack.ensure_env_file()
     get_settings.cache_clear()
     fresh = get_settings()
     devstack.up(fresh, report=lambda _msg: None)
-    return fresh
+    yield fresh
+    _delete_test_topics(fresh)
+
+
+def _delete_test_topics(settings: Settings) -> None:
+    from fraudcore.kafka import admin
+    from tests.helpers import CREATED_TOPICS
+
+    if not CREATED_TOPICS:
+        return
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        client.delete_topics(sorted(CREATED_TOPICS & existing), timeout_ms=60_000)
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import orjson
 from fraudcore.kafka import consumer, ensure_topics, producer
 from fraudcore.settings import Settings, TopicSettings, TopicSpec
 
+CREATED_TOPICS: set[str] = set()  # deleted when the test session ends (tests/conftest.py)
+
 
 def isolated(settings: Settings, unique: str) -> Settings:
     """The same stack, with this test's own topics (created here)."""
@@ -24,6 +26,7 @@ def isolated(settings: Settings, unique: str) -> Settings:
         }
     )
     isolated_settings = settings.model_copy(update={"topics": topics})
+    CREATED_TOPICS.update(spec["name"] for spec in topics.model_dump().values())
     ensure_topics(isolated_settings)
     return isolated_settings
 

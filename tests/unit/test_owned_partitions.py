@@ -13,9 +13,10 @@ from fraudcore.kafka import OwnedPartitions, Record
 class FakeClient:
     """The calls the callbacks make on a consumer, answered from fixed offsets."""
 
-    def __init__(self, committed: dict[int, int], low: int = 0) -> None:
+    def __init__(self, committed: dict[int, int], low: int = 0, high: int = 1_000) -> None:
         self.committed_at = committed
         self.low = low
+        self.high = high
         self.assigned: list[TopicPartition] = []
         self.unassigned = False
 
@@ -26,7 +27,7 @@ class FakeClient:
         ]
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-        return self.low, 1_000
+        return self.low, self.high
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = partitions
@@ -88,3 +89,23 @@ def test_records_of_a_revoked_partition_are_left_to_its_new_owner() -> None:
     assert released == [[TopicPartition("tx", 0)]]
     assert client.unassigned
     assert parts.take(in_hand) == {}
+
+
+def test_a_position_past_the_partitions_end_reads_it_from_the_beginning() -> None:
+    """A checkpoint or commit left by an earlier incarnation of the topic: without this the
+    client would reset to the beginning and every record would look already taken."""
+    parts, _ = owned(resume={0: 5_000})
+    client = FakeClient(committed={}, low=0, high=300)
+    parts._on_assign(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    assert client.assigned[0].offset == 0
+    assert [r.offset for r in parts.take(records(0, range(0, 3)))[TopicPartition("tx", 0)]] == [0, 1, 2]
+
+
+def test_a_gap_left_by_retention_is_taken_and_any_other_gap_is_not() -> None:
+    parts, _ = owned()
+    client = FakeClient(committed={0: 10, 1: 10}, low=0)
+    parts._on_assign(client, [TopicPartition("tx", 0), TopicPartition("tx", 1)])  # type: ignore[arg-type]
+    assert parts.take(records(0, range(50, 52))) == {}  # offset 10 still exists: stale records
+    client.low = 40  # retention deleted 10..39 while the consumer lagged; the client reset to 40
+    taken = parts.take(records(1, range(40, 42)))
+    assert [r.offset for r in taken[TopicPartition("tx", 1)]] == [40, 41]
