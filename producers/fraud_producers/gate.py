@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from fraud_producers.producer import EventProducer
 from fraudcore.events import EventKind, Problem, Validated, parse_timestamp, schema_text, validate
 from fraudcore.kafka import Record, dead_letter, librdkafka_consumer
-from fraudcore.service import consume_loop
+from fraudcore.service import commit_before_handover, consume_loop
 from fraudcore.settings import Settings
 
 COMPONENT = "quality-gate"
@@ -100,7 +100,9 @@ class QualityGate:
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
         # librdkafka: the gate sits on the scoring path, where every millisecond counts.
-        consumer = librdkafka_consumer(self.settings, self.group, [self.settings.topics.raw.name])
+        consumer = librdkafka_consumer(
+            self.settings, self.group, [self.settings.topics.raw.name], on_revoke=commit_before_handover
+        )
         try:
             return consume_loop(consumer, self.group, self.handle, stop=stop, idle_exit_s=idle_exit_s)
         finally:

@@ -1,0 +1,52 @@
+"""PendingCommits: offsets go to the broker at most every interval, merged, and at once on
+the way out (no Kafka here: the consumer records the commits it is asked for)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from fraudcore.service import PendingCommits
+
+
+class RecordingConsumer:
+    def __init__(self) -> None:
+        self.commits: list[tuple[list[tuple[int, int]] | None, bool]] = []
+
+    def commit(self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True) -> Any:
+        parts = None if offsets is None else sorted((tp.partition, tp.offset) for tp in offsets)
+        self.commits.append((parts, asynchronous))
+
+
+def test_offsets_are_merged_and_sent_once_the_interval_has_passed() -> None:
+    consumer = RecordingConsumer()
+    pending = PendingCommits(consumer, interval_s=0.05)  # type: ignore[arg-type]
+    pending.add({TopicPartition("tx", 0): 10})
+    pending.add({TopicPartition("tx", 0): 12, TopicPartition("tx", 1): 3})
+    pending.add({})
+    pending.send_if_due()
+    assert consumer.commits == []
+    time.sleep(0.06)
+    pending.send_if_due()
+    assert consumer.commits == [([(0, 12), (1, 3)], True)]
+    pending.send_if_due()  # nothing new: nothing sent
+    assert len(consumer.commits) == 1
+
+
+def test_everything_read_so_far_and_the_last_commit_waited_for() -> None:
+    consumer = RecordingConsumer()
+    pending = PendingCommits(consumer, interval_s=60)  # type: ignore[arg-type]
+    pending.add(None)
+    pending.send(wait=True)
+    assert consumer.commits == [(None, False)]
+
+
+def test_a_rebalance_forgets_what_belonged_to_the_old_assignment() -> None:
+    consumer = RecordingConsumer()
+    pending = PendingCommits(consumer, interval_s=0)  # type: ignore[arg-type]
+    pending.add({TopicPartition("tx", 0): 10})
+    pending.forget()
+    pending.send_if_due()
+    assert consumer.commits == []
