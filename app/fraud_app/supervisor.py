@@ -20,10 +20,12 @@ from pathlib import Path
 
 import httpx
 
+from fraudcore.kafka import group_lag
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
 
 INGEST = ("quality-gate", "archiver", "feature-job")  # they take a backfill before serving starts
+INGEST_GROUP = {name: name for name in INGEST}  # each ingest component's consumer group
 
 
 class ComponentError(RuntimeError):
@@ -140,9 +142,15 @@ def components(
     sv = settings.serving
     predictor_ready = f"http://127.0.0.1:{sv.predictor_http_port}/v2/models/{sv.model_name}/ready"
     out = [
-        Component("quality-gate", [*cli, "gate"], metrics("quality_gate")),
-        Component("archiver", [*cli, "archive"], metrics("archiver")),
-        Component("feature-job", [*cli, "features", "stream"], metrics("feature_job")),
+        Component(
+            "quality-gate", [*cli, "gate", "--group", INGEST_GROUP["quality-gate"]], metrics("quality_gate")
+        ),
+        Component("archiver", [*cli, "archive", "--group", INGEST_GROUP["archiver"]], metrics("archiver")),
+        Component(
+            "feature-job",
+            [*cli, "features", "stream", "--group", INGEST_GROUP["feature-job"]],
+            metrics("feature_job"),
+        ),
         Component(
             "predictor",
             [
@@ -234,8 +242,11 @@ def ingest_and_serving(settings: Settings, *, transformers: int = 1) -> tuple[Pl
 
 def wait_for_backfill(settings: Settings, transactions: int, timeout_s: float = 600) -> None:
     """Until the archiver and the feature job have both processed ``transactions``
-    transactions (as their counters say)."""
+    transactions (as their counters say), and then until every ingest group has committed
+    its topics to the end (labels, held transactions and block rewrites included), so what
+    follows does not compete with the backfill's tail."""
     ports = settings.metrics_ports
+    topics = settings.topics
     deadline = time.monotonic() + timeout_s
     while True:
         archived = sample_sum(
@@ -243,10 +254,19 @@ def wait_for_backfill(settings: Settings, transactions: int, timeout_s: float = 
         )
         featured = sample_sum(scrape(ports.feature_job), "feature_job_events_total", {"kind": "transaction"})
         if archived >= transactions and featured >= transactions:
-            return
+            break
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"after {timeout_s:.0f}s the archiver had {archived:.0f} and the feature job "
                 f"{featured:.0f} of the backfill's {transactions} transactions"
             )
         time.sleep(0.5)
+    reads = {
+        INGEST_GROUP["quality-gate"]: [topics.raw.name],
+        INGEST_GROUP["archiver"]: [topics.transactions.name, topics.labels.name],
+        INGEST_GROUP["feature-job"]: [topics.transactions.name, topics.labels.name],
+    }
+    while behind := {g: n for g, ts in reads.items() if (n := sum(group_lag(settings, g, ts).values()))}:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout_s:.0f}s the ingest groups were still behind: {behind}")
+        time.sleep(1)
