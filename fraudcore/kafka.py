@@ -222,8 +222,10 @@ class OwnedPartitions:
     ``resume_at(tp, committed)`` (None: at the committed offset, else the beginning; never
     before the partition's first retained record; a position past the partition's end, left
     by an earlier incarnation of the topic, starts it from the beginning). On revocation
-    ``release(tps)`` makes what the component holds for them durable and commits, and the
-    component drops their state.
+    ``release(tps)`` makes what the component holds for them durable and returns the
+    offsets to commit, which are committed at once, so the next owner resumes exactly
+    there; should that fail, it replays from the last commit (at-least-once either way).
+    Then ``forget(tps)`` drops their state.
 
     A batch read just before a rebalance can still be in hand after it, so ``take`` keeps,
     per partition, only records that continue exactly where the partition stands (the rest
@@ -235,10 +237,12 @@ class OwnedPartitions:
     def __init__(
         self,
         resume_at: Callable[[TopicPartition, int | None], int | None],
-        release: Callable[[list[TopicPartition]], None],
+        release: Callable[[list[TopicPartition]], Offsets],
+        forget: Callable[[list[TopicPartition]], None],
     ) -> None:
         self._resume_at = resume_at
         self._release = release
+        self._forget = forget
         self._client: confluent_kafka.Consumer | None = None
         self.next: dict[TopicPartition, int] = {}
 
@@ -275,7 +279,13 @@ class OwnedPartitions:
         client.assign(partitions)
 
     def _on_revoke(self, client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
-        self._release(partitions)
+        try:
+            offsets = self._release(partitions)
+            if offsets:
+                client.commit(offsets=offset_list(offsets), asynchronous=False)
+        except Exception:  # Redis, S3 or the broker away: the next owner replays instead
+            log.warning("could not hand over %s cleanly; their next owner replays", partitions, exc_info=True)
+        self._forget(partitions)
         for tp in partitions:
             self.next.pop(tp, None)
         client.unassign()
@@ -311,6 +321,14 @@ class OwnedPartitions:
             )
             return True
         return False
+
+
+Offsets = dict[TopicPartition, int]  # the next offset to read, per partition
+
+
+def offset_list(offsets: Offsets) -> list[TopicPartition]:
+    """The form librdkafka's commit takes."""
+    return [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
 
 
 def high_watermark(client: confluent_kafka.Consumer, tp: TopicPartition) -> int | None:

@@ -17,13 +17,13 @@ from collections.abc import Callable
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from fraudcore.kafka import Record, consume_ready, record_lag
+from fraudcore.kafka import Offsets, Record, consume_ready, offset_list, record_lag
 
 log = logging.getLogger(__name__)
 
 Records = list[Record]  # across partitions, in the order they were read
 # What a handler asks to commit: the next offset to read per partition.
-Commit = dict[TopicPartition, int]
+Commit = Offsets
 
 
 def stop_on_signals() -> threading.Event:
@@ -146,13 +146,9 @@ def _commit(consumer: confluent_kafka.Consumer, offsets: Commit | None, *, wait:
     elif offsets is None:
         consumer.commit(asynchronous=True)
     elif offsets and wait:
-        consumer.commit(offsets=commit_list(offsets), asynchronous=False)
+        consumer.commit(offsets=offset_list(offsets), asynchronous=False)
     elif offsets:
-        consumer.commit(offsets=commit_list(offsets), asynchronous=True)
-
-
-def commit_list(offsets: Commit) -> list[TopicPartition]:
-    return [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        consumer.commit(offsets=offset_list(offsets), asynchronous=True)
 
 
 def commit_now(consumer: confluent_kafka.Consumer, offsets: Commit | None = None) -> None:

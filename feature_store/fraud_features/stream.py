@@ -41,7 +41,6 @@ runs them in order:
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any, cast
@@ -66,7 +65,6 @@ from fraudcore.settings import Settings
 __all__ = ["CardHistory", "FeatureJob", "PartitionState"]
 
 COMPONENT = "feature-job"
-log = logging.getLogger(__name__)
 
 EVENTS = Counter("feature_job_events", "Events applied by the feature job", ["kind"])
 BATCH_SECONDS = Histogram(
@@ -107,7 +105,7 @@ class FeatureJob:
         self.feature_log = FeatureLog(settings)
         self.batch_records = batch_records
         self.partitions: dict[TopicPartition, PartitionState] = {}
-        self.owned = OwnedPartitions(self._resume_at, self._release)
+        self.owned = OwnedPartitions(self._resume_at, self._release, self._forget)
         self.last_checkpoint = time.monotonic()
         self.consumer: confluent_kafka.Consumer | None = None
         self.processed = 0
@@ -123,16 +121,12 @@ class FeatureJob:
         self.partitions[tp] = state
         return state.next_offset if state.next_offset is not None else committed
 
-    def _release(self, revoked: list[TopicPartition]) -> None:
-        """Checkpoint and commit before partitions move, so their next owner resumes where
-        this replica stopped. Should that fail, it resumes from the last checkpoint instead
-        (at-least-once either way)."""
-        try:
-            offsets = self.checkpoint()
-            if offsets and self.consumer is not None:
-                commit_now(self.consumer, offsets)
-        except Exception:
-            log.warning("could not checkpoint revoked partitions; their next owner replays", exc_info=True)
+    def _release(self, _revoked: list[TopicPartition]) -> Commit:
+        """Before partitions move: checkpoint, so their next owner resumes where this
+        replica stopped (OwnedPartitions commits what this returns)."""
+        return self.checkpoint()
+
+    def _forget(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.partitions.pop(tp, None)
 

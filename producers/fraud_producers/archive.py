@@ -17,7 +17,6 @@ write and the commit just rewrites the same objects.
 from __future__ import annotations
 
 import io
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,8 +35,6 @@ from fraudcore.kafka import OwnedPartitions, Record
 from fraudcore.service import Commit, Records, commit_now, consume_loop
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
-
-log = logging.getLogger(__name__)
 
 RECORDS_WRITTEN = Counter("archiver_records_written", "Records made durable in the archive", ["kind"])
 OBJECTS_WRITTEN = Counter(
@@ -161,7 +158,7 @@ class Archiver:
         self.prefix = f"{prefix.strip('/')}/" if prefix else ""
         self.kinds = {settings.topics.transactions.name: TRANSACTIONS, settings.topics.labels.name: LABELS}
         self.blocks: dict[TopicPartition, Block] = {}
-        self.owned = OwnedPartitions(self._resume_at, self._release)
+        self.owned = OwnedPartitions(self._resume_at, self._release, self._forget)
         self.consumer: confluent_kafka.Consumer | None = None
         self.written = 0
 
@@ -170,15 +167,14 @@ class Archiver:
         """The start of the block holding the committed offset (its objects are rewritten whole)."""
         return None if committed is None else (committed // self.block_size) * self.block_size
 
-    def _release(self, revoked: list[TopicPartition]) -> None:
-        """Write out what the revoked partitions' blocks hold and commit, before they move.
-        Should that fail, their next owner reads the records again (never a loss)."""
-        try:
-            offsets = self._flush([tp for tp in revoked if tp in self.blocks], force=True)
-            if offsets and self.consumer is not None:
-                commit_now(self.consumer, offsets)
-        except Exception:
-            log.warning("could not flush revoked partitions; their next owner rereads", exc_info=True)
+    def _release(self, revoked: list[TopicPartition]) -> Commit:
+        """Before partitions move: write out what their blocks hold (OwnedPartitions commits
+        what this returns)."""
+        return self._flush([tp for tp in revoked if tp in self.blocks], force=True)
+
+    def _forget(self, revoked: list[TopicPartition]) -> None:
+        # Unflushed records are simply dropped: they were never committed, so whoever owns
+        # the partition next reads them again from the start of their block.
         for tp in revoked:
             self.blocks.pop(tp, None)
 

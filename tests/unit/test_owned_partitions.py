@@ -19,6 +19,7 @@ class FakeClient:
         self.high = high
         self.assigned: list[TopicPartition] = []
         self.unassigned = False
+        self.commits: list[list[tuple[int, int]]] = []
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         return [
@@ -35,18 +36,32 @@ class FakeClient:
     def unassign(self) -> None:
         self.unassigned = True
 
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert not asynchronous  # a handover waits for its commit
+        self.commits.append([(tp.partition, tp.offset) for tp in offsets])
+
 
 def records(partition: int, offsets: range) -> list[Record]:
     return [Record("tx", partition, o, b"k", b"v", 0) for o in offsets]
 
 
-def owned(resume: dict[int, int | None] | None = None) -> tuple[OwnedPartitions, list[Any]]:
-    released: list[Any] = []
+def owned(
+    resume: dict[int, int | None] | None = None, hand_over: dict[TopicPartition, int] | None = None
+) -> tuple[OwnedPartitions, list[Any]]:
+    """The object under test, and a log of the component's release and forget calls."""
+    calls: list[Any] = []
 
     def resume_at(tp: TopicPartition, committed: int | None) -> int | None:
         return (resume or {}).get(tp.partition, committed)
 
-    return OwnedPartitions(resume_at, released.append), released
+    def release(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        calls.append(("release", tps))
+        return hand_over or {}
+
+    def forget(tps: list[TopicPartition]) -> None:
+        calls.append(("forget", tps))
+
+    return OwnedPartitions(resume_at, release, forget), calls
 
 
 def test_a_partition_starts_where_the_component_says_else_at_its_committed_offset_else_the_beginning() -> (
@@ -80,15 +95,33 @@ def test_records_continue_exactly_where_the_partition_stands() -> None:
     assert parts.take(records(0, range(10, 16))) == {}  # replayed from before: all handled
 
 
-def test_records_of_a_revoked_partition_are_left_to_its_new_owner() -> None:
-    parts, released = owned()
+def test_a_revoked_partition_is_handed_over_and_its_records_in_hand_left_to_its_new_owner() -> None:
+    tx0 = TopicPartition("tx", 0)
+    parts, calls = owned(hand_over={tx0: 3})
     client = FakeClient(committed={0: 0})
-    parts._on_assign(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    parts._on_assign(client, [tx0])  # type: ignore[arg-type]
     in_hand = records(0, range(0, 5))
-    parts._on_revoke(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
-    assert released == [[TopicPartition("tx", 0)]]
+    parts._on_revoke(client, [tx0])  # type: ignore[arg-type]
+    assert calls == [("release", [tx0]), ("forget", [tx0])]
+    assert client.commits == [[(0, 3)]]
     assert client.unassigned
     assert parts.take(in_hand) == {}
+
+
+def test_a_failed_handover_still_forgets_the_partitions() -> None:
+    tx0 = TopicPartition("tx", 0)
+    forgotten: list[Any] = []
+
+    def release(_tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        raise ConnectionError("redis away")
+
+    parts = OwnedPartitions(lambda _tp, committed: committed, release, forgotten.append)
+    client = FakeClient(committed={0: 0})
+    parts._on_assign(client, [tx0])  # type: ignore[arg-type]
+    parts._on_revoke(client, [tx0])  # type: ignore[arg-type]
+    assert forgotten == [[tx0]]
+    assert client.commits == []
+    assert client.unassigned
 
 
 def test_a_position_past_the_partitions_end_reads_it_from_the_beginning() -> None:
