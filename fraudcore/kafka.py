@@ -282,7 +282,7 @@ class OwnedPartitions:
         try:
             offsets = self._release(partitions)
             if offsets:
-                client.commit(offsets=offset_list(offsets), asynchronous=False)
+                commit(client, offsets, wait=True)
         except Exception:  # Redis, S3 or the broker away: the next owner replays instead
             log.warning("could not hand over %s cleanly; their next owner replays", partitions, exc_info=True)
         self._forget(partitions)
@@ -329,6 +329,25 @@ Offsets = dict[TopicPartition, int]  # the next offset to read, per partition
 def offset_list(offsets: Offsets) -> list[TopicPartition]:
     """The form librdkafka's commit takes."""
     return [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+
+
+def commit(consumer: confluent_kafka.Consumer, offsets: Offsets | None, *, wait: bool = False) -> None:
+    """Commit ``offsets`` (None: every position read so far), waiting for it or not."""
+    if offsets is None and wait:
+        consumer.commit(asynchronous=False)
+    elif offsets is None:
+        consumer.commit(asynchronous=True)
+    elif offsets and wait:
+        consumer.commit(offsets=offset_list(offsets), asynchronous=False)
+    elif offsets:
+        consumer.commit(offsets=offset_list(offsets), asynchronous=True)
+
+
+def commit_now(consumer: confluent_kafka.Consumer, offsets: Offsets | None = None) -> None:
+    """Offsets and wait for it (on the way out, or before partitions move to another member).
+    Nothing consumed means nothing to commit, which librdkafka reports as an error."""
+    with contextlib.suppress(confluent_kafka.KafkaException):
+        commit(consumer, offsets, wait=True)
 
 
 def high_watermark(client: confluent_kafka.Consumer, tp: TopicPartition) -> int | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from fraudcore.kafka import Offsets, Record, consume_ready, offset_list, record_lag
+from fraudcore.kafka import Offsets, Record, commit, commit_now, consume_ready, record_lag
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class PendingCommits:
 
     def send(self, *, wait: bool) -> None:
         if self.positions:
-            _commit(self.consumer, None, wait=wait)
+            commit(self.consumer, None, wait=wait)
         elif self.offsets:
-            _commit(self.consumer, self.offsets, wait=wait)
+            commit(self.consumer, self.offsets, wait=wait)
         self.forget()
         self.sent_at = time.monotonic()
 
@@ -138,21 +138,3 @@ def consume_loop(
     with contextlib.suppress(confluent_kafka.KafkaException):  # nothing read: nothing to commit
         pending.send(wait=True)
     return handled
-
-
-def _commit(consumer: confluent_kafka.Consumer, offsets: Commit | None, *, wait: bool = False) -> None:
-    if offsets is None and wait:
-        consumer.commit(asynchronous=False)
-    elif offsets is None:
-        consumer.commit(asynchronous=True)
-    elif offsets and wait:
-        consumer.commit(offsets=offset_list(offsets), asynchronous=False)
-    elif offsets:
-        consumer.commit(offsets=offset_list(offsets), asynchronous=True)
-
-
-def commit_now(consumer: confluent_kafka.Consumer, offsets: Commit | None = None) -> None:
-    """Commit and wait for it (on the way out, or before partitions move to another member).
-    Nothing consumed means nothing to commit, which librdkafka reports as an error."""
-    with contextlib.suppress(confluent_kafka.KafkaException):
-        _commit(consumer, offsets, wait=True)

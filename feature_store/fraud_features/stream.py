@@ -58,8 +58,8 @@ from fraud_features.feature_log import FeatureLog
 from fraud_features.redis_keys import RedisKeys
 from fraud_features.terminals import Increment, TerminalCounters
 from fraud_features.watermarks import Progress, Watermark
-from fraudcore.kafka import OwnedPartitions, Record
-from fraudcore.service import Commit, Records, commit_now, consume_loop
+from fraudcore.kafka import OwnedPartitions, Record, commit_now
+from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
 
 __all__ = ["CardHistory", "FeatureJob", "PartitionState"]

@@ -31,8 +31,8 @@ from confluent_kafka import TopicPartition
 from minio import Minio
 from prometheus_client import Counter, Histogram
 
-from fraudcore.kafka import OwnedPartitions, Record
-from fraudcore.service import Commit, Records, commit_now, consume_loop
+from fraudcore.kafka import OwnedPartitions, Record, commit_now
+from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
 
