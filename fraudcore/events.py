@@ -16,6 +16,7 @@ from functools import cache
 from importlib import resources
 from typing import Annotated, Any
 
+import fastjsonschema
 import orjson
 import pycountry
 from jsonschema import Draft202012Validator
@@ -80,6 +81,13 @@ class Validated:
 def schema_text(kind: EventKind, fmt: str = "json") -> str:
     suffix = "json" if fmt == "json" else "avsc"
     return (resources.files("fraudcore") / "schemas" / f"{kind.value}.v{SCHEMA_VERSION}.{suffix}").read_text()
+
+
+@cache
+def _conforms(kind: EventKind) -> Any:
+    """The contract compiled to Python (fastjsonschema): a valid event passes in microseconds;
+    only an invalid one goes through jsonschema, which names each field at fault."""
+    return fastjsonschema.compile(orjson.loads(schema_text(kind)))
 
 
 @cache
@@ -174,7 +182,11 @@ def validate_object(kind: EventKind, event: Any) -> list[Problem]:
     if not isinstance(event, dict):
         got = _JSON_TYPE_NAMES.get(type(event), type(event).__name__)
         return [Problem("payload", f"must be a JSON object, got {got}")]
-    problems = [_describe(e) for e in _validator(kind).iter_errors(event)]
+    try:
+        _conforms(kind)(event)
+        problems = []
+    except fastjsonschema.JsonSchemaException:
+        problems = [_describe(e) for e in _validator(kind).iter_errors(event)]
     problems.extend(_semantic_problems(kind, event))
     return sorted(set(problems), key=lambda p: (p.field, p.message))
 

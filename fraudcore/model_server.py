@@ -12,6 +12,11 @@ with the few things this platform changes about them.
 * ``--event-loop auto`` (the default) or ``uvloop`` really runs the servers on uvloop:
   KServe passes the choice to uvicorn only, while its own ``asyncio.run`` would start the
   standard loop.
+* ``POST /v1/models/<name>:predict`` (where KafkaSource delivers its CloudEvents) takes a
+  lean lane: a plain ASGI handler in front of FastAPI's router runs the same steps as
+  KServe's V1 endpoint (model ready, decode, infer, encode) on the same data plane, with the
+  same exception handlers, without the router, dependency solving and per-request
+  middleware around it. Every other route is KServe's, unchanged.
 * ``kill -USR1 <pid>`` prints every thread's stack.
 """
 
@@ -22,6 +27,7 @@ import asyncio
 import faulthandler
 import gc
 import logging
+import re
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +38,10 @@ from kserve.model_server import app
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.utils.utils import strtobool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +112,81 @@ def _drop_latency_log_middleware() -> None:
         app.middleware_stack = None
 
 
+V1_PREDICT = re.compile(r"/v1/models/([^/:]+):predict")
+
+
+class V1PredictLane:
+    """``POST /v1/models/<name>:predict`` handled as KServe's ``V1Endpoints.predict`` does it,
+    as plain ASGI (see the module's docstring); anything else goes on to the app."""
+
+    def __init__(self, app: ASGIApp, dataplane: DataPlane) -> None:
+        self.app = app
+        self.dataplane = dataplane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = V1_PREDICT.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if match is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self._predict(match.group(1), scope, receive)
+        except Exception as exc:
+            response = await self._handled(exc, scope, receive)
+        await response(scope, receive, send)
+
+    async def _predict(self, model_name: str, scope: Scope, receive: Receive) -> Response:
+        from fastapi.responses import ORJSONResponse  # what KServe's endpoint answers with
+        from kserve.errors import ModelNotReady
+
+        if not await self.dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        body = await _body(receive)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request, attributes = self.dataplane.decode(body=body, headers=headers)
+        result, response_headers = await self.dataplane.infer(
+            model_name=model_name, request=request, headers=headers
+        )
+        result, encoded_headers = self.dataplane.encode(
+            model_name=model_name, response=result, headers=headers, req_attributes=attributes
+        )
+        response_headers.update(encoded_headers)
+        response_headers.pop("content-length", None)
+        if isinstance(result, bytes | str):
+            return Response(content=result, headers=response_headers)
+        return ORJSONResponse(content=result, headers=response_headers)
+
+    @staticmethod
+    async def _handled(exc: Exception, scope: Scope, receive: Receive) -> Response:
+        """The answer KServe's exception handlers give (most specific class first)."""
+        for cls in type(exc).__mro__:
+            handler = app.exception_handlers.get(cls)
+            if handler is not None:
+                answer = await handler(Request(scope, receive), exc)
+                assert isinstance(answer, Response)
+                return answer
+        raise exc
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("the client went away before its request body arrived")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _add_v1_predict_lane(dataplane: DataPlane) -> Callable[[], None]:
+    def install() -> None:
+        if not any(m.cls is V1PredictLane for m in app.user_middleware):
+            app.user_middleware.insert(0, Middleware(V1PredictLane, dataplane=dataplane))
+            app.middleware_stack = None  # rebuilt on the next call, as for the timing middleware
+
+    return install
+
+
 def _freeze_after_startup() -> None:
     tune_gc()
     log.info("gc frozen: %d objects in the permanent generation", gc.get_freeze_count())
@@ -161,6 +246,7 @@ def model_server_for(args: argparse.Namespace) -> ModelServer:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if not args.enable_latency_logging:
         app.router.on_startup.append(_drop_latency_log_middleware)
+    app.router.on_startup.append(_add_v1_predict_lane(server.dataplane))
     app.router.on_startup.append(_freeze_after_startup)  # again, once routes and server exist
     tune_gc()
     return server

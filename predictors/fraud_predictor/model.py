@@ -220,12 +220,14 @@ class FraudPredictor(Model):
         outputs = []
         for name in wanted:
             array = np.ascontiguousarray(results[name])
-            # An array: KServe encodes it once, as JSON or binary as the request asked.
-            outputs.append(
-                InferOutput(
-                    name=name, shape=list(array.shape), datatype=from_np_dtype(array.dtype), data=array
-                )
-            )
+            shape, datatype = list(array.shape), from_np_dtype(array.dtype)
+            if payload.use_binary_outputs:
+                # Raw bytes now: KServe's gRPC encoder tests an array's truth value otherwise.
+                output = InferOutput(name=name, shape=shape, datatype=datatype)
+                output.set_data_from_numpy(array, binary_data=True)
+            else:  # an array: KServe encodes it once, as JSON
+                output = InferOutput(name=name, shape=shape, datatype=datatype, data=array)
+            outputs.append(output)
         # The version also as a parameter: KServe's REST client drops `model_version`.
         parameters: dict[str, Any] = {VERSION_PARAMETER: model.version}
         if to_http_parameters(payload.parameters or {}).get(MODEL_INFO_PARAMETER) is True:

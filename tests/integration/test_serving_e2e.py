@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -151,6 +152,30 @@ def test_v1_batch_scores_equal_onnxruntime_and_decisions_are_published(served: S
     for record in records:
         assert validate(EventKind.DECISION, record.value).ok
         assert record.key.decode() == json.loads(record.value)["transaction_id"]
+
+
+def test_over_grpc_the_rows_travel_as_raw_tensors_and_score_the_same(served: Served, tmp_path: Path) -> None:
+    """The platform's own wiring: transformer to predictor over gRPC (raw tensor bytes both
+    ways), next to this module's REST transformer; same scores, same decisions."""
+    grpc = transformer(
+        served.settings,
+        f"127.0.0.1:{served.predictor.grpc_port}",
+        tmp_path / "transformer-grpc.log",
+        ["--predictor_protocol", "grpc-v2"],
+    )
+    try:
+        grpc.wait_ready()
+        txns = [served.txn(i) for i in range(4)] + [served.txn(9, card_id="C-unknown")]
+        response = httpx.post(f"{grpc.url}{PREDICT}", json={"instances": txns}, timeout=10)
+        assert response.status_code == 200, response.text
+        decisions = response.json()["predictions"]
+        for decision, txn in zip(decisions, txns, strict=True):
+            _check_decision(served, decision, txn, fallback=txn["card_id"] == "C-unknown")
+        over_rest = served.client.post(PREDICT, json={"instances": txns}).json()["predictions"]
+        assert [d["score"] for d in decisions] == pytest.approx([d["score"] for d in over_rest], abs=1e-6)
+        assert [d["reasons"] for d in decisions] == [d["reasons"] for d in over_rest]
+    finally:
+        grpc.stop()
 
 
 def test_v2_bytes_tensor(served: Served) -> None:

@@ -159,3 +159,48 @@ def test_avro_schema_matches_json_schema(kind: EventKind, event: dict) -> None:
 def test_labels_are_never_inside_a_transaction() -> None:
     properties = json.loads(schema_text(EventKind.TRANSACTION))["properties"]
     assert not {"is_fraud", "label", "fraud", "scenario"} & set(properties)
+
+
+# The compiled contract (fastjsonschema) is the fast path; jsonschema is the reference. An
+# event the fast path accepts must satisfy the reference too (the reverse only costs time:
+# a fast-path rejection is re-checked by jsonschema).
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=70),
+    st.sampled_from(["", "EUR", "decline", "2026-03-01T12:00:00Z", "x" * 200]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["feature", "contribution", "x"]), st.floats(allow_nan=False), max_size=3
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "event"),
+    [
+        (EventKind.TRANSACTION, VALID_TRANSACTION),
+        (EventKind.FRAUD_LABEL, VALID_LABEL),
+        (EventKind.DECISION, VALID_DECISION),
+    ],
+)
+@given(data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_the_compiled_contract_accepts_nothing_the_reference_rejects(
+    kind: EventKind, event: dict, data: st.DataObject
+) -> None:
+    from fraudcore.events import _conforms, _validator
+
+    changed = dict(event)
+    for name in data.draw(st.lists(st.sampled_from([*event, "extra"]), max_size=3, unique=True)):
+        if data.draw(st.booleans()):
+            changed.pop(name, None)
+        else:
+            changed[name] = data.draw(_FIELD_VALUES)
+    try:
+        _conforms(kind)(changed)
+    except Exception:
+        return  # rejected by the fast path: jsonschema decides (and explains)
+    assert not list(_validator(kind).iter_errors(changed)), changed

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 from kserve import Model
+from kserve.constants.constants import PredictorProtocol
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import (
     InferInput,
@@ -36,7 +37,7 @@ from kserve.protocol.infer_type import (
 from fraud_transformer.coalesce import Coalescer
 from fraud_transformer.inputs import V2, Batch, extract, validate_batch
 from fraud_transformer.metrics import DECISIONS, E2E_LATENCY, ERRORS
-from fraud_transformer.online import Features, OnlineFeatures, feature_store, refresh_registry_every
+from fraud_transformer.online import Features, OnlineFeatures, feature_store, refresh_every
 from fraud_transformer.publish import DecisionPublisher, serving_producer
 from fraud_transformer.scoring import (
     check_features,
@@ -126,7 +127,7 @@ class FraudTransformer(Model):
             self._features = OnlineFeatures(
                 store, self.serving.feature_timeout_ms / 1000, self.serving.coalesce_max
             )
-            refresh_registry_every(store, REGISTRY_REFRESH_S, self._stop_refresh)
+            refresh_every(self._features.refresh, REGISTRY_REFRESH_S, self._stop_refresh)
         self._features.warm_up()
         if self._publisher is None:
             self._publisher = DecisionPublisher(
@@ -184,13 +185,14 @@ class FraudTransformer(Model):
         self, x: npt.NDArray[np.float32], info: ModelInfo | None
     ) -> tuple[npt.NDArray[np.float32], ModelInfo]:
         """Score ``x`` on the predictor; the model's info comes back with the scores."""
-        # JSON data (binary data + KServe's JSON content type = 400 at the predictor), as a
-        # list: KServe's own numpy-to-JSON conversion goes element by element.
+        # Over gRPC the array travels as raw bytes (raw_input_contents: no per-element
+        # conversion on either side). Over REST as a JSON list: binary data with KServe's JSON
+        # content type is a 400 at the predictor, and its numpy-to-JSON goes element by element.
         tensor = InferInput(
             name=info.input_name if info else "input",
             shape=list(x.shape),
             datatype="FP32",
-            data=x.ravel().tolist(),
+            data=x if self._over_grpc() else x.ravel().tolist(),
         )
         outputs = [RequestedOutput(info.output_name)] if info else None
         call = InferRequest(
@@ -221,6 +223,10 @@ class FraudTransformer(Model):
             raise InferenceError(f"the predictor returned no {got.output_name!r} output")
         probabilities = np.asarray(output.as_numpy(), dtype=np.float32).reshape(len(x), -1)
         return probabilities[:, got.positive_index], got
+
+    def _over_grpc(self) -> bool:
+        config = self.predictor_config  # KServe's, known once the server is configured
+        return config is not None and config.protocol == PredictorProtocol.GRPC_V2.value
 
     async def _send(self, call: InferRequest) -> InferResponse:
         try:

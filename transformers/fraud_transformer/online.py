@@ -1,7 +1,7 @@
 """Card and terminal features from the Feast online store (Redis), in-process.
 
-One ``get_online_features_async`` call per request fetches both views for every
-transaction, within a time budget. What the store holds (see ``fraudcore.features``): each
+One read of Feast's online store per view fetches every transaction's values, within a time
+budget (see ``OnlineFeatures``). What the store holds (see ``fraudcore.features``): each
 card's state after its latest transaction, and each terminal's values for a UTC day.
 
 Fallback, per transaction: an unknown card (never seen, or its state older than the view's
@@ -18,14 +18,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from feast import FeatureStore
+from feast import FeatureStore, FeatureView
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from fraud_transformer.coalesce import Coalescer
 from fraud_transformer.metrics import ERRORS, FEATURE_LOOKUP
@@ -38,6 +40,7 @@ CARD_VIEW = "card_features"
 TERMINAL_VIEW = "terminal_features"
 FEATURE_REFS = [f"{CARD_VIEW}:{n}" for n in CARD_STATE] + [f"{TERMINAL_VIEW}:{n}" for n in TERMINAL_FEATURES]
 CARD_VALUES = [n for n in CARD_STATE if n != "card_last_tx_time"]
+StoreRow = tuple[datetime | None, dict[str, ValueProto] | None]  # one entity, as the store reads it
 
 
 @dataclass
@@ -88,6 +91,25 @@ class Features:
         out.terminal_known = terminal_seen
         return out
 
+    @classmethod
+    def from_rows(cls, card_rows: Sequence[StoreRow], terminal_rows: Sequence[StoreRow]) -> Features:
+        """From the online store's rows (``(event time, {feature: value})``, or no values
+        for an unknown entity), one per transaction."""
+        columns: dict[str, list[float | None]] = {}
+        for names, rows in ((CARD_STATE, card_rows), (TERMINAL_FEATURES, terminal_rows)):
+            for name in names:
+                columns[name] = [
+                    _number(values[name]) if values and name in values else None for _, values in rows
+                ]
+        return cls.from_columns(columns, len(card_rows))
+
+
+def _number(value: ValueProto) -> float | None:
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    return float(getattr(value, kind))
+
 
 def _seconds(value: Any) -> float:
     if value is None:
@@ -108,11 +130,13 @@ def feature_store(settings: Settings) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.features.repo), config=config)
 
 
-def refresh_registry_every(store: FeatureStore, interval_s: float, stop: threading.Event) -> threading.Thread:
+def refresh_every(refresh: Callable[[], None], interval_s: float, stop: threading.Event) -> threading.Thread:
+    """Run ``refresh`` (a registry re-read) every ``interval_s`` on a background thread."""
+
     def _loop() -> None:
         while not stop.wait(interval_s):
             try:
-                store.refresh_registry()
+                refresh()
             except Exception:
                 log.exception("Feast registry refresh failed; serving the cached one")
 
@@ -122,14 +146,23 @@ def refresh_registry_every(store: FeatureStore, interval_s: float, stop: threadi
 
 
 EntityIds = tuple[Sequence[str], Sequence[str]]  # one request's card ids and terminal ids
+MAX_CACHED_KEYS = 1_000_000  # entity keys kept between requests (a few hundred bytes each)
 
 
 class OnlineFeatures:
-    """Lookups of concurrent requests share one Feast call (see ``fraud_transformer.coalesce``)."""
+    """Card and terminal features through Feast's online store read path.
+
+    The feature views are resolved once (and again after each registry refresh), entity keys
+    are built once per card and terminal, and the two views are read concurrently, each in
+    one Redis pipeline: the same store reads ``get_online_features`` makes, without the
+    per-request resolution and response conversion around them. Lookups of concurrent
+    requests share one read (see ``fraud_transformer.coalesce``)."""
 
     def __init__(self, store: FeatureStore, timeout_s: float, coalesce_max: int = 512) -> None:
         self.store = store
         self.timeout_s = timeout_s
+        self._views: tuple[FeatureView, FeatureView] | None = None
+        self._keys: dict[tuple[str, str], EntityKeyProto] = {}
         self._shared: Coalescer[EntityIds, Features, Features] = Coalescer(
             self._lookup_together, Features.take, lambda ids: len(ids[0]), coalesce_max
         )
@@ -140,25 +173,57 @@ class OnlineFeatures:
         self.store.get_online_features(
             features=FEATURE_REFS, entity_rows=[{"card_id": "", "terminal_id": ""}]
         )
+        self.resolve_views()
+
+    def resolve_views(self) -> None:
+        self._views = (self.store.get_feature_view(CARD_VIEW), self.store.get_feature_view(TERMINAL_VIEW))
+
+    def refresh(self) -> None:
+        """Re-read the registry (new or changed views) and resolve the views again."""
+        self.store.refresh_registry()
+        self.resolve_views()
+
+    def _key(self, join_key: str, value: str) -> EntityKeyProto:
+        key = self._keys.get((join_key, value))
+        if key is None:
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys.clear()  # a new working set: rebuilt as cards come back
+            key = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
+            self._keys[(join_key, value)] = key
+        return key
 
     async def lookup(self, card_ids: Sequence[str], terminal_ids: Sequence[str]) -> Features:
         """Features per transaction; never raises (falls back to defaults, see above)."""
         return await self._shared.submit((card_ids, terminal_ids))
 
+    async def _read(self, cards: list[str], terminals: list[str]) -> Features:
+        if self._views is None:
+            self.resolve_views()
+        assert self._views is not None
+        card_view, terminal_view = self._views
+        provider = self.store._get_provider()  # Feast's provider: its online store's read path
+        config = self.store.config
+        # Copies of the name lists: the Redis store appends its timestamp field to the list.
+        card_rows, terminal_rows = await asyncio.gather(
+            provider.online_read_async(
+                config, card_view, [self._key("card_id", c) for c in cards], list(CARD_STATE)
+            ),
+            provider.online_read_async(
+                config,
+                terminal_view,
+                [self._key("terminal_id", t) for t in terminals],
+                list(TERMINAL_FEATURES),
+            ),
+        )
+        return Features.from_rows(card_rows, terminal_rows)
+
     async def _lookup_together(self, parts: list[EntityIds]) -> Features:
-        rows = [
-            {"card_id": c, "terminal_id": t}
-            for cards, terminals in parts
-            for c, t in zip(cards, terminals, strict=True)
-        ]
-        n = len(rows)
+        cards = [c for part_cards, _ in parts for c in part_cards]
+        terminals = [t for _, part_terminals in parts for t in part_terminals]
+        n = len(cards)
         start = time.perf_counter()
         try:
-            response = await asyncio.wait_for(
-                self.store.get_online_features_async(features=FEATURE_REFS, entity_rows=rows),
-                timeout=self.timeout_s,
-            )
-            return Features.from_columns(response.to_dict(), n)
+            return await asyncio.wait_for(self._read(cards, terminals), timeout=self.timeout_s)
         except TimeoutError:
             ERRORS.labels("feature_timeout").inc()
             log.warning("online features took over %.0f ms; using defaults", self.timeout_s * 1000)
