@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import aiohttp
 import confluent_kafka
+import uvloop
 import yaml
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
@@ -363,4 +364,4 @@ class Dispatcher:
             tracker.forget(tp.topic, tp.partition)
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:
-        asyncio.run(self.run_async(stop, idle_exit_s))
+        uvloop.run(self.run_async(stop, idle_exit_s))  # less CPU per delivery than asyncio's own loop

@@ -245,12 +245,12 @@ class FeatureJob:
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
         # Each batch has a fixed cost (Redis scripts, watermarks, an online write), so a
         # trickle of single-record batches costs far more per event than a stream does:
-        # wait up to 50 ms for 32 KiB, which keeps features fresh and batches useful.
+        # the fetch waits for 256 KiB or ``stream_max_wait_ms`` (see FeatureSettings).
         self.consumer = self.owned.consumer(
             self.settings,
             self.group,
             [self.tx_topic, self.label_topic],
-            **{"fetch.min.bytes": 32 * 1024, "fetch.wait.max.ms": 50},
+            **{"fetch.min.bytes": 256 * 1024, "fetch.wait.max.ms": self.settings.features.stream_max_wait_ms},
         )
 
         def idle() -> Commit:
