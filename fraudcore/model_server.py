@@ -140,7 +140,7 @@ class V1PredictLane:
 
         if not await self.dataplane.model_ready(model_name, True):
             raise ModelNotReady(model_name)
-        body = await _body(receive)
+        body = await Request(scope, receive).body()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request, attributes = self.dataplane.decode(body=body, headers=headers)
         result, response_headers = await self.dataplane.infer(
@@ -165,17 +165,6 @@ class V1PredictLane:
                 assert isinstance(answer, Response)
                 return answer
         raise exc
-
-
-async def _body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("the client went away before its request body arrived")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _add_v1_predict_lane(dataplane: DataPlane) -> Callable[[], None]:
