@@ -268,10 +268,11 @@ def request_features(amount: F64, t_us: I64, card: Mapping[str, F64]) -> dict[st
     }
 
 
-def model_matrix(features: Mapping[str, Any]) -> npt.NDArray[np.float32]:
-    """The model's input matrix: MODEL_FEATURES in order, float32 (what the ONNX model takes)."""
+def model_matrix(features: Mapping[str, Any], dtype: type[np.floating[Any]] = np.float32) -> npt.NDArray[Any]:
+    """The model's input matrix: MODEL_FEATURES in order, float32 (what the ONNX model takes)
+    unless ``dtype`` says otherwise."""
     return np.column_stack([np.asarray(features[name], dtype=np.float64) for name in MODEL_FEATURES]).astype(
-        np.float32
+        dtype, copy=False
     )
 
 

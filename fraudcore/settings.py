@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +93,7 @@ class MetricsPorts(BaseModel):
     dispatcher: int = 9105
     transformer: int = 9106
     predictor: int = 9107
+    model_monitor: int = 9108
 
     def items(self) -> list[tuple[str, int]]:
         return list(self.model_dump().items())
@@ -115,6 +117,22 @@ class FeatureSettings(BaseModel):
     # about this much), and each batch's fixed cost (Redis scripts, an online write) is
     # shared by more events. 50 ms: ~20 batches/s at any live rate.
     stream_max_wait_ms: int = Field(250, ge=1, le=5_000)
+
+
+class MonitorSettings(BaseModel):
+    """The model monitor: live quality from delayed labels, and drift."""
+
+    # Event days the live metrics cover (precision, recall, alert rate, AP, card precision@100).
+    window_days: int = Field(7, ge=1)
+    # A decision's truth is known once event time has passed its transaction's time plus the
+    # label delay (features.label_delay_days) plus this margin, for labels still in flight.
+    label_margin_hours: float = Field(24.0, ge=0)
+    # Decisions per model version in the drift window (PSI of each input and of the score).
+    drift_window: int = Field(5_000, ge=100)
+    # Where a monitor with no stored position starts reading fraud-scores: latest or earliest.
+    initial_offset: Literal["latest", "earliest"] = "latest"
+    # Prefix of its Redis keys (outcome counts, labels, offsets).
+    namespace: str = "monitor"
 
 
 class ServingSettings(BaseModel):
@@ -166,6 +184,7 @@ class Settings(BaseSettings):
     metrics_ports: MetricsPorts = MetricsPorts()
     features: FeatureSettings = FeatureSettings()
     serving: ServingSettings = ServingSettings()
+    monitor: MonitorSettings = MonitorSettings()
     max_event_bytes: int = 64 * 1024
     # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
     metrics_host: str = "0.0.0.0"

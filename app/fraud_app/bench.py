@@ -41,7 +41,10 @@ from fraud_app import devstack
 from fraud_app.cpu import cpu_seconds, ms_per_event, snapshot
 from fraud_app.live import DecisionMonitor
 from fraud_app.supervisor import Platform, ingest_and_serving, wait_for_backfill
+from fraud_producers.live_stream import live_start
+from fraud_producers.modes import LiveTraffic
 from fraud_producers.sim_config import SimulatorConfig
+from fraud_producers.simulator import Simulator
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings, get_settings
 from fraudcore.storage import s3_client
@@ -188,7 +191,7 @@ class Ladder:
     """What one ladder step needs: the load, the decisions read back, the processes measured."""
 
     settings: Settings
-    config: SimulatorConfig
+    traffic: LiveTraffic  # the simulated history's continuation, shared by the steps
     seconds: float
     monitor: DecisionMonitor
     pids: dict[str, int]
@@ -198,7 +201,7 @@ class Ladder:
         ports = self.settings.metrics_ports
         return [ports.quality_gate, ports.dispatcher, ports.feature_job]
 
-    def step(self, k: int, rate: float) -> dict[str, Any]:
+    def step(self, rate: float) -> dict[str, Any]:
         """Produce at ``rate`` for the step's seconds, wait for the decisions, and measure."""
         from fraud_producers.modes import seed
 
@@ -210,8 +213,8 @@ class Ladder:
             self.settings,
             rate=rate,
             duration_s=self.seconds,
-            config=self.config.model_copy(update={"seed": 100 + k}),
-            label_delay=timedelta(days=7),
+            config=self.traffic.simulator.config,
+            traffic=self.traffic,
         )
         sent = result.stats.sent
         decided = self._wait_for_decisions(before, sent)
@@ -290,16 +293,18 @@ def _hops(settings: Settings, transformers: int, acks_before: dict[float, float]
     }
 
 
-def _backfill(settings: Settings, config: SimulatorConfig) -> int:
-    """45 days of history through the platform, waited for; returns its transactions."""
+def _live_traffic(
+    settings: Settings, config: SimulatorConfig, rates: list[float], seconds: float
+) -> LiveTraffic:
+    """45 days of history through the platform, waited for, and the live traffic that
+    continues it: the ladder's steps, one after the other, stay in the simulated past."""
     from fraud_producers.modes import backfill
+    from fraud_producers.producer import EventProducer
 
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    history = backfill(
-        settings, days=45, config=config, show_progress=False, start=midnight - timedelta(days=45)
-    )
+    end = live_start(Simulator(config), sum(rates), seconds + 5, datetime.now(UTC))
+    history = backfill(settings, days=45, config=config, show_progress=False, start=end - timedelta(days=45))
     wait_for_backfill(settings, history.transactions)  # the ladder must not compete with the backfill
-    return history.transactions
+    return LiveTraffic(settings, EventProducer(settings), config, end, history=history.history)
 
 
 def run(rates: list[float], seconds: float, transformers: int, console: Console) -> dict[str, Any]:
@@ -320,7 +325,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
     monitor = None
     ingest.start(report=report)
     try:
-        _backfill(settings, config)
+        traffic = _live_traffic(settings, config, rates, seconds)
         _ensure_model(settings, console)
         serving.start(report=report)
         monitor = DecisionMonitor(settings).start()
@@ -337,10 +342,10 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         time.sleep(2)
         # The backfill went through the same producer: its burst is not the ladder's ack time.
         acks_before = histogram_buckets([settings.metrics_ports.producer], "producer_send_latency_seconds")
-        ladder = Ladder(settings, config, seconds, monitor, _platform_pids(settings, ingest, serving))
+        ladder = Ladder(settings, traffic, seconds, monitor, _platform_pids(settings, ingest, serving))
         steps: list[dict[str, Any]] = []
-        for k, rate in enumerate(rates):
-            steps.append(ladder.step(k, rate))
+        for rate in rates:
+            steps.append(ladder.step(rate))
             console.print(steps[-1], style="dim")
             if steps[-1]["lost"] or steps[-1]["errors"] or steps[-1]["ms_p99"] > BACKLOG_MS:
                 break  # past saturation: higher rates only queue up

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fraud_features.cli import app as features_app
+from fraud_monitor.cli import monitor as monitor_command
 from fraud_pipelines.cli import app as pipeline_app
 from fraud_pipelines.cli import train as pipeline_train
 from fraud_producers.cli import app as producers_app
@@ -114,13 +115,25 @@ def demo(
         None, help="Stop after this many seconds of live traffic (default: Ctrl-C)."
     ),
     rate: float = typer.Option(500, help="Live transactions per second."),
-    days: int = typer.Option(45, help="Days of simulated history to backfill and train on."),
+    days: int = typer.Option(
+        75, help="Days of simulated history to backfill and train on (30 of them warm the card windows)."
+    ),
     customers: int = typer.Option(1_000),
     terminals: int = typer.Option(2_000),
-    label_delay: str = typer.Option("30s", help="How late fraud labels arrive during the live part."),
+    label_delay: str = typer.Option(
+        "7d", help="How late fraud labels arrive, in simulated time (the history's and the features' delay)."
+    ),
     train: bool = typer.Option(True, help="Train a model first (off: serve the current champion)."),
+    json_: bool = typer.Option(
+        False,
+        "--json",
+        help="End by printing one JSON object (decision mix against the evaluation, latency, live "
+        "precision and recall) on stdout; the progress and the live view go to stderr.",
+    ),
 ) -> None:
     """The whole loop: stack, backfill, training (kfp), serving (KServe), live traffic and a live view."""
+    import json
+
     from fraud_app.demo import DemoOptions
     from fraud_app.demo import run as run_demo
 
@@ -133,8 +146,10 @@ def demo(
         label_delay=parse_duration(label_delay),
         train=train,
     )
-    snapshot = run_demo(get_settings(), options, console)
-    if snapshot.decisions == 0:
+    result = run_demo(get_settings(), options, Console(stderr=True) if json_ else console)
+    if json_:
+        print(json.dumps(result))
+    if result["decided"] == 0:
         fail("no decisions were produced")
 
 
@@ -145,6 +160,7 @@ app.command("train", help="Run the training pipeline locally (kfp local runner) 
     pipeline_train
 )
 app.add_typer(pipeline_app, name="pipeline", help="The Kubeflow pipeline: train, compile, submit, bench.")
+app.command("monitor")(monitor_command)
 
 
 def main() -> None:

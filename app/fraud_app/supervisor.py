@@ -204,6 +204,7 @@ def components(
     for sink in sinks:
         dispatch += ["--sink", sink]
     out.append(Component("dispatcher", dispatch, metrics("dispatcher")))
+    out.append(Component("model-monitor", [*cli, "monitor"], metrics("model_monitor"), s3_env(settings)))
     return out
 
 

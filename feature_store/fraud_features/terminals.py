@@ -11,7 +11,6 @@ every replica computes the same values for a day once the watermark allows it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +73,7 @@ class TerminalCounters:
         self._apply = client.register_script(APPLY_LUA)
         self._fetch = client.register_script(FETCH_LUA)
         self.cache: dict[TerminalDay, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
+        self.latest_day = -(2**62)  # the latest UTC day computed: the stream's "today"
 
     # --- counters ---------------------------------------------------------------------------
     def transaction_increment(self, tx: Transaction) -> Increment:
@@ -149,9 +149,11 @@ class TerminalCounters:
         )
 
     def _write_recent(self, terminal_days: list[TerminalDay], days: F.I64, values: dict[str, F.F64]) -> None:
-        # Only today's and yesterday's values can be read by a live transaction (the view's
-        # TTL is two days): a backfill computes older days for the feature log only.
-        recent = days >= int(time.time() // 86_400) - 1
+        # Only the stream's today and yesterday can be read by a live transaction (the view's
+        # TTL is two days). "Today" is the latest day in event time, not the wall clock's:
+        # event times may be late, replayed or simulated, and the features follow them.
+        self.latest_day = max(self.latest_day, int(days.max()))
+        recent = days >= self.latest_day - 1
         if recent.any():
             self.writer.write_terminals(
                 [m for (m, _), keep in zip(terminal_days, recent, strict=True) if keep],

@@ -17,6 +17,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from fraudcore.drift import ScoreHistogram
+
 ArrayLike = npt.ArrayLike
 
 
@@ -121,10 +123,12 @@ class Evaluation:
     card_precision_per_day_all_cards: dict[str, float]
     calibration: list[dict[str, float]]
     confusion: list[list[int]]  # [[tn, fp], [fn, tp]]
+    score_distribution: ScoreHistogram  # the alert rate at any threshold; the score's drift reference
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metrics": self.metrics,
+            "score_distribution": self.score_distribution.to_dict(),
             "card_precision_per_day": self.card_precision_per_day,
             "card_precision_per_day_all_cards": self.card_precision_per_day_all_cards,
             "calibration": self.calibration,
@@ -166,4 +170,5 @@ def evaluate(test: pd.DataFrame, scores: ArrayLike, threshold: float, k: int = 1
         card_precision_per_day_all_cards={str(d): float(v) for d, v in per_day_all.items()},
         calibration=bins,
         confusion=[[tn, fp], [fn, tp]],
+        score_distribution=ScoreHistogram.of(s, y),
     )

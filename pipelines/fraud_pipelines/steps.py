@@ -22,6 +22,7 @@ import pandas as pd
 from fraud_pipelines import data as data_mod
 from fraud_pipelines.defaults import PARITY_TOLERANCE
 from fraud_pipelines.params import DEFAULTS
+from fraudcore.drift import feature_reference
 from fraudcore.features import MODEL_FEATURES
 from fraudcore.settings import Settings, get_settings
 
@@ -124,6 +125,11 @@ def train_step(
     result = train(frame, windows, candidates=names, n_folds=folds, search=search, seed=seed, log=log)
     bundle = result.bundle()
     bundle["windows"] = info["windows"]
+    # The training window's distribution of every input: live drift is measured against it.
+    in_window = (pd.to_datetime(frame["timestamp"], utc=True) >= windows.train_start).to_numpy()
+    bundle["feature_distribution"] = feature_reference(
+        {n: frame[n].to_numpy()[in_window] for n in MODEL_FEATURES}
+    )
     joblib.dump(bundle, model_path)
     metrics: dict[str, float] = {}
     for i, row in enumerate(result.validation_table()):
@@ -233,6 +239,8 @@ def export_step(
     x = data_mod.feature_matrix(test)
     # Typical values: a server explains a score by moving each feature to its baseline.
     props["feature_baselines"] = json.dumps([round(float(v), 6) for v in np.median(x, axis=0)])
+    if bundle.get("feature_distribution"):
+        props["feature_distribution"] = json.dumps(bundle["feature_distribution"])
     model = convert(bundle["estimator"], props)
     onnx_bytes = model.SerializeToString()
     worst = check_parity(scores_of(bundle, test), onnx_scores(onnx_bytes, x), tolerance)
@@ -288,6 +296,8 @@ def model_metadata(
         "metrics": finite(evaluation["metrics"]),
         "card_precision_per_day": evaluation.get("card_precision_per_day"),
         "calibration": evaluation.get("calibration"),
+        "score_distribution": evaluation.get("score_distribution"),
+        "feature_distribution": json.loads(props.get("feature_distribution") or "{}"),
         "data_window": json.loads(props.get("data_window", "{}")),
         "dataset": {k: dataset_info.get(k) for k in _DATASET_FIELDS},
         "code_revision": props.get("code_revision", "unknown"),

@@ -3,7 +3,7 @@ user's file, the quality gate and the archiver. The ``fraud`` command mounts the
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +34,53 @@ def _report(result: Any) -> None:
         raise typer.Exit(1)
 
 
+def _date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError:
+        raise typer.BadParameter(f"{option} {value!r}: use a date, e.g. 2025-01-31") from None
+
+
 @app.command()
 def seed(
-    rate: float = typer.Option(500, help="Transactions per second (event time = now)."),
+    rate: float = typer.Option(500, help="Transactions per second (wall clock)."),
     duration: float = typer.Option(None, help="Stop after this many seconds (default: run until Ctrl-C)."),
-    label_delay: str = typer.Option("7d", help="When a fraud's label arrives after it (e.g. 7d, 60s)."),
+    start: str = typer.Option(
+        None,
+        help="Simulated date the stream starts at, where a `backfill --end` history ends "
+        "(default: early enough that the duration, or an hour, stays in the past).",
+    ),
+    label_delay: str = typer.Option("7d", help="When a fraud's label arrives after it, in simulated time."),
     topic: str = typer.Option(None, help="Target topic (default: the ingress topic the quality gate reads)."),
-    seed_: int = typer.Option(0, "--seed", help="Random seed."),
+    seed_: int = typer.Option(0, "--seed", help="Random seed (the population: use the backfill's)."),
     customers: int = typer.Option(5_000),
     terminals: int = typer.Option(10_000),
 ) -> None:
-    """Live simulated traffic with labelled fraud scenarios, at a steady rate."""
+    """Live simulated traffic with labelled fraud scenarios, at a steady rate.
+
+    The stream is the simulated population's future: each card transacts as in the history
+    (a few times a simulated day), so the rate sets how fast the simulated clock runs, printed
+    at the start. Event times are simulated and never ahead of the present."""
+    from fraud_producers.live_stream import live_start, speed_up
     from fraud_producers.modes import seed as run_seed
+    from fraud_producers.simulator import Simulator
 
     start_component(get_settings(), "producer")
+    config = _sim_config(seed_, customers, terminals, False)
+    simulator = Simulator(config)
+    begin = _date(start, "--start") or live_start(simulator, rate, duration or 3600.0, datetime.now(UTC))
+    console.print(
+        f"simulated clock from {begin:%Y-%m-%d}: 1 s = {speed_up(simulator, rate) / 60:,.1f} simulated minutes"
+    )
     result = run_seed(
         get_settings(),
         rate=rate,
         duration_s=duration,
+        start=begin,
         label_delay=parse_duration(label_delay),
-        config=_sim_config(seed_, customers, terminals, False),
+        config=config,
         topic=topic,
     )
     _report(result)
@@ -61,7 +88,8 @@ def seed(
 
 @app.command()
 def backfill(
-    days: int = typer.Option(30, help="Days of history, ending today."),
+    days: int = typer.Option(30, help="Days of history."),
+    end: str = typer.Option(None, help="Date the history ends at (default: today, UTC)."),
     label_delay: str = typer.Option("7d", help="Delay between a fraud and its label."),
     topic: str = typer.Option(None, help="Target topic (default: the ingress topic the quality gate reads)."),
     seed_: int = typer.Option(0, "--seed", help="Random seed."),
@@ -72,9 +100,11 @@ def backfill(
     """N days of simulated history as fast as possible (labels first: they are known by now)."""
     from fraud_producers.modes import backfill as run_backfill
 
+    last = _date(end, "--end")
     result = run_backfill(
         get_settings(),
         days=days,
+        start=last - timedelta(days=days) if last else None,
         label_delay=parse_duration(label_delay),
         topic=topic,
         config=_sim_config(seed_, customers, terminals, handbook_only),

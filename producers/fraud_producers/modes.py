@@ -8,21 +8,23 @@ label delay, as chargebacks do.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fraud_producers.encoding import label_events, labels, to_event_bytes
-from fraud_producers.live_stream import iter_live
+from fraud_producers.live_stream import iter_live, live_start, speed_up
 from fraud_producers.producer import EventProducer, Message, SendStats, send_paced
 from fraud_producers.replay import ColumnMapping, load_replay, rebase
 from fraud_producers.sim_config import SimulatorConfig
-from fraud_producers.simulator import Simulator
+from fraud_producers.simulator import SimulatedBatch, Simulator, as_utc
 from fraudcore.settings import Settings
 
 
@@ -31,6 +33,7 @@ class ModeResult:
     transactions: int
     labels: int
     stats: SendStats
+    history: SimulatedBatch | None = None  # the simulated batch a backfill sent
 
 
 def _progress() -> Progress:
@@ -83,26 +86,28 @@ def backfill(
     show_progress: bool = True,
     producer: EventProducer | None = None,
 ) -> ModeResult:
-    """N days of history as fast as possible, event-time stamped, ending now.
+    """N days of history as fast as possible, event-time stamped, from ``start`` (default: so
+    that it ends at today's midnight, UTC).
 
-    The labels of the history are known by now, so they go out first: a consumer that
-    applies labels by the time they were reported then sees the same history as it would
-    have live.
+    The labels reported by the end of the history (and not after now) go out first: a
+    consumer that applies labels by the time they were reported then sees the same history
+    as it would have live. The later ones belong to the live stream that continues the
+    history (``seed`` with ``history``), which sends them when its clock reaches them.
     """
     start = start or (datetime.now(UTC) - timedelta(days=days)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
     batch = Simulator(config).generate(start, days)
-    now = datetime.now(UTC)
+    known_by = min(pd.Timestamp(datetime.now(UTC)), pd.Timestamp(start + timedelta(days=days)))
     chargebacks = labels(batch, delay=label_delay)
-    chargebacks = chargebacks[chargebacks["reported_at"] <= pd.Timestamp(now)]
+    chargebacks = chargebacks[chargebacks["reported_at"] <= known_by]
     producer = producer or EventProducer(settings)
     n_labels = _send_labels(producer, settings, chargebacks)
     producer.flush()
     stats = _send_with_progress(
         producer, topic or settings.topics.raw.name, batch.transactions, None, "backfill", show_progress
     )
-    return ModeResult(len(batch.transactions), n_labels, stats)
+    return ModeResult(len(batch.transactions), n_labels, stats, history=batch)
 
 
 def replay(
@@ -139,46 +144,98 @@ def replay(
     return ModeResult(len(frame), n_labels, stats)
 
 
+class LiveTraffic:
+    """The simulator's live stream as Kafka messages: transactions, with each fraud's label
+    sent when the simulated clock reaches its ``reported_at``.
+
+    The stream continues ``history`` (if given) from ``start``; its history's labels that
+    were not known yet when it ended come out on time too. It never sends an event from the
+    future: it stops when the simulated clock reaches the present. One object can feed
+    several paced runs in turn (a benchmark's steps): each picks up where the last stopped.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: EventProducer,
+        config: SimulatorConfig,
+        start: datetime,
+        *,
+        history: SimulatedBatch | None = None,
+        label_delay: timedelta = timedelta(days=7),
+    ) -> None:
+        self.settings, self.producer, self.label_delay = settings, producer, label_delay
+        self.simulator = Simulator(config)
+        self.labels_sent = 0
+        self.clock: pd.Timestamp | None = None  # the event time of the latest transaction sent
+        self.reached_present = False
+        self._pending: list[tuple[int, int, bytes, bytes]] = []  # (due ns, tie-break, key, value)
+        self._order = itertools.count()
+        if history is not None:
+            self._schedule(labels(history, delay=label_delay), after=pd.Timestamp(as_utc(start)))
+        self._messages = self._stream(as_utc(start), history)
+
+    def speed_up(self, rate: float) -> float:
+        return speed_up(self.simulator, rate)
+
+    def messages(self) -> Iterator[Message]:
+        return self._messages
+
+    def _schedule(self, chargebacks: pd.DataFrame, after: pd.Timestamp | None = None) -> None:
+        if after is not None:
+            chargebacks = chargebacks[chargebacks["reported_at"] > after]
+        due = chargebacks["reported_at"].to_numpy(dtype="datetime64[ns]").astype(np.int64).tolist()
+        for when, event in zip(due, label_events(chargebacks), strict=True):
+            entry = (when, next(self._order), event["card_id"].encode(), orjson.dumps(event))
+            heapq.heappush(self._pending, entry)
+
+    def _stream(self, start: datetime, history: SimulatedBatch | None) -> Iterator[Message]:
+        topic = self.settings.topics.labels.name
+        for frame in iter_live(self.simulator, start, history=history):
+            self._schedule(labels(frame[frame["is_fraud"] == 1], delay=self.label_delay))
+            stamps = frame["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64).tolist()
+            present = pd.Timestamp.now(tz="UTC").value
+            for when, message in zip(stamps, _messages(frame), strict=True):
+                while self._pending and self._pending[0][0] <= when:
+                    _, _, key, value = heapq.heappop(self._pending)
+                    self.producer.send(topic, key, value)
+                    self.labels_sent += 1
+                if when > present:
+                    self.reached_present = True
+                    return
+                self.clock = pd.Timestamp(when, tz="UTC")
+                yield message
+
+
 def seed(
     settings: Settings,
     *,
     rate: float,
     duration_s: float | None,
     config: SimulatorConfig,
+    start: datetime | None = None,
+    history: SimulatedBatch | None = None,
     label_delay: timedelta = timedelta(days=7),
     topic: str | None = None,
     producer: EventProducer | None = None,
+    traffic: LiveTraffic | None = None,
     on_slice: Callable[[int], None] | None = None,
 ) -> ModeResult:
-    """Live traffic: event time = now, a steady ``rate`` per second; labels after ``label_delay``."""
-    producer = producer or EventProducer(settings)
-    sim = Simulator(config)
-    pending: list[tuple[pd.Timestamp, int, bytes, bytes]] = []
-    sent_labels = 0
-    counter = 0
-
-    def messages() -> Iterator[Message]:
-        nonlocal sent_labels, counter
-        for frame in iter_live(sim, rate, datetime.now(UTC), slice_s=1.0):
-            now = pd.Timestamp.now(tz="UTC")
-            while pending and pending[0][0] <= now:
-                _, _, key, value = heapq.heappop(pending)
-                producer.send(settings.topics.labels.name, key, value)
-                sent_labels += 1
-            fraud = frame[frame["is_fraud"] == 1]
-            if len(fraud):
-                for event in label_events(labels(fraud, delay=label_delay)):
-                    counter += 1
-                    due = pd.Timestamp(event["reported_at"])
-                    heapq.heappush(pending, (due, counter, event["card_id"].encode(), orjson.dumps(event)))
-            yield from _messages(frame)
-
+    """Live traffic at a steady ``rate`` per second: the simulator's stream (see ``LiveTraffic``)
+    from ``start`` (default: so that ``duration_s``, or an hour, of it stays in the past), or
+    the given ``traffic`` where it stopped."""
+    producer = producer or (traffic.producer if traffic else EventProducer(settings))
+    if traffic is None:
+        if start is None:
+            start = live_start(Simulator(config), rate, duration_s or 3600.0, datetime.now(UTC))
+        traffic = LiveTraffic(settings, producer, config, start, history=history, label_delay=label_delay)
+    labels_before = traffic.labels_sent
     stats = send_paced(
         producer,
         topic or settings.topics.raw.name,
-        messages(),
+        traffic.messages(),
         rate,
         duration_s=duration_s,
         on_slice=on_slice,
     )
-    return ModeResult(stats.sent, sent_labels, stats)
+    return ModeResult(stats.sent, traffic.labels_sent - labels_before, stats)

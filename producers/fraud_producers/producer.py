@@ -79,8 +79,15 @@ class EventProducer:
         return self._children[topic]
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+        *,
+        timestamp_ms: int = 0,
     ) -> None:
+        """Queue one message; ``timestamp_ms`` (0: now) is the record's time."""
         sent, errors, latency = self._metrics(topic)
         t0 = time.perf_counter()
 
@@ -99,7 +106,12 @@ class EventProducer:
         while True:
             try:
                 self.client.produce(
-                    topic, value=value, key=key, headers=cast(Any, headers), on_delivery=report
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=cast(Any, headers),
+                    on_delivery=report,
+                    timestamp=timestamp_ms,
                 )
                 break
             except BufferError:  # the local queue is full: wait for the broker to catch up

@@ -13,7 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = "fraudcore"
-COMPONENTS = ("fraud_producers", "fraud_features", "fraud_pipelines", "fraud_predictor", "fraud_transformer")
+COMPONENTS = (
+    "fraud_producers",
+    "fraud_features",
+    "fraud_pipelines",
+    "fraud_predictor",
+    "fraud_transformer",
+    "fraud_monitor",
+)
 APP = "fraud_app"
 # Where each importable package's sources live (plus the Feast repo, which Feast imports).
 SOURCES = {
@@ -23,6 +30,7 @@ SOURCES = {
     "fraud_pipelines": [ROOT / "pipelines"],
     "fraud_predictor": [ROOT / "predictors"],
     "fraud_transformer": [ROOT / "transformers"],
+    "fraud_monitor": [ROOT / "monitoring"],
     APP: [ROOT / "app"],
 }
 # (importer, imported) pairs the architecture forbids beyond the layer order.

@@ -77,6 +77,23 @@ def test_v2_bytes_tensor_elements_are_json_transactions() -> None:
 def test_binary_cloudevent_body_is_one_transaction() -> None:
     batch = extract(TXN, CE_HEADERS)
     assert (batch.protocol, batch.raws, batch.request_id) == (CLOUDEVENT, [TXN], "3:1234")
+    assert batch.ingested_at is None
+
+
+@pytest.mark.parametrize(
+    ("time", "ingested_at"),
+    [
+        ("2026-12-05T03:44:22.123Z", "2026-12-05T03:44:22.123000+00:00"),  # Knative's RFC 3339
+        ("2026-12-05T04:44:22.5+01:00", "2026-12-05T03:44:22.500000+00:00"),
+        ("yesterday", None),  # unreadable: no latency from it, and no failed request either
+    ],
+)
+def test_the_cloudevent_time_is_when_the_transaction_was_ingested(time: str, ingested_at: str | None) -> None:
+    """The KafkaSource's ``time`` is the Kafka record's: latency runs from there, since event
+    times may be late, replayed or simulated."""
+    assert extract(TXN, {**CE_HEADERS, "ce-time": time}).ingested_at == ingested_at
+    envelope = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "time": time, "data": TXN}
+    assert extract(envelope, {"content-type": "application/cloudevents+json"}).ingested_at == ingested_at
 
 
 @pytest.mark.parametrize(
@@ -176,7 +193,7 @@ def test_model_rows_use_the_shared_request_features() -> None:
     known.values["card_last_tx_time"] = np.array([event_time_us(TXN["timestamp"]) / 1e6 - 90, np.nan])
     x = model_rows([40.0, 5.0], [event_time_us(TXN["timestamp"])] * 2, known.values)
     column = {name: x[:, i] for i, name in enumerate(MODEL_FEATURES)}
-    assert x.dtype == np.float32
+    assert x.dtype == np.float64  # exact in the decisions; the model gets float32
     assert x.shape == (2, len(MODEL_FEATURES))
     assert column["amount_over_card_mean_30d"].tolist() == [2.0, 1.0]
     assert column["seconds_since_card_last_tx"].tolist() == [90.0, NO_PREVIOUS_S]
@@ -228,6 +245,12 @@ def test_decision_event_follows_the_contract_and_its_id_is_deterministic() -> No
     )
     assert event["decision_id"] == decision_id("tx-1", "v7") != decision_id("tx-1", "v8")
     assert event["transaction_timestamp"] == "2026-03-07T01:30:00.123456+00:00"
+    assert "ingested_at" not in event  # a direct call: no record time
+    ingested = decision_event(
+        TXN, 0.91, DECLINE, "v7", reasons, True, now, "2026-03-07T01:30:00.500000+00:00"
+    )
+    assert validate(EventKind.DECISION, ingested).ok, validate(EventKind.DECISION, ingested).reason
+    assert ingested["ingested_at"] == "2026-03-07T01:30:00.500000+00:00"
 
 
 # --------------------------------------------------------------------------- features

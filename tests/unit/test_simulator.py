@@ -19,10 +19,12 @@ from fraud_producers.encoding import (
     to_event_bytes,
     to_events,
 )
-from fraud_producers.live_stream import iter_live
+from fraud_producers.live_stream import iter_live, speed_up
 from fraud_producers.sim_config import SimulatorConfig
 from fraud_producers.simulator import Scenario, SimulatedBatch, Simulator
+from fraudcore.drift import STABLE_PSI, sample_psi
 from fraudcore.events import EventKind, format_timestamp, validate
+from fraudcore.features import offline_features
 
 START = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
 MID = SimulatorConfig(seed=11, n_customers=500, n_terminals=1000)
@@ -255,25 +257,79 @@ def test_labels_only_for_fraud_with_the_delay(mid: SimulatedBatch) -> None:
     assert lag.nunique() > 1
 
 
-def test_live_stream_is_steady_deterministic_and_valid() -> None:
+def test_live_stream_is_day_by_day_deterministic_and_valid() -> None:
     sim = Simulator(SimulatorConfig(seed=9, n_customers=300, n_terminals=600))
-    start = datetime(2025, 6, 1, 12, tzinfo=UTC)
-    frames = list(itertools.islice(iter_live(sim, 200.0, start, slice_s=0.5), 400))
-    assert all(len(f) == 100 for f in frames)
+    start = datetime(2025, 6, 1, tzinfo=UTC)
+    frames = list(itertools.islice(iter_live(sim, start), 20))
+    for d, frame in enumerate(frames):
+        day = pd.Timestamp(start) + pd.Timedelta(days=d)
+        assert frame["timestamp"].is_monotonic_increasing
+        assert frame["timestamp"].min() >= day
+        assert frame["timestamp"].max() < day + pd.Timedelta(days=1)
     live = pd.concat(frames, ignore_index=True)
     assert live["transaction_id"].is_unique
-    assert (live["timestamp"].diff().dropna() == pd.Timedelta(milliseconds=5)).all()
-    assert live["timestamp"].iloc[0] == pd.Timestamp(start)
-    assert frames[1]["timestamp"].iloc[0] == pd.Timestamp(start) + pd.Timedelta(seconds=0.5)
-    # ~200 s of events at ~5.5 s per simulated day: every scenario shows up.
+    assert list(live.columns) == [*TRANSACTION_COLUMNS, "is_fraud", "scenario"]
+    # The population's daily volume, whatever rate a producer sends it at.
+    assert len(live) / 20 == pytest.approx(sim.expected_daily_transactions(), rel=0.1)
     assert set(live["scenario"].unique()) == {0, 1, 2, 3, 4, 5}
     for event in to_events(live.sample(200, random_state=0)):
         assert validate(EventKind.TRANSACTION, event).ok
-    again = pd.concat(itertools.islice(iter_live(sim, 200.0, start, slice_s=0.5), 400), ignore_index=True)
+    again = pd.concat(itertools.islice(iter_live(sim, start), 20), ignore_index=True)
     pd.testing.assert_frame_equal(live, again)
-    slow = list(itertools.islice(iter_live(sim, 0.5, start), 4))
-    assert [len(f) for f in slow] == [1, 0, 1, 0]
-    assert re.fullmatch(r"9-L20250601T120000-\d+", live["transaction_id"].iloc[0])
+    assert re.fullmatch(r"9-L20250601T000000-\d+", live["transaction_id"].iloc[0])
+    assert speed_up(sim, 500.0) == pytest.approx(500 * 86_400 / sim.expected_daily_transactions())
+
+
+def test_live_stream_carries_on_the_historys_compromises() -> None:
+    sim = Simulator(SimulatorConfig(seed=4, n_customers=400, n_terminals=400))
+    history = sim.generate(START, 20)
+    running = history.compromised_terminals
+    running = running[running["start"] > pd.Timestamp(START + timedelta(days=20 - 28))]
+    assert len(running)
+    first_day = next(iter_live(sim, START + timedelta(days=20), history=history))
+    at_running = first_day[first_day["terminal_id"].isin(running["terminal_id"])]
+    assert len(at_running)
+    assert (at_running["scenario"] <= Scenario.COMPROMISED_TERMINAL).all()
+    cold = next(iter_live(sim, START + timedelta(days=20)))
+    assert cold["is_fraud"].sum() < first_day["is_fraud"].sum()
+
+
+def test_live_traffic_has_the_historys_behaviour_and_a_compressed_clock_would_not() -> None:
+    """The live stream's features are distributed as the history's (PSI < 0.1): what the model
+    was trained and evaluated on is what it scores live, whatever the sending rate."""
+    sim = Simulator(SimulatorConfig(seed=5, n_customers=500, n_terminals=1_000))
+    history = sim.generate(START, 60)
+    live_from = START + timedelta(days=60)
+    live = pd.concat(itertools.islice(iter_live(sim, live_from, history=history), 30), ignore_index=True)
+
+    def features(frame: pd.DataFrame) -> pd.DataFrame:
+        both = pd.concat([history.transactions, frame], ignore_index=True)
+        return offline_features(both, labels(both)).iloc[len(history.transactions) :]
+
+    reference = offline_features(history.transactions, labels(history)).iloc[
+        (history.transactions["timestamp"] >= pd.Timestamp(START + timedelta(days=30))).to_numpy()
+    ]
+    served = features(live)
+    keys = [
+        "amount",
+        "card_tx_count_10m",
+        "card_tx_count_1d",
+        "card_tx_count_7d",
+        "seconds_since_card_last_tx",
+    ]
+    for name in [*keys, "is_night", "terminal_risk_7d"]:
+        assert sample_psi(reference[name], served[name]) < STABLE_PSI, name
+    recent = history.transactions[
+        history.transactions["timestamp"] >= pd.Timestamp(START + timedelta(days=30))
+    ]
+    assert live["is_fraud"].mean() == pytest.approx(recent["is_fraud"].mean(), rel=0.3)
+
+    # The old live stream packed a simulated day into daily volume / rate seconds of wall
+    # clock, stamped as event time: at 500/s the card windows fill far beyond training's.
+    day_s = sim.expected_daily_transactions() / 500
+    elapsed = live["timestamp"] - pd.Timestamp(live_from)
+    compressed = live.assign(timestamp=pd.Timestamp(live_from) + elapsed * (day_s / 86_400))
+    assert sample_psi(reference["card_tx_count_10m"], features(compressed)["card_tx_count_10m"]) > 1.0
 
 
 def test_config_is_validated() -> None:
@@ -287,3 +343,39 @@ def test_config_is_validated() -> None:
         Simulator(SimulatorConfig(n_customers=10, n_terminals=10)).generate(START, 0)
     usd = _small(currency="USD")
     assert (usd["currency"] == "USD").all()
+
+
+class _Collect:
+    """Stands in for the producer in a unit test: keeps what was sent, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes, *_: Any, **__: Any) -> None:
+        self.sent.append((topic, orjson.loads(value)))
+
+
+def test_live_traffic_sends_each_label_when_the_simulated_clock_reaches_it() -> None:
+    from fraud_producers.modes import LiveTraffic
+    from fraudcore.settings import Settings
+
+    settings = Settings()
+    config = SimulatorConfig(seed=6, n_customers=200, n_terminals=400)
+    history = Simulator(config).generate(START, 20)
+    start = START + timedelta(days=20)
+    out = _Collect()
+    traffic = LiveTraffic(settings, out, config, start, history=history)  # type: ignore[arg-type]
+    transactions = [orjson.loads(value) for _, value in itertools.islice(traffic.messages(), 8_000)]
+    clock = pd.Timestamp(transactions[-1]["timestamp"])
+    sent = [event for topic, event in out.sent if topic == settings.topics.labels.name]
+    assert sent, "no label came out"
+    reported = [pd.Timestamp(e["reported_at"]) for e in sent]
+    assert reported == sorted(reported)
+    assert max(reported) <= clock  # none ahead of the simulated clock
+    # The history's frauds whose labels were due after it ended come out live, on time.
+    late = labels(history, delay=timedelta(days=7))
+    late = late[(late["reported_at"] > pd.Timestamp(start)) & (late["reported_at"] <= clock)]
+    assert set(late["transaction_id"]) <= {e["transaction_id"] for e in sent}
+    assert len(late)
+    assert traffic.labels_sent == len(sent)
+    assert traffic.clock == clock

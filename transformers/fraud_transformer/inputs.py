@@ -22,7 +22,7 @@ from typing import Any
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
-from fraudcore.events import EventKind, validate, validate_object
+from fraudcore.events import EventKind, format_timestamp, parse_timestamp, validate, validate_object
 
 V1 = "v1"
 V2 = "v2"
@@ -37,6 +37,7 @@ class Batch:
     raws: list[Any]  # each a dict, str or bytes: one raw transaction
     where: str  # how to name item i in messages: "instances", "transactions" or ""
     request_id: str | None = None
+    ingested_at: str | None = None  # the CloudEvent's time: when the record reached Kafka
     events: list[dict[str, Any]] = field(default_factory=list)  # filled by validate_batch
 
 
@@ -66,9 +67,17 @@ def extract(payload: Any, headers: Mapping[str, str] | None) -> Batch:
         return Batch(V2, _tensor_items(payload), TRANSACTIONS_TENSOR, payload.id)
     content_type = (headers or {}).get("content-type", "").split(";")[0].strip().lower()
     if is_binary_cloudevent(headers):
-        return Batch(CLOUDEVENT, [payload], "", (headers or {}).get("ce-id"))
+        return Batch(
+            CLOUDEVENT, [payload], "", (headers or {}).get("ce-id"), _time((headers or {}).get("ce-time"))
+        )
     if isinstance(payload, dict) and _structured(payload):
-        return Batch(CLOUDEVENT, [_envelope_data(payload)], "", str(payload.get("id", "")) or None)
+        return Batch(
+            CLOUDEVENT,
+            [_envelope_data(payload)],
+            "",
+            str(payload.get("id", "")) or None,
+            _time(payload.get("time")),
+        )
     if content_type == "application/cloudevents+json":  # KServe already unwrapped `data`
         return Batch(CLOUDEVENT, [payload], "")
     if isinstance(payload, dict) and "instances" in payload:
@@ -84,6 +93,17 @@ def extract(payload: Any, headers: Mapping[str, str] | None) -> Batch:
         type(payload), type(payload).__name__
     )
     raise InvalidInput(f'payload: expected {{"instances": [...]}} or a transaction object, got {got}')
+
+
+def _time(value: Any) -> str | None:
+    """A CloudEvent ``time`` (RFC 3339) in the contract's form; None if absent or unreadable
+    (it only measures latency: a bad one never fails the request)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return format_timestamp(parse_timestamp(value))
+    except ValueError:
+        return None
 
 
 def _flatten(data: Any) -> list[Any]:

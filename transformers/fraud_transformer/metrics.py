@@ -7,7 +7,7 @@ from prometheus_client import Counter, Histogram
 DECISIONS = Counter("fraud_decisions", "Decisions made and published", ["decision"])
 E2E_LATENCY = Histogram(
     "fraud_e2e_latency_seconds",
-    "From the transaction's event time to its decision being durable on fraud-scores",
+    "From the transaction's ingestion (its Kafka record time; else its event time) to its decision being durable on fraud-scores",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 FEATURE_LOOKUP = Histogram(

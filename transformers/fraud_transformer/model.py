@@ -59,11 +59,14 @@ REGISTRY_REFRESH_S = 60.0  # how often the Feast registry is re-read (new featur
 class ScoringRequest(InferRequest):
     """What preprocess hands to predict: the rows, and the request's context for postprocess."""
 
-    def __init__(self, model_name: str, batch: Batch, features: Features, x: npt.NDArray[np.float32]) -> None:
+    def __init__(
+        self, model_name: str, batch: Batch, features: Features, rows: npt.NDArray[np.float64]
+    ) -> None:
         super().__init__(model_name=model_name, infer_inputs=[], request_id=batch.request_id)
         self.batch = batch
         self.features = features
-        self.x = x
+        self.rows = rows  # the model's inputs as served, float64 (the decisions carry them)
+        self.x = rows.astype(np.float32)
 
 
 @dataclass
@@ -169,8 +172,9 @@ class FraudTransformer(Model):
             [e["card_id"] for e in events], [e["terminal_id"] for e in events]
         )
         t_us = [event_time_us(e["timestamp"]) for e in events]
-        x = model_rows([float(e["amount"]) for e in events], t_us, features.values)
-        bad = ~np.isfinite(x).all(axis=1)
+        rows = model_rows([float(e["amount"]) for e in events], t_us, features.values)
+        request = ScoringRequest(self.name, batch, features, rows)
+        bad = ~np.isfinite(request.x).all(axis=1)
         if bad.any():
             ERRORS.labels("invalid_input").inc()
             i = int(np.flatnonzero(bad)[0])
@@ -178,7 +182,7 @@ class FraudTransformer(Model):
             raise InvalidInput(
                 f"{where}amount: {events[i]['amount']!r} is outside the range the model can score"
             )
-        return ScoringRequest(self.name, batch, features, x)
+        return request
 
     # ------------------------------------------------------------------ predict
     async def _call(
@@ -301,7 +305,15 @@ class FraudTransformer(Model):
             )
             decisions.append(
                 decision_event(
-                    txn, score, decision, result.info.version, reasons, bool(fallback[i]), scored_at
+                    txn,
+                    score,
+                    decision,
+                    result.info.version,
+                    reasons,
+                    bool(fallback[i]),
+                    scored_at,
+                    request.batch.ingested_at,
+                    request.rows[i].tolist(),
                 )
             )
         try:
@@ -311,9 +323,12 @@ class FraudTransformer(Model):
             log.exception("publishing decisions failed")
             raise InferenceError(f"decisions could not be published: {type(exc).__name__}") from exc
         now = time.time()
+        ingested = request.batch.ingested_at
+        since_us = event_time_us(ingested) if ingested else None
         for d, txn in zip(decisions, events, strict=True):
             DECISIONS.labels(d["decision"]).inc()
-            E2E_LATENCY.observe(max(0.0, now - event_time_us(txn["timestamp"]) / 1e6))
+            start_us = since_us if since_us is not None else event_time_us(txn["timestamp"])
+            E2E_LATENCY.observe(max(0.0, now - start_us / 1e6))
         if request.batch.protocol == V2:
             return self._v2_response(request, decisions, result)
         return {"predictions": decisions}

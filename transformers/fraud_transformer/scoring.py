@@ -34,11 +34,12 @@ def event_time_us(timestamp: str) -> int:
 
 def model_rows(
     amounts: Sequence[float], t_us: Sequence[int], served: Mapping[str, npt.NDArray[np.float64]]
-) -> npt.NDArray[np.float32]:
-    """The model's input rows (MODEL_FEATURES order) from the transactions and served features."""
+) -> npt.NDArray[np.float64]:
+    """The model's input rows (MODEL_FEATURES order) from the transactions and served features,
+    in float64: the model takes them as float32, the decisions carry them exactly."""
     amount = np.asarray(amounts, dtype=np.float64)
     request = request_features(amount, np.asarray(t_us, dtype=np.int64), served)
-    return model_matrix({**served, **request})
+    return model_matrix({**served, **request}, np.float64)
 
 
 def occluded(x: npt.NDArray[np.float32], baselines: Sequence[float]) -> npt.NDArray[np.float32]:
@@ -84,9 +85,12 @@ def decision_event(
     reasons: list[dict[str, Any]],
     fallback: bool,
     scored_at: datetime,
+    ingested_at: str | None = None,
+    features: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """One decision, as the contract ``decision.v1.json`` defines it."""
-    return {
+    """One decision, as the contract ``decision.v1.json`` defines it; ``features``: the model's
+    inputs as served, in MODEL_FEATURES order."""
+    event = {
         "schema_version": SCHEMA_VERSION,
         "decision_id": decision_id(transaction["transaction_id"], model_version),
         "transaction_id": transaction["transaction_id"],
@@ -99,6 +103,11 @@ def decision_event(
         "transaction_timestamp": format_timestamp(parse_timestamp(transaction["timestamp"])),
         "scored_at": format_timestamp(scored_at),
     }
+    if ingested_at is not None:
+        event["ingested_at"] = ingested_at
+    if features is not None:
+        event["features"] = dict(zip(MODEL_FEATURES, features, strict=True))
+    return event
 
 
 def check_features(names: Sequence[str]) -> None:

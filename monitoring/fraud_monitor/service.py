@@ -1,0 +1,322 @@
+"""The model monitor: decisions joined with delayed labels, and drift, as Prometheus metrics.
+
+Two readers of ``fraud-scores``:
+
+* the **tail** reads the newest decisions (and every fraud label): its latest transaction
+  event time is the monitor's clock; each version's latest ``drift_window`` decisions give
+  the PSI of every input and of the score against the model's metadata; the labels go to
+  Redis. It keeps no position: on a restart it reads the last window again.
+* the **outcome reader** (consumer group ``group``) holds each decision back until the clock
+  has passed its transaction's time plus the label delay and margin, and the labels are read
+  that far (the tail has caught up with the label topic, or read a label reported later:
+  labels go out in report order, before the later transactions), then counts it with
+  its label (``store.OutcomeStore``: counts and offsets in one Redis transaction, so a
+  restart resumes exactly where the counts stop). Kafka is the buffer: partitions are
+  paused while enough decisions wait.
+
+The metrics are recomputed every few seconds from Redis over the last ``window_days`` event
+days, per model version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import confluent_kafka
+import orjson
+import redis
+from confluent_kafka import TopicPartition
+from minio.error import S3Error
+
+from fraud_monitor import metrics as M
+from fraud_monitor.drift import DriftWindow, Reference
+from fraud_monitor.outcomes import Outcome, WindowMetrics
+from fraud_monitor.store import OutcomeStore
+from fraudcore.events import parse_timestamp
+from fraudcore.features import DAY_US
+from fraudcore.kafka import consume_ready, librdkafka_consumer
+from fraudcore.settings import Settings
+from fraudcore.storage import s3_client
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING = 200_000  # decisions held in memory before the outcome reader pauses
+PUBLISH_EVERY_S = 2.0
+LABEL_CHECK_EVERY_S = 0.5  # how often the tail's label position is checked against the broker
+REFERENCE_RETRY_S = 30.0
+
+
+def _us(timestamp: str) -> int:
+    return int(parse_timestamp(timestamp).timestamp() * 1_000_000)
+
+
+@dataclass
+class Waiting:
+    """A decision read but not yet counted."""
+
+    offset: int
+    t_us: int
+    event: dict[str, Any]
+
+
+@dataclass
+class ModelMonitor:
+    settings: Settings
+    group: str = "model-monitor"
+    store: OutcomeStore = field(init=False)
+    clock_us: int = 0  # the latest transaction event time decided
+    labels_through_us: int = 0  # every label reported up to this event time has been read
+    counted: int = 0
+    labels_read: int = 0
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.delay_us = s.features.label_delay_days * DAY_US + int(s.monitor.label_margin_hours * 3_600e6)
+        client = redis.Redis(host=s.redis.host, port=s.redis.port)
+        self.store = OutcomeStore(client, f"{s.monitor.namespace}:{self.group}")
+        self.waiting: dict[int, deque[Waiting]] = {}
+        self.paused: set[int] = set()
+        self.drift: dict[str, DriftWindow] = {}
+        self.references: dict[str, Reference | None] = {}
+        self._reference_tried: dict[str, float] = {}
+        self._published = 0.0
+        self._label_clock_us = 0  # the latest report time among the labels read
+        self._labels_checked = 0.0
+
+    # ------------------------------------------------------------------ readers
+    def _outcome_reader(self) -> confluent_kafka.Consumer:
+        stored = self.store.offsets()
+        scores = self.settings.topics.scores.name
+        start = (
+            confluent_kafka.OFFSET_END
+            if self.settings.monitor.initial_offset == "latest"
+            else confluent_kafka.OFFSET_BEGINNING
+        )
+
+        def assign(client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                tp.offset = stored.get(f"{tp.topic}:{tp.partition}", start)
+            client.assign(partitions)
+
+        def revoke(_client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+            for tp in partitions:  # what waited is read again by the next owner, from the store's offset
+                self.waiting.pop(tp.partition, None)
+                self.paused.discard(tp.partition)
+
+        return librdkafka_consumer(self.settings, self.group, [scores], on_revoke=revoke, on_assign=assign)
+
+    def _tail(self) -> confluent_kafka.Consumer:
+        """Assigned, not subscribed: the last ``drift_window`` decisions of each partition and
+        every label from the last stored label position."""
+        topics = self.settings.topics
+        client = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                "group.id": f"{self.group}-tail-{uuid.uuid4().hex[:8]}",  # never commits
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+            }
+        )
+        stored = self.store.offsets()
+        assignment = []
+        per_partition = self.settings.monitor.drift_window
+        for p in range(topics.scores.partitions):
+            low, high = client.get_watermark_offsets(TopicPartition(topics.scores.name, p), timeout=10)
+            assignment.append(TopicPartition(topics.scores.name, p, max(low, high - per_partition)))
+        for p in range(topics.labels.partitions):
+            offset = stored.get(f"{topics.labels.name}:{p}", confluent_kafka.OFFSET_BEGINNING)
+            assignment.append(TopicPartition(topics.labels.name, p, offset))
+        client.assign(assignment)
+        return client
+
+    # ------------------------------------------------------------------ tail
+    def _on_tail(self, messages: list[Any]) -> None:
+        labels: dict[str, int] = {}
+        label_offsets: dict[str, int] = {}
+        for m in messages:
+            if m.error():
+                continue
+            try:
+                event = orjson.loads(m.value())
+                if m.topic() == self.settings.topics.labels.name:
+                    labels[event["transaction_id"]] = _us(event["transaction_timestamp"])
+                    self._label_clock_us = max(self._label_clock_us, _us(event["reported_at"]))
+                    label_offsets[f"{m.topic()}:{m.partition()}"] = m.offset() + 1
+                    continue
+                t_us = _us(event["transaction_timestamp"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping an unreadable record at %s:%d@%d", m.topic(), m.partition(), m.offset())
+                continue
+            self.clock_us = max(self.clock_us, t_us)
+            window = self.drift.setdefault(
+                event["model_version"], DriftWindow(self.settings.monitor.drift_window)
+            )
+            window.add(event.get("features"), float(event["score"]))
+        if labels:
+            self.store.add_frauds(labels)
+            self.labels_read += len(labels)
+            M.LABELS.inc(len(labels))
+        if label_offsets:
+            self.store.apply([], label_offsets)  # after the labels: at worst a label is added again
+
+    def _labels_read_through(self, tail: confluent_kafka.Consumer) -> int:
+        """Event time up to which every label is in: the clock when the tail has read every
+        label partition to its end (checked after the clock was read: a label reported
+        before a decided transaction was produced before it), else the latest report read."""
+        labels = self.settings.topics.labels.name
+        for tp in tail.assignment():
+            if tp.topic != labels:
+                continue
+            low, high = tail.get_watermark_offsets(tp, timeout=5, cached=False)
+            position = tail.position([tp])[0].offset
+            if high > low and position < high:
+                return max(self.labels_through_us, self._label_clock_us)
+        return max(self.labels_through_us, self.clock_us)
+
+    # ------------------------------------------------------------------ outcomes
+    def _on_decisions(self, client: confluent_kafka.Consumer, messages: list[Any]) -> None:
+        for m in messages:
+            if m.error():
+                continue
+            try:
+                event = orjson.loads(m.value())
+                waiting = Waiting(m.offset(), _us(event["transaction_timestamp"]), event)
+            except (ValueError, KeyError, TypeError):
+                waiting = Waiting(m.offset(), 0, {})  # counted as nothing, but its offset passes
+            self.waiting.setdefault(m.partition(), deque()).append(waiting)
+        self._count_due()
+        self._pace(client)
+
+    def _count_due(self) -> None:
+        due: list[Waiting] = []
+        offsets: dict[str, int] = {}
+        scores = self.settings.topics.scores.name
+        known = min(self.clock_us, self.labels_through_us)
+        for partition, queue in self.waiting.items():
+            while queue and queue[0].t_us + self.delay_us <= known:
+                w = queue.popleft()
+                offsets[f"{scores}:{partition}"] = w.offset + 1
+                if w.event:
+                    due.append(w)
+        if not offsets:
+            return
+        frauds = self.store.frauds_among([w.event["transaction_id"] for w in due])
+        outcomes = [
+            Outcome(
+                version=str(w.event["model_version"]),
+                t_us=w.t_us,
+                card_id=str(w.event["card_id"]),
+                score=float(w.event["score"]),
+                alerted=w.event["decision"] != "approve",
+                fraud=fraud,
+            )
+            for w, fraud in zip(due, frauds, strict=True)
+        ]
+        self.store.apply(outcomes, offsets)
+        self.counted += len(outcomes)
+        for o in outcomes:
+            M.OUTCOMES.labels(o.version, str(o.fraud).lower()).inc()
+
+    def _pace(self, client: confluent_kafka.Consumer) -> None:
+        """Pause a partition while enough of its decisions wait; resume when they thin out."""
+        scores = self.settings.topics.scores.name
+        limit = MAX_WAITING // max(1, self.settings.topics.scores.partitions)
+        for partition, queue in self.waiting.items():
+            tp = TopicPartition(scores, partition)
+            if len(queue) > limit and partition not in self.paused:
+                client.pause([tp])
+                self.paused.add(partition)
+            elif len(queue) < limit // 2 and partition in self.paused:
+                client.resume([tp])
+                self.paused.discard(partition)
+
+    # ------------------------------------------------------------------ metrics
+    def _reference(self, version: str) -> Reference | None:
+        if self.references.get(version) is not None:
+            return self.references[version]
+        if time.monotonic() - self._reference_tried.get(version, -REFERENCE_RETRY_S) < REFERENCE_RETRY_S:
+            return None
+        self._reference_tried[version] = time.monotonic()
+        bucket, name = self.settings.s3.models_bucket, self.settings.serving.model_name
+        try:
+            response = s3_client(self.settings).get_object(bucket, f"{name}/{version}/metadata.json")
+            try:
+                self.references[version] = Reference.from_metadata(orjson.loads(response.read()))
+            finally:
+                response.close()
+                response.release_conn()
+        except (S3Error, ValueError, OSError) as exc:
+            log.warning("no reference distributions for model %s yet: %s", version, exc)
+            self.references[version] = None
+        return self.references[version]
+
+    def publish(self, client: confluent_kafka.Consumer) -> None:
+        M.EVENT_TIME.set(self.clock_us / 1e6)
+        window = self.settings.monitor.window_days
+        # The window ends where truth is known: the clock less the label delay and margin.
+        last_day = (self.clock_us - self.delay_us) // DAY_US
+        labelled = 0
+        for version in self.store.versions():
+            days = self.store.days(version, last_day - window + 1, last_day)
+            m = WindowMetrics.of(days.values())
+            labelled += m.decisions
+            for gauge, value in (
+                (M.LIVE_PRECISION, m.precision),
+                (M.LIVE_RECALL, m.recall),
+                (M.LIVE_ALERT_RATE, m.alert_rate),
+                (M.LIVE_AVERAGE_PRECISION, m.average_precision),
+                (M.LIVE_CARD_PRECISION, m.card_precision_at_100),
+                (M.LIVE_LABELLED, float(m.decisions)),
+            ):
+                gauge.labels(version).set(value)
+        backlog = sum(len(q) for q in self.waiting.values()) + self._unread(client)
+        M.LABEL_BACKLOG.set(backlog)
+        M.LABEL_BACKLOG_SHARE.set(backlog / (backlog + labelled) if backlog + labelled else 0.0)
+        for version, drift in self.drift.items():
+            reference = self._reference(version)
+            if reference is None:
+                continue
+            for name, value in drift.psi(reference).items():
+                if name == "score":
+                    M.SCORE_PSI.labels(version).set(value)
+                else:
+                    M.FEATURE_PSI.labels(version, name).set(value)
+        self.store.forget_labels_before(self.clock_us - (window * DAY_US + 2 * self.delay_us))
+
+    def _unread(self, client: confluent_kafka.Consumer) -> int:
+        """Decisions on the broker the outcome reader has not fetched yet."""
+        total = 0
+        for tp in client.assignment():
+            _low, high = client.get_watermark_offsets(tp, cached=True) or (0, 0)
+            position = client.position([tp])[0].offset
+            if high >= 0 and position >= 0:
+                total += max(0, high - position)
+        return total
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event, *, on_idle: Callable[[], None] | None = None) -> None:
+        tail, reader = self._tail(), self._outcome_reader()
+        try:
+            while not stop.is_set():
+                self._on_tail(consume_ready(tail, 5_000, 0.05))
+                if time.monotonic() - self._labels_checked >= LABEL_CHECK_EVERY_S:
+                    self.labels_through_us = self._labels_read_through(tail)
+                    self._labels_checked = time.monotonic()
+                self._on_decisions(reader, consume_ready(reader, 5_000, 0.05))
+                if time.monotonic() - self._published >= PUBLISH_EVERY_S:
+                    self.publish(reader)
+                    self._published = time.monotonic()
+                    if on_idle:
+                        on_idle()
+        finally:
+            tail.close()
+            reader.close()
+            log.info("stopped at event time %s", datetime.fromtimestamp(self.clock_us / 1e6, UTC))

@@ -1,0 +1,187 @@
+"""The model monitor against real Kafka and Redis: decisions joined with delayed labels,
+counted exactly once across a kill -9, and exported as live metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from fraud_monitor.outcomes import DayCounts, Outcome, WindowMetrics
+from fraud_monitor.store import OutcomeStore
+from fraudcore.features import DAY_US
+from fraudcore.kafka import producer
+from fraudcore.metrics import sample_sum, scrape
+from fraudcore.settings import Settings
+from tests.helpers import env_for, isolated
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DAYS = 24  # of decisions; with the 7-day delay and a day's margin, the first 16 get counted
+PER_DAY = 250
+VERSION = "v-monitor-1"
+METRICS_PORT = 9958
+
+
+FIRST_DAY = int(START.timestamp()) // 86_400
+FRAUD: set[str] = set()  # the test's truth: transactions whose label will come
+
+
+def _decisions(rng: np.random.Generator) -> list[dict[str, Any]]:
+    out = []
+    for i in range(DAYS * PER_DAY):
+        t = START + timedelta(seconds=86_400 * i / PER_DAY)
+        fraud = bool(rng.random() < 0.05)
+        if fraud:
+            FRAUD.add(f"tx-{i}")
+        score = float(np.clip(rng.normal(0.7 if fraud else 0.15, 0.15), 0, 1))
+        out.append(
+            {
+                "schema_version": 1,
+                "decision_id": f"d-{i}",
+                "transaction_id": f"tx-{i}",
+                "card_id": f"C{int(rng.integers(400)):05d}",
+                "score": score,
+                "decision": "decline" if score >= 0.8 else "review" if score >= 0.5 else "approve",
+                "model_version": VERSION,
+                "reasons": [],
+                "features_fallback": False,
+                "transaction_timestamp": t.isoformat(),
+                "scored_at": t.isoformat(),
+            }
+        )
+    return out
+
+
+def _label(decision: dict[str, Any]) -> dict[str, Any]:
+    t = datetime.fromisoformat(decision["transaction_timestamp"])
+    return {
+        "schema_version": 1,
+        "transaction_id": decision["transaction_id"],
+        "card_id": decision["card_id"],
+        "terminal_id": "T00001",
+        "transaction_timestamp": decision["transaction_timestamp"],
+        "reported_at": (t + timedelta(days=7)).isoformat(),
+        "scenario": 2,
+    }
+
+
+def _messages(settings: Settings, decisions: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    """As the live platform sends them: each fraud's label when event time reaches its report."""
+    frauds = [d for d in decisions if d["transaction_id"] in FRAUD]
+    pending = [_label(d) for d in sorted(frauds, key=lambda d: d["transaction_timestamp"])]
+    out = []
+    for d in decisions:
+        while pending and pending[0]["reported_at"] <= d["transaction_timestamp"]:
+            label = pending.pop(0)
+            out.append((settings.topics.labels.name, label["card_id"].encode(), orjson.dumps(label)))
+        out.append((settings.topics.scores.name, d["transaction_id"].encode(), orjson.dumps(d)))
+    return out
+
+
+def _produce(settings: Settings, messages: list[tuple[str, bytes, bytes]]) -> None:
+    prod = producer(settings)
+    for topic, key, value in messages:
+        prod.send(topic, key=key, value=value)
+    prod.flush()
+    prod.close()
+
+
+def _counted(store: OutcomeStore) -> int:
+    return sum(c.decisions for c in store.days(VERSION, FIRST_DAY, FIRST_DAY + DAYS).values())
+
+
+def _start(settings: Settings, group: str) -> subprocess.Popen[bytes]:
+    env = {
+        **env_for(settings),
+        "FRAUD_MONITOR__INITIAL_OFFSET": "earliest",
+        "FRAUD_METRICS_PORTS__MODEL_MONITOR": str(METRICS_PORT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "fraud_app.cli", "monitor", "--group", group],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings, unique: str) -> None:
+    settings = isolated(stack, unique)
+    group = f"monitor-test-{unique}"
+    store = OutcomeStore(redis.Redis(host=settings.redis.host, port=settings.redis.port), f"monitor:{group}")
+    decisions = _decisions(np.random.default_rng(7))
+    messages = _messages(settings, decisions)
+    half = len(messages) // 2
+    _produce(settings, messages[:half])
+    monitor = _start(settings, group)
+    try:
+        deadline = time.monotonic() + 60
+        while _counted(store) == 0:  # killed while it counts, wherever it is in a batch
+            assert time.monotonic() < deadline, "the monitor counted nothing"
+            time.sleep(0.05)
+        os.kill(monitor.pid, signal.SIGKILL)
+        monitor.wait(10)
+        _produce(settings, messages[half:])
+        monitor = _start(settings, group)
+
+        # Matured: event time + 7 days + 1 day of margin <= the latest decision's event time.
+        clock = datetime.fromisoformat(decisions[-1]["transaction_timestamp"])
+        due = [
+            d
+            for d in decisions
+            if datetime.fromisoformat(d["transaction_timestamp"]) + timedelta(days=8) <= clock
+        ]
+        expected: dict[int, DayCounts] = {}
+        for d in due:
+            t_us = int(datetime.fromisoformat(d["transaction_timestamp"]).timestamp() * 1e6)
+            fraud = d["transaction_id"] in FRAUD
+            o = Outcome(VERSION, t_us, d["card_id"], d["score"], d["decision"] != "approve", fraud)
+            expected.setdefault(o.day, DayCounts()).add(o)
+        deadline = time.monotonic() + 90
+        while _counted(store) < len(due):
+            assert time.monotonic() < deadline, f"counted {_counted(store)} of {len(due)}"
+            time.sleep(0.2)
+        time.sleep(2)  # anything counted twice would show now
+        days = store.days(VERSION, min(expected), max(expected) + 1)
+        for day, want in expected.items():
+            got = days[day]
+            assert (got.decisions, got.alerts, got.frauds, got.alerted_frauds) == (
+                want.decisions,
+                want.alerts,
+                want.frauds,
+                want.alerted_frauds,
+            ), day
+            assert got.card_precision() == pytest.approx(want.card_precision())
+
+        # The exported metrics: the 7 event days up to the last whose truth is known.
+        last_day = int((clock - timedelta(days=8)).timestamp() * 1e6) // DAY_US
+        window = WindowMetrics.of(c for day, c in expected.items() if last_day - 7 < day <= last_day)
+        deadline = time.monotonic() + 30
+        while True:
+            families = scrape(METRICS_PORT)
+            got_precision = sample_sum(families, "fraud_live_precision", {"model_version": VERSION})
+            if got_precision == pytest.approx(window.precision) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert got_precision == pytest.approx(window.precision)
+        assert sample_sum(families, "fraud_live_recall", {"model_version": VERSION}) == pytest.approx(
+            window.recall
+        )
+        assert (
+            sample_sum(families, "fraud_live_labelled_decisions", {"model_version": VERSION})
+            == window.decisions
+        )
+        assert sample_sum(families, "fraud_label_backlog_decisions") == len(decisions) - len(due)
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(20)
