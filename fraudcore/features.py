@@ -277,6 +277,40 @@ def model_matrix(features: Mapping[str, Any], dtype: type[np.floating[Any]] = np
 
 
 # --------------------------------------------------------------------------- backfill
+def _labelled(
+    tx: pd.DataFrame, t_us: I64, terminal: I64, labels: pd.DataFrame | None
+) -> tuple[I64, I64, I64]:
+    """The fraud labels of ``tx``'s transactions: their terminal codes, times and report times."""
+    if labels is None or not len(labels):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    position = pd.Series(np.arange(len(tx)), index=tx["transaction_id"].to_numpy())
+    rows = position.reindex(labels["transaction_id"].to_numpy()).dropna().astype(np.int64).to_numpy()
+    known = labels["transaction_id"].isin(position.index).to_numpy()
+    return terminal[rows], t_us[rows], to_us(labels["reported_at"])[known]
+
+
+def offline_terminal_features(
+    transactions: pd.DataFrame,
+    labels: pd.DataFrame | None,
+    terminal_ids: npt.ArrayLike,
+    days: I64,
+    delay_days: int = LABEL_DELAY_DAYS,
+) -> dict[str, F64]:
+    """Terminal features of any (terminal id, UTC day) pairs, from history alone: what the
+    online store holds for that terminal once the day's values are final."""
+    tx = transactions
+    t_us = to_us(tx["timestamp"])
+    found, uniques = pd.factorize(tx["terminal_id"].to_numpy())
+    terminal = np.asarray(found, dtype=np.int64)
+    query = pd.Index(uniques).get_indexer(np.asarray(terminal_ids, dtype=object))
+    query = np.where(query < 0, len(uniques), query).astype(np.int64)  # an unknown terminal matches nothing
+    fr_terminal, fr_t, fr_reported = _labelled(tx, t_us, terminal, labels)
+    return terminal_features(
+        query, np.asarray(days, dtype=np.int64), terminal, t_us, fr_terminal, fr_t, fr_reported, delay_days
+    )
+
+
 def offline_features(
     transactions: pd.DataFrame, labels: pd.DataFrame | None = None, delay_days: int = LABEL_DELAY_DAYS
 ) -> pd.DataFrame:
@@ -293,14 +327,7 @@ def offline_features(
     card = codes(tx["card_id"])
     terminal = codes(tx["terminal_id"])
     cards = card_features(card, t_us, to_cents(tx["amount"]), codes(tx["terminal_id"]))
-    if labels is not None and len(labels):
-        position = pd.Series(np.arange(len(tx)), index=tx["transaction_id"].to_numpy())
-        rows = position.reindex(labels["transaction_id"].to_numpy()).dropna().astype(np.int64).to_numpy()
-        known = labels["transaction_id"].isin(position.index).to_numpy()
-        fr_terminal, fr_t = terminal[rows], t_us[rows]
-        fr_reported = to_us(labels["reported_at"])[known]
-    else:
-        fr_terminal = fr_t = fr_reported = np.zeros(0, dtype=np.int64)
+    fr_terminal, fr_t, fr_reported = _labelled(tx, t_us, terminal, labels)
     terminals = terminal_features(
         terminal, day_of(t_us), terminal, t_us, fr_terminal, fr_t, fr_reported, delay_days
     )

@@ -129,6 +129,10 @@ class MonitorSettings(BaseModel):
     label_margin_hours: float = Field(24.0, ge=0)
     # Decisions per model version in the drift window (PSI of each input and of the score).
     drift_window: int = Field(5_000, ge=100)
+    # The live skew check: every skew_interval_s (0: never), the newest skew_sample decisions'
+    # served features against the same features recomputed from the archive.
+    skew_interval_s: float = Field(300.0, ge=0)
+    skew_sample: int = Field(1_000, ge=1)
     # Where a monitor with no stored position starts reading fraud-scores: latest or earliest.
     initial_offset: Literal["latest", "earliest"] = "latest"
     # Prefix of its Redis keys (outcome counts, labels, offsets).

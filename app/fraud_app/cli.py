@@ -15,6 +15,7 @@ from rich.table import Table
 
 from fraud_features.cli import app as features_app
 from fraud_monitor.cli import monitor as monitor_command
+from fraud_monitor.cli import skew as skew_command
 from fraud_pipelines.cli import app as pipeline_app
 from fraud_pipelines.cli import train as pipeline_train
 from fraud_producers.cli import app as producers_app
@@ -161,6 +162,7 @@ app.command("train", help="Run the training pipeline locally (kfp local runner) 
 )
 app.add_typer(pipeline_app, name="pipeline", help="The Kubeflow pipeline: train, compile, submit, bench.")
 app.command("monitor")(monitor_command)
+app.command("skew")(skew_command)
 
 
 def main() -> None:

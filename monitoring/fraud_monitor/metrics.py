@@ -44,6 +44,19 @@ FEATURE_PSI = Gauge(
 SCORE_PSI = Gauge(
     "fraud_score_psi", "Population stability index of the latest scores, against the test window's", VERSION
 )
+SKEW_RATE = Gauge(
+    "fraud_feature_skew_rate",
+    "Share of the last skew check's decisions with a served card or request feature off the recomputed one",
+)
+SKEW_CHECKED = Gauge("fraud_feature_skew_checked", "Decisions compared by the last skew check")
+SKEW_MISMATCHES = Gauge(
+    "fraud_feature_skew_mismatches", "Decisions of the last skew check with this feature off", ["feature"]
+)
+TERMINAL_AT_WATERMARK = Gauge(
+    "fraud_terminal_features_at_watermark",
+    "Decisions of the last skew check served an earlier day's final terminal values",
+)
+SKEW_CHECKS = Counter("fraud_skew_checks", "Skew checks run", ["outcome"])
 EVENT_TIME = Gauge(
     "fraud_monitor_event_time_seconds", "The latest transaction event time decided (the monitor's clock)"
 )

@@ -301,9 +301,33 @@ class ModelMonitor:
                 total += max(0, high - position)
         return total
 
+    # ------------------------------------------------------------------ skew
+    def _skew_loop(self, stop: threading.Event) -> None:
+        """The skew check every ``skew_interval_s``, on its own thread (it reads the archive)."""
+        from fraud_monitor.skew import check
+
+        interval = self.settings.monitor.skew_interval_s
+        while not stop.wait(interval):
+            try:
+                report = check(self.settings, self.settings.monitor.skew_sample)
+            except Exception:
+                M.SKEW_CHECKS.labels("failed").inc()
+                log.exception("the skew check failed; trying again in %.0f s", interval)
+                continue
+            M.SKEW_CHECKS.labels("done").inc()
+            if report.checked:
+                M.SKEW_RATE.set(report.skew_rate)
+                M.SKEW_CHECKED.set(report.checked)
+                M.TERMINAL_AT_WATERMARK.set(report.terminal_at_watermark)
+                for name, count in report.mismatches.items():
+                    M.SKEW_MISMATCHES.labels(name).set(count)
+            log.info("skew check: %s", report.to_dict())
+
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event, *, on_idle: Callable[[], None] | None = None) -> None:
         tail, reader = self._tail(), self._outcome_reader()
+        if self.settings.monitor.skew_interval_s > 0:
+            threading.Thread(target=self._skew_loop, args=(stop,), name="skew-check", daemon=True).start()
         try:
             while not stop.is_set():
                 self._on_tail(consume_ready(tail, 5_000, 0.05))

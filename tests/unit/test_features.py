@@ -196,3 +196,26 @@ def test_offline_features_are_point_in_time() -> None:
     assert f.loc["c", "terminal_tx_count_7d"] == 2
     assert f.loc["c", "terminal_risk_7d"] == 0.5
     assert f.loc["b", "terminal_risk_30d"] == 0.0
+
+
+def test_terminal_features_of_any_day_equal_those_of_the_days_own_transactions() -> None:
+    from fraudcore.features import (
+        TERMINAL_FEATURES,
+        day_of,
+        offline_features,
+        offline_terminal_features,
+        to_us,
+    )
+    from tests.helpers import simulated
+
+    tx, lab = simulated(days=30, customers=80, terminals=60)
+    rows = offline_features(tx, lab)
+    days = day_of(to_us(tx["timestamp"]))
+    same = offline_terminal_features(tx, lab, tx["terminal_id"].to_numpy(), days)
+    for name in TERMINAL_FEATURES:
+        np.testing.assert_array_equal(same[name], rows[name].to_numpy())
+    # The day before: what a terminal's online row still holds until the day's values are final.
+    earlier = offline_terminal_features(tx, lab, tx["terminal_id"].to_numpy(), days - 1)
+    assert any((earlier[n] != rows[n].to_numpy()).any() for n in TERMINAL_FEATURES)
+    unknown = offline_terminal_features(tx, lab, np.array(["T-none"]), days[:1])
+    assert all(unknown[n][0] == 0 for n in TERMINAL_FEATURES)

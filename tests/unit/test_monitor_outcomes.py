@@ -74,3 +74,67 @@ def test_drift_window_psi_is_small_for_the_reference_and_large_for_a_shift() -> 
     assert drifted["score"] > 0.25
     assert drifted["card_tx_count_1d"] < 0.05
     assert DriftWindow(3_000).psi(reference) == {}  # too few decisions yet
+
+
+def test_the_skew_check_counts_stale_card_state_and_accepts_terminal_values_at_their_watermark() -> None:
+    from fraud_monitor.skew import compare
+    from fraudcore.features import TERMINAL_FEATURES, offline_features
+    from tests.helpers import simulated
+
+    tx, lab = simulated(days=30, customers=80, terminals=60)
+    served = offline_features(tx, lab).tail(400)
+
+    def decision(row: object, **features: float) -> dict[str, object]:
+        values = {name: float(getattr(row, name)) for name in MODEL_FEATURES}
+        return {
+            "transaction_id": row.transaction_id,  # type: ignore[attr-defined]
+            "card_id": row.card_id,  # type: ignore[attr-defined]
+            "features_fallback": False,
+            "features": {**values, **features},
+        }
+
+    rows = list(served.itertuples())
+    counts = served["card_tx_count_1d"].to_numpy(np.float64)
+    decisions = [decision(r) for r in rows[:300]]
+    stale = [decision(r, card_tx_count_1d=counts[300 + i] - 1) for i, r in enumerate(rows[300:350])]
+    decisions += stale  # a card state that missed a payment
+    decisions += [
+        decision(r, **dict.fromkeys(TERMINAL_FEATURES, -1.0)) for r in rows[350:360]
+    ]  # wrong terminal
+    decisions += [{**decision(r), "features_fallback": True} for r in rows[360:380]]
+    decisions += [{**decision(r), "transaction_id": f"not-yet-{i}"} for i, r in enumerate(rows[380:])]
+    report = compare(decisions, tx, lab, delay_days=7)
+    assert (report.sampled, report.fallbacks, report.not_archived, report.checked) == (400, 20, 20, 360)
+    assert report.skewed == 50
+    assert report.mismatches["card_tx_count_1d"] == 50
+    assert report.mismatches["amount"] == 0
+    assert report.terminal_skewed == 10
+    assert report.skew_rate == pytest.approx(50 / 360)
+
+
+def test_terminal_values_of_the_day_before_are_at_their_watermark_not_skew() -> None:
+    from fraud_monitor.skew import compare
+    from fraudcore.features import (
+        TERMINAL_FEATURES,
+        day_of,
+        offline_features,
+        offline_terminal_features,
+        to_us,
+    )
+    from tests.helpers import simulated
+
+    tx, lab = simulated(days=30, customers=80, terminals=60)
+    rows = offline_features(tx, lab).tail(200).reset_index(drop=True)
+    days = day_of(to_us(rows["timestamp"]))
+    yesterday = offline_terminal_features(tx, lab, rows["terminal_id"].to_numpy(), days - 1)
+    decisions = []
+    for i, row in enumerate(rows.to_dict("records")):
+        features = {name: float(row[name]) for name in MODEL_FEATURES}
+        features.update({name: float(yesterday[name][i]) for name in TERMINAL_FEATURES})
+        decisions.append(
+            {"transaction_id": row["transaction_id"], "card_id": row["card_id"], "features": features}
+        )
+    changed = sum(any(yesterday[n][i] != rows.loc[i, n] for n in TERMINAL_FEATURES) for i in range(len(rows)))
+    report = compare(decisions, tx, lab, delay_days=7)
+    assert changed > 0
+    assert (report.terminal_at_watermark, report.terminal_skewed, report.skewed) == (changed, 0, 0)
