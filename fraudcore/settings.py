@@ -31,11 +31,21 @@ class TopicSettings(BaseModel):
     transactions: TopicSpec = TopicSpec(name="transactions", partitions=6)
     labels: TopicSpec = TopicSpec(name="fraud-labels", partitions=6)
     scores: TopicSpec = TopicSpec(name="fraud-scores", partitions=6)
+    # A shadow challenger's decisions on the same live events: never sent to the caller.
+    shadow_scores: TopicSpec = TopicSpec(name="fraud-scores-shadow", partitions=6)
     dead_letter: TopicSpec = TopicSpec(name="transactions-dlq", partitions=3)
     model_events: TopicSpec = TopicSpec(name="model-events", partitions=1)
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.transactions, self.labels, self.scores, self.dead_letter, self.model_events]
+        return [
+            self.raw,
+            self.transactions,
+            self.labels,
+            self.scores,
+            self.shadow_scores,
+            self.dead_letter,
+            self.model_events,
+        ]
 
 
 class KafkaSettings(BaseModel):
@@ -157,6 +167,13 @@ class ServingSettings(BaseModel):
     coalesce_max: int = Field(512, ge=1)
     model_name: str = "fraud"
     model_uri: str = "s3://models/fraud/champion"
+
+    @property
+    def shadow_model_name(self) -> str:
+        """The shadow slot's model on the predictor: a challenger that scores live events
+        beside the champion, unseen by callers."""
+        return f"{self.model_name}-shadow"
+
     predictor_http_port: int = 8085
     predictor_grpc_port: int = 8095
     transformer_http_port: int = 8086

@@ -77,6 +77,30 @@ def _print_status() -> bool:
 
 
 @app.command()
+def promote(
+    version: str = typer.Argument(..., help="A published model version, e.g. the shadow challenger's."),
+    force: bool = typer.Option(False, help="Promote even if its live precision is worse, or unknown."),
+    group: str = typer.Option("model-monitor", help="The model monitor whose counts to compare."),
+) -> None:
+    """Make a published version the champion (champion-changed), if its live precision over the
+    last labelled window is at least the champion's on the same days."""
+    from fraud_app.promote import PromotionRefusedError
+    from fraud_app.promote import promote as run_promote
+
+    try:
+        result = run_promote(get_settings(), version, force=force, group=group)
+    except PromotionRefusedError as exc:
+        fail(str(exc))
+    c = result["comparison"]
+    theirs = f"{c.champion.precision:.4f}" if c.champion else "-"
+    console.print(
+        f"{version} is the champion (was {result['previous_champion']}); live precision "
+        f"{c.challenger.precision:.4f} against {theirs} over event days {c.first_day}..{c.last_day}"
+        + (" [forced]" if result["forced"] else "")
+    )
+
+
+@app.command()
 def topics() -> None:
     """List the platform's topics and their partition counts (from settings)."""
     for spec in get_settings().topics.all():

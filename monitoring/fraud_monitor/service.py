@@ -1,6 +1,7 @@
 """The model monitor: decisions joined with delayed labels, and drift, as Prometheus metrics.
 
-Two readers of ``fraud-scores``:
+Two readers of the decisions, the champion's (``fraud-scores``) and a shadow challenger's
+(``fraud-scores-shadow``), whose metrics come out beside the champion's under its version:
 
 * the **tail** reads the newest decisions (and every fraud label): its latest transaction
   event time is the monitor's clock; each version's latest ``drift_window`` decisions give
@@ -82,8 +83,9 @@ class ModelMonitor:
         self.delay_us = s.features.label_delay_days * DAY_US + int(s.monitor.label_margin_hours * 3_600e6)
         client = redis.Redis(host=s.redis.host, port=s.redis.port)
         self.store = OutcomeStore(client, f"{s.monitor.namespace}:{self.group}")
-        self.waiting: dict[int, deque[Waiting]] = {}
-        self.paused: set[int] = set()
+        self.waiting: dict[tuple[str, int], deque[Waiting]] = {}  # by (topic, partition)
+        self.paused: set[tuple[str, int]] = set()
+        self.decision_topics = [self.settings.topics.scores, self.settings.topics.shadow_scores]
         self.drift: dict[str, DriftWindow] = {}
         self.references: dict[str, Reference | None] = {}
         self._reference_tried: dict[str, float] = {}
@@ -94,7 +96,6 @@ class ModelMonitor:
     # ------------------------------------------------------------------ readers
     def _outcome_reader(self) -> confluent_kafka.Consumer:
         stored = self.store.offsets()
-        scores = self.settings.topics.scores.name
         start = (
             confluent_kafka.OFFSET_END
             if self.settings.monitor.initial_offset == "latest"
@@ -108,10 +109,16 @@ class ModelMonitor:
 
         def revoke(_client: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
             for tp in partitions:  # what waited is read again by the next owner, from the store's offset
-                self.waiting.pop(tp.partition, None)
-                self.paused.discard(tp.partition)
+                self.waiting.pop((tp.topic, tp.partition), None)
+                self.paused.discard((tp.topic, tp.partition))
 
-        return librdkafka_consumer(self.settings, self.group, [scores], on_revoke=revoke, on_assign=assign)
+        return librdkafka_consumer(
+            self.settings,
+            self.group,
+            [t.name for t in self.decision_topics],
+            on_revoke=revoke,
+            on_assign=assign,
+        )
 
     def _tail(self) -> confluent_kafka.Consumer:
         """Assigned, not subscribed: the last ``drift_window`` decisions of each partition and
@@ -128,9 +135,10 @@ class ModelMonitor:
         stored = self.store.offsets()
         assignment = []
         per_partition = self.settings.monitor.drift_window
-        for p in range(topics.scores.partitions):
-            low, high = client.get_watermark_offsets(TopicPartition(topics.scores.name, p), timeout=10)
-            assignment.append(TopicPartition(topics.scores.name, p, max(low, high - per_partition)))
+        for spec in self.decision_topics:
+            for p in range(spec.partitions):
+                low, high = client.get_watermark_offsets(TopicPartition(spec.name, p), timeout=10)
+                assignment.append(TopicPartition(spec.name, p, max(low, high - per_partition)))
         for p in range(topics.labels.partitions):
             offset = stored.get(f"{topics.labels.name}:{p}", confluent_kafka.OFFSET_BEGINNING)
             assignment.append(TopicPartition(topics.labels.name, p, offset))
@@ -191,19 +199,18 @@ class ModelMonitor:
                 waiting = Waiting(m.offset(), _us(event["transaction_timestamp"]), event)
             except (ValueError, KeyError, TypeError):
                 waiting = Waiting(m.offset(), 0, {})  # counted as nothing, but its offset passes
-            self.waiting.setdefault(m.partition(), deque()).append(waiting)
+            self.waiting.setdefault((m.topic(), m.partition()), deque()).append(waiting)
         self._count_due()
         self._pace(client)
 
     def _count_due(self) -> None:
         due: list[Waiting] = []
         offsets: dict[str, int] = {}
-        scores = self.settings.topics.scores.name
         known = min(self.clock_us, self.labels_through_us)
-        for partition, queue in self.waiting.items():
+        for (topic, partition), queue in self.waiting.items():
             while queue and queue[0].t_us + self.delay_us <= known:
                 w = queue.popleft()
-                offsets[f"{scores}:{partition}"] = w.offset + 1
+                offsets[f"{topic}:{partition}"] = w.offset + 1
                 if w.event:
                     due.append(w)
         if not offsets:
@@ -227,16 +234,15 @@ class ModelMonitor:
 
     def _pace(self, client: confluent_kafka.Consumer) -> None:
         """Pause a partition while enough of its decisions wait; resume when they thin out."""
-        scores = self.settings.topics.scores.name
-        limit = MAX_WAITING // max(1, self.settings.topics.scores.partitions)
-        for partition, queue in self.waiting.items():
-            tp = TopicPartition(scores, partition)
-            if len(queue) > limit and partition not in self.paused:
+        limit = MAX_WAITING // max(1, sum(t.partitions for t in self.decision_topics))
+        for key, queue in self.waiting.items():
+            tp = TopicPartition(*key)
+            if len(queue) > limit and key not in self.paused:
                 client.pause([tp])
-                self.paused.add(partition)
-            elif len(queue) < limit // 2 and partition in self.paused:
+                self.paused.add(key)
+            elif len(queue) < limit // 2 and key in self.paused:
                 client.resume([tp])
-                self.paused.discard(partition)
+                self.paused.discard(key)
 
     # ------------------------------------------------------------------ metrics
     def _reference(self, version: str) -> Reference | None:

@@ -69,6 +69,11 @@ def train(
     ),
     version: str = typer.Option(DEFAULTS.version, help="model version; empty: time + hash."),
     upload: bool = typer.Option(DEFAULTS.upload, help="publish to MinIO (champion/challenger, Kafka event)."),
+    shadow: bool = typer.Option(
+        DEFAULTS.shadow,
+        help="publish into the shadow slot even if it beats the champion offline: it scores live "
+        "traffic beside the champion until `fraud promote VERSION`.",
+    ),
     output_dir: str = typer.Option(str(LOCAL_ROOT), help="kfp's local pipeline root."),
     verbose: bool = typer.Option(False, help="print every step's log."),
 ) -> None:
@@ -97,6 +102,7 @@ def train(
         threshold=threshold,
         model_name=model_name,
         version=version,
+        shadow=shadow,
         upload=upload,
     )
     try:

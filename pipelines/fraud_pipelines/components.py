@@ -153,6 +153,7 @@ def publish(
     version: str,
     model_name: str,
     min_improvement: float,
+    shadow: bool,
     upload: bool,
 ) -> str:
     """Upload to the models bucket, champion/challenger on the same test window, Triton
@@ -167,6 +168,7 @@ def publish(
         evaluation.path,
         model_name=model_name,
         min_improvement=min_improvement,
+        shadow=shadow,
         upload=upload,
     )
     if summary["version"] != version:

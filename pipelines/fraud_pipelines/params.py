@@ -70,6 +70,7 @@ class PipelineParams:
     version: str = ""  # empty: time + hash
     code_revision: str = ""
     min_improvement: float = 0.0
+    shadow: bool = False  # publish into the shadow slot even if it beats the champion offline
     upload: bool = True
 
 

@@ -111,6 +111,7 @@ def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None
         version: str = DEFAULTS.version,
         code_revision: str = DEFAULTS.code_revision,
         min_improvement: float = DEFAULTS.min_improvement,
+        shadow: bool = DEFAULTS.shadow,
         upload: bool = DEFAULTS.upload,
     ) -> PipelineOutputs:
         data = configure(
@@ -155,6 +156,7 @@ def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None
                 version=exported.outputs["Output"],
                 model_name=model_name,
                 min_improvement=min_improvement,
+                shadow=shadow,
                 upload=upload,
             ),
             "publish",

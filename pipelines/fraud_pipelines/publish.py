@@ -7,6 +7,8 @@ Layout in the models bucket, for a model name ``<m>`` (default ``fraud``)::
     <m>/decisions/<version>.json        the champion/challenger decision of that run
     <m>/champion/model.onnx             the current champion (KServe: storageUri s3://models/<m>/champion)
     <m>/champion/metadata.json
+    <m>/shadow/model.onnx               the shadow challenger: scores live traffic beside the champion
+    <m>/shadow/metadata.json            (a run that does not win offline, or one published with shadow)
     <m>/triton/<m>/config.pbtxt         a Triton model repository (storageUri s3://models/<m>/triton)
     <m>/triton/<m>/<n>/model.onnx       champion number n (1, 2, ...; Triton serves the highest)
 
@@ -42,6 +44,8 @@ from fraudcore.settings import Settings
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
+SHADOW = "shadow"  # the shadow slot's folder beside "champion"
+SHADOW_CHANGED = "shadow-changed"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 Log = Callable[[str], None]
@@ -196,10 +200,20 @@ def decide(
     why_not_comparable: str,
     test_window: dict[str, Any],
     min_improvement: float = 0.0,
+    shadow: bool = False,
 ) -> Decision:
     """Promote when there is no comparable champion, or the challenger's AP beats it by more
-    than ``min_improvement`` on the same test window."""
+    than ``min_improvement`` on the same test window; never with ``shadow`` (the challenger
+    goes to the shadow slot, to prove itself on live traffic first)."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
+    if shadow and champion_version is not None:
+        ap = f"AP {challenger_ap:.4f}" + (
+            f" against the champion's {champion_ap:.4f}" if champion_ap is not None else ""
+        )
+        reason = f"kept the champion: published into the shadow slot as asked ({ap})"
+        return Decision(
+            version, False, reason, challenger_ap, champion_version, champion_ap, test_window, now
+        )
     if champion_ap is None:
         return Decision(
             version,
@@ -257,11 +271,13 @@ def publish(
     model_name: str,
     version: str,
     min_improvement: float = 0.0,
+    shadow: bool = False,
     client: Minio | None = None,
     log: Log = _quiet,
 ) -> dict[str, Any]:
     """Upload the model, decide champion/challenger, move the champion (files, Triton
-    repository, Kafka event) when it wins. Returns a summary."""
+    repository, Kafka event) when it wins, else put the challenger in the shadow slot (it then
+    scores live traffic beside the champion, unseen by callers). Returns a summary."""
     from fraudcore.storage import s3_client
 
     store = ModelStore(client or s3_client(settings), settings.s3.models_bucket, model_name)
@@ -272,7 +288,9 @@ def publish(
     champion_version, champion_ap, why = score_champion(store, x_test, y_test, features)
     if champion_ap is not None:
         log(f"champion {champion_version}: AP {champion_ap:.4f} re-scored on this test window")
-    decision = decide(version, challenger_ap, champion_version, champion_ap, why, window, min_improvement)
+    decision = decide(
+        version, challenger_ap, champion_version, champion_ap, why, window, min_improvement, shadow
+    )
     log(decision.reason)
     summary: dict[str, Any] = {
         "model_name": model_name,
@@ -295,20 +313,56 @@ def publish(
     store.put_json(store.key(version, METADATA_FILE), document)
     store.put_json(store.key("decisions", f"{version}.json"), decision.to_dict())
     if decision.promoted:
-        champion_doc = {**document, "champion_since": decision.decided_at}
-        store.put(store.key("champion", MODEL_FILE), onnx_bytes)
-        store.put_json(store.key("champion", METADATA_FILE), champion_doc)
-        triton_n = (store.triton_versions() or [0])[-1] + 1
-        store.put(store.key("triton", model_name, str(triton_n), MODEL_FILE), onnx_bytes)
-        store.put(
-            store.key("triton", model_name, "config.pbtxt"),
-            triton_config(model_name, len(features)).encode(),
-            "text/plain",
-        )
-        summary["triton_version"] = triton_n
-        summary["triton_uri"] = store.uri("triton")
-        event = champion_event(model_name, version, summary["uri"], challenger_ap, summary["champion_uri"])
-        send_event(settings, model_name, event)
-        summary["event"] = event
+        summary.update(install_champion(settings, store, version, onnx_bytes, document, challenger_ap))
         log(f"champion is now {version}; model-events record sent")
+    else:
+        summary["shadow_uri"] = store.uri(SHADOW)
+        summary["event"] = install_shadow(settings, store, version, onnx_bytes, document, challenger_ap)
+        log(f"{version} is the shadow challenger: it scores live traffic beside the champion")
     return summary
+
+
+def install_champion(
+    settings: Settings,
+    store: ModelStore,
+    version: str,
+    onnx_bytes: bytes,
+    document: dict[str, Any],
+    ap: float,
+) -> dict[str, Any]:
+    """Make a version the champion: its files in the champion folder and as the next Triton
+    version, then ``champion-changed`` for the predictors. Returns what changed."""
+    name = store.name
+    features = list(document.get("features", MODEL_FEATURES))
+    champion_doc = {**document, "champion_since": datetime.now(UTC).isoformat(timespec="seconds")}
+    store.put(store.key("champion", MODEL_FILE), onnx_bytes)
+    store.put_json(store.key("champion", METADATA_FILE), champion_doc)
+    triton_n = (store.triton_versions() or [0])[-1] + 1
+    store.put(store.key("triton", name, str(triton_n), MODEL_FILE), onnx_bytes)
+    store.put(
+        store.key("triton", name, "config.pbtxt"), triton_config(name, len(features)).encode(), "text/plain"
+    )
+    event = champion_event(name, version, store.uri(version), ap, store.uri("champion"))
+    send_event(settings, name, event)
+    return {"triton_version": triton_n, "triton_uri": store.uri("triton"), "event": event}
+
+
+def install_shadow(
+    settings: Settings,
+    store: ModelStore,
+    version: str,
+    onnx_bytes: bytes,
+    document: dict[str, Any],
+    ap: float,
+) -> dict[str, Any]:
+    """Put a version in the shadow slot and tell the predictors (``shadow-changed``)."""
+    store.put(store.key(SHADOW, MODEL_FILE), onnx_bytes)
+    store.put_json(
+        store.key(SHADOW, METADATA_FILE), {**document, "shadow_since": datetime.now(UTC).isoformat()}
+    )
+    event = {
+        **champion_event(store.name, version, store.uri(version), ap, store.uri(SHADOW)),
+        "type": SHADOW_CHANGED,
+    }
+    send_event(settings, store.name, event)
+    return event

@@ -315,6 +315,7 @@ def publish_step(
     *,
     model_name: str = DEFAULTS.model_name,
     min_improvement: float = DEFAULTS.min_improvement,
+    shadow: bool = DEFAULTS.shadow,
     upload: bool = DEFAULTS.upload,
     settings_factory: Callable[[], Settings] = get_settings,
     log: Log = log,
@@ -345,6 +346,7 @@ def publish_step(
         model_name=model_name,
         version=metadata["version"],
         min_improvement=min_improvement,
+        shadow=shadow,
         log=log,
     )
     summary.update(in_summary)

@@ -29,15 +29,18 @@ from fraudcore.settings import Settings
 log = logging.getLogger(__name__)
 
 CHAMPION_CHANGED = "champion-changed"
+SHADOW_CHANGED = "shadow-changed"  # a challenger moved into the shadow slot
 
 
-def parse_event(key: bytes | None, value: bytes | None, model_name: str) -> tuple[str, str] | None:
-    """``(uri, version)`` of a champion-changed record for ``model_name``, else None."""
+def parse_event(
+    key: bytes | None, value: bytes | None, model_name: str, event_type: str = CHAMPION_CHANGED
+) -> tuple[str, str] | None:
+    """``(uri, version)`` of an ``event_type`` record for ``model_name``, else None."""
     try:
         event = json.loads(value or b"")
     except ValueError:
         return None
-    if not isinstance(event, dict) or event.get("type") != CHAMPION_CHANGED:
+    if not isinstance(event, dict) or event.get("type") != event_type:
         return None
     name = event.get("model") or (key.decode("utf-8", "replace") if key else "")
     uri = event.get("uri")
@@ -47,10 +50,23 @@ def parse_event(key: bytes | None, value: bytes | None, model_name: str) -> tupl
 
 
 class ChampionWatcher(threading.Thread):
-    def __init__(self, settings: Settings, predictor: FraudPredictor, poll_timeout_ms: int = 500) -> None:
+    """Swaps ``predictor``'s model on each ``event_type`` record for ``model_name`` (default:
+    the predictor's own name; the shadow slot follows ``shadow-changed`` of the champion's)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: FraudPredictor,
+        poll_timeout_ms: int = 500,
+        *,
+        event_type: str = CHAMPION_CHANGED,
+        model_name: str | None = None,
+    ) -> None:
         super().__init__(name="model-events", daemon=True)
         self.settings = settings
         self.predictor = predictor
+        self.event_type = event_type
+        self.model_name = model_name or predictor.name
         self.topic = settings.topics.model_events.name
         self.group = (
             f"fraud-predictor-{predictor.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -76,12 +92,12 @@ class ChampionWatcher(threading.Thread):
 
     def handle(self, records: list[Any]) -> None:
         for record in records:
-            parsed = parse_event(record.key, record.value, self.predictor.name)
+            parsed = parse_event(record.key, record.value, self.model_name, self.event_type)
             self.handled += 1
             if parsed is None:
                 continue
             uri, version = parsed
-            log.info("champion-changed: %s version %s at %s", self.predictor.name, version or "?", uri)
+            log.info("%s: %s version %s at %s", self.event_type, self.predictor.name, version or "?", uri)
             self.predictor.update(uri, version)
 
     def run(self) -> None:

@@ -134,6 +134,10 @@ class FraudPredictor(Model):
         self.ready = True
         return self.ready
 
+    def start(self) -> None:
+        # KServe's default marks every model ready on start; an empty slot is not.
+        self.ready = self._model is not None
+
     @property
     def current(self) -> OnnxModel:
         model = self._model
@@ -150,6 +154,7 @@ class FraudPredictor(Model):
                 MODEL_INFO.remove(self.name, old.version)
             MODEL_SWAPS.labels(self.name).inc()
         MODEL_INFO.labels(self.name, model.version).set(1)
+        self.ready = True
         log.info("serving %s version %s from %s", self.name, model.version, model.source)
         return old
 

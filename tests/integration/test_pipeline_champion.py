@@ -8,11 +8,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import redis
 
+from fraud_app.promote import PromotionRefusedError, promote
+from fraud_monitor.outcomes import Outcome
+from fraud_monitor.store import OutcomeStore
 from fraud_pipelines.data import build_datasets, feature_matrix, plan_windows, simulate
 from fraud_pipelines.onnx_export import convert, metadata_of
 from fraud_pipelines.publish import publish
 from fraud_pipelines.training import make_estimator
+from fraudcore.features import DAY_US
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
 from tests.helpers import isolated, read_topic
@@ -69,7 +74,9 @@ def test_worse_challenger_does_not_replace_the_champion(
     assert recorded["promoted"] is False
     assert recorded["champion_ap"] == pytest.approx(first["decision"]["challenger_ap"])  # type: ignore[index]
     version_meta = json.loads(client.get_object(bucket, f"{model_name}/v2-worse/metadata.json").read())
-    assert version_meta["decision"]["promoted"] is False  # the challenger is kept, not served
+    assert version_meta["decision"]["promoted"] is False  # kept, and served in the shadow slot only
+    shadow = client.get_object(bucket, f"{model_name}/shadow/model.onnx").read()
+    assert metadata_of(shadow)["model_version"] == "v3-equal"  # the latest loser
     triton = {
         o.object_name
         for o in client.list_objects(bucket, prefix=f"{model_name}/triton/{model_name}/", recursive=True)
@@ -77,5 +84,43 @@ def test_worse_challenger_does_not_replace_the_champion(
     assert f"{model_name}/triton/{model_name}/1/model.onnx" in triton
     assert not any("/2/" in name for name in triton)
 
-    records = read_topic(settings, settings.topics.model_events.name, expected=1, timeout_s=20)
-    assert [json.loads(r.value)["version"] for r in records] == ["v1-good"]
+    records = read_topic(settings, settings.topics.model_events.name, expected=3, timeout_s=20)
+    assert [(json.loads(r.value)["type"], json.loads(r.value)["version"]) for r in records] == [
+        ("champion-changed", "v1-good"),
+        ("shadow-changed", "v2-worse"),
+        ("shadow-changed", "v3-equal"),
+    ]
+
+    # fraud promote: refused while the shadow's live precision is worse than the champion's
+    # on the same days (the monitor's counts in Redis), done when it is not, or with --force.
+    served = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"model_name": model_name})}
+    )
+    group = f"promote-{unique}"
+    outcomes = OutcomeStore(redis.Redis(host=stack.redis.host, port=stack.redis.port), f"monitor:{group}")
+    day = 20_000
+
+    def labelled(version: str, alerts_that_were_fraud: int) -> None:
+        rows = [
+            Outcome(version, day * DAY_US + i, f"C{i}", 0.9, True, i < alerts_that_were_fraud)
+            for i in range(10)
+        ]
+        outcomes.apply(rows, {})
+
+    labelled("v1-good", 8)
+    labelled("v2-worse", 5)
+    with pytest.raises(PromotionRefusedError, match="worse than the champion's"):
+        promote(served, "v2-worse", group=group)
+    with pytest.raises(PromotionRefusedError, match="no live decisions"):
+        promote(served, "v3-equal", group=group)
+    labelled("v3-equal", 9)
+    done = promote(served, "v3-equal", group=group)
+    assert (done["previous_champion"], done["forced"]) == ("v1-good", False)
+    assert (
+        json.loads(client.get_object(bucket, f"{model_name}/champion/metadata.json").read())["version"]
+        == "v3-equal"
+    )
+    forced = promote(served, "v2-worse", group=group, force=True)
+    assert forced["forced"] is True
+    events = read_topic(settings, settings.topics.model_events.name, expected=5, timeout_s=20)
+    assert [json.loads(r.value)["version"] for r in events][3:] == ["v3-equal", "v2-worse"]

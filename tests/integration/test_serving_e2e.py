@@ -112,10 +112,12 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         pred.stop()
 
 
-def published(settings: Settings, transaction_ids: list[str], timeout_s: float = 20) -> list[Any]:
-    """The fraud-scores records of these transactions (read from the beginning)."""
+def published(
+    settings: Settings, transaction_ids: list[str], timeout_s: float = 20, topic: str | None = None
+) -> list[Any]:
+    """The fraud-scores (or ``topic``) records of these transactions (read from the beginning)."""
     wanted = set(transaction_ids)
-    cons = consumer(settings, None, settings.topics.scores.name)
+    cons = consumer(settings, None, topic or settings.topics.scores.name)
     found: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -427,6 +429,42 @@ def test_fuzzed_requests_never_get_a_5xx(served: Served, request: tuple[str, byt
 
 
 # --------------------------------------------------------------------------- model swap (last: it changes the model)
+def test_a_shadow_challenger_scores_beside_the_champion_on_its_own_topic(served: Served) -> None:
+    """A shadow-changed event fills the predictor's shadow slot; the transformer then scores
+    every event with it too, after answering, onto fraud-scores-shadow."""
+    shadow_version = "v-e2e-shadow"
+    challenger = make_model(shadow_version, seed=23, baselines=[0.5] * 22)
+    uri = upload_model(served.settings, served.prefix, shadow_version, challenger, champion=False)
+    prod = producer(served.settings)
+    event = {"type": "shadow-changed", "model": "fraud", "version": shadow_version, "uri": uri}
+    prod.send(served.settings.topics.model_events.name, key=b"fraud", value=json.dumps(event).encode()).get(
+        10
+    )
+    prod.close()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{served.predictor.url}/v2/models/fraud-shadow/ready").status_code != 200:
+        assert time.monotonic() < deadline, served.predictor.tail()
+        time.sleep(0.2)
+    # The transformer looks at an empty slot again every 30 s: keep scoring until it does.
+    txns: list[dict[str, Any]] = []
+    shadowed: list[Any] = []
+    deadline = time.monotonic() + 60
+    while not shadowed and time.monotonic() < deadline:
+        txns.append(served.txn(900 + len(txns)))
+        answer = served.client.post(PREDICT, json={"instances": [txns[-1]]})
+        assert answer.status_code == 200
+        assert answer.json()["predictions"][0]["model_version"] == VERSION  # the caller sees the champion
+        shadowed = published(
+            served.settings, [txns[-1]["transaction_id"]], 2, served.settings.topics.shadow_scores.name
+        )
+    assert shadowed, served.transformer.tail()
+    decision = json.loads(shadowed[0].value)
+    assert validate(EventKind.DECISION, decision).ok
+    assert decision["model_version"] == shadow_version
+    expected = float(onnx_scores(challenger, expected_row(txns[-1], served.card, served.terminal))[0])
+    assert abs(decision["score"] - expected) < 1e-6
+
+
 def test_model_swap_under_load_fails_no_request(served: Served) -> None:
     new_version = "v-e2e-2"
     new_model = make_model(new_version, seed=11, baselines=[0.5] * 22)

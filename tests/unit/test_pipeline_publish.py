@@ -117,7 +117,11 @@ def test_layout_and_champion_challenger(events: list[tuple[str, dict[str, Any]]]
     assert decision["champion_version"] == "v1"
     assert decision["challenger_ap"] < decision["champion_ap"]
     assert decision["test_window"] == {"start": "2024-03-01", "end": "2024-03-08"}
-    assert len(events) == 1
+    # The loser goes to the shadow slot: it scores live traffic beside the champion.
+    assert client.objects[("models", "fraud/shadow/model.onnx")] == worse
+    assert [(e["type"], e["version"], e["uri"]) for _, e in events[1:]] == [
+        ("shadow-changed", "v2", "s3://models/fraud/v2")
+    ]
 
     # With a negative margin an equal model wins: the champion and Triton move on.
     better = pub.publish(
@@ -128,7 +132,29 @@ def test_layout_and_champion_challenger(events: list[tuple[str, dict[str, Any]]]
     assert ("models", "fraud/triton/fraud/2/model.onnx") in client.objects
     champion_meta = json.loads(client.objects[("models", "fraud/champion/metadata.json")])
     assert champion_meta["version"] == "v3"
-    assert [e["version"] for _, e in events] == ["v1", "v3"]
+    assert [(e["type"], e["version"]) for _, e in events] == [
+        ("champion-changed", "v1"),
+        ("shadow-changed", "v2"),
+        ("champion-changed", "v3"),
+    ]
+
+    # Asked to, even a winner goes to the shadow slot first.
+    shadowed = pub.publish(
+        settings,
+        good,
+        x,
+        y,
+        meta,
+        model_name="fraud",
+        version="v4",
+        client=client,
+        min_improvement=-1.0,
+        shadow=True,
+    )
+    assert shadowed["promoted"] is False
+    assert "shadow slot as asked" in shadowed["decision"]["reason"]
+    assert json.loads(client.objects[("models", "fraud/champion/metadata.json")])["version"] == "v3"
+    assert events[-1][1]["type"] == "shadow-changed"
 
 
 def test_a_champion_with_other_features_is_replaced(events: list[tuple[str, dict[str, Any]]]) -> None:

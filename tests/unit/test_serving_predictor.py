@@ -11,7 +11,7 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
-from fraud_predictor.events import parse_event
+from fraud_predictor.events import SHADOW_CHANGED, parse_event
 from fraud_predictor.model import FraudPredictor, OnnxModel
 from fraud_predictor.storage import ModelFiles, ModelFilesError, S3Config, read_local
 from fraudcore.features import MODEL_FEATURES
@@ -162,6 +162,21 @@ def test_champion_events_for_this_model_only() -> None:
     assert parse_event(b"other", json.dumps(dict(event, model="other")).encode(), "fraud") is None
     assert parse_event(b"fraud", json.dumps(dict(event, type="trained")).encode(), "fraud") is None
     assert parse_event(b"fraud", b"\x00garbage", "fraud") is None
+    # The shadow slot follows shadow-changed of the champion's model; the champion ignores it.
+    shadow = dict(event, type=SHADOW_CHANGED)
+    assert parse_event(b"fraud", json.dumps(shadow).encode(), "fraud", SHADOW_CHANGED) == (
+        "s3://models/fraud/v9",
+        "v9",
+    )
+    assert parse_event(b"fraud", json.dumps(shadow).encode(), "fraud") is None
+
+
+def test_an_empty_shadow_slot_is_not_ready_until_a_model_is_installed(model_v1: bytes) -> None:
+    slot = FraudPredictor("fraud-shadow", "unused")
+    slot.start()  # what KServe calls on every model it serves
+    assert slot.ready is False
+    slot.install(OnnxModel.from_files(ModelFiles("memory", model_v1), "v1"))
+    assert slot.ready is True
 
 
 def test_s3_config_follows_kserve_variables() -> None:

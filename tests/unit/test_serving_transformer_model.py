@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import pytest
-from kserve.errors import InvalidInput
+from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from fraud_predictor.model import FraudPredictor, OnnxModel
@@ -47,14 +47,21 @@ class _DictFeatures:
 
 
 class _InProcess(FraudTransformer):
-    """Sends the predictor call to a predictor object instead of over the network."""
+    """Sends the predictor call to a predictor object instead of over the network (and the
+    shadow slot's calls to ``shadow``, when there is one; else they fail as an empty slot does)."""
 
     def __init__(self, predictor: FraudPredictor, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.predictor = predictor
+        self.shadow_predictor: FraudPredictor | None = None
 
-    async def _send(self, call: InferRequest) -> InferResponse:
-        response = self.predictor.predict(call)  # a synchronous model: KServe calls it in a thread
+    async def _send(self, call: InferRequest, kind: str = "predictor") -> InferResponse:
+        target = {self.predictor.name: self.predictor}
+        if self.shadow_predictor is not None:
+            target[self.shadow_predictor.name] = self.shadow_predictor
+        if call.model_name not in target:
+            raise InferenceError(f"model {call.model_name} is not ready")
+        response = target[call.model_name].predict(call)  # synchronous: KServe calls it in a thread
         assert isinstance(response, InferResponse)
         return response
 
@@ -142,3 +149,47 @@ def test_the_transformer_is_not_usable_before_load() -> None:
     transformer = FraudTransformer("fraud", Settings())
     with pytest.raises(RuntimeError, match="not loaded"):
         _ = transformer.features
+
+
+def test_a_shadow_challenger_scores_the_same_rows_on_its_own_topic_after_the_answer(
+    loaded: tuple[_InProcess, FakeProducer, bytes],
+) -> None:
+    transformer, producer, _ = loaded
+    shadow = FraudPredictor("fraud-shadow", "unused")
+    challenger = make_model("v-shadow", seed=1)
+    shadow.install(OnnxModel.from_files(ModelFiles("memory", challenger), "v-shadow"))
+    transformer.shadow_predictor = shadow
+    events = [_transaction(0), _transaction(1, card="C-unknown", amount=900.0)]
+
+    async def score_and_wait() -> Any:
+        answer = await _score(transformer, {"instances": events})
+        assert transformer.shadow is not None
+        await asyncio.gather(*transformer.shadow.tasks)
+        await asyncio.sleep(0.05)  # the fake broker's acks
+        return answer
+
+    answer = asyncio.run(score_and_wait())
+    assert {d["model_version"] for d in answer["predictions"]} == {"v-unit"}  # the caller sees the champion
+    shadowed = [orjson.loads(v) for topic, _, v in producer.sent if topic == "fraud-scores-shadow"]
+    assert [d["transaction_id"] for d in shadowed] == ["tx-0", "tx-1"]
+    assert {d["model_version"] for d in shadowed} == {"v-shadow"}
+    request = asyncio.run(transformer.preprocess({"instances": events}, {}))  # the same rows, its own scores
+    np.testing.assert_allclose([d["score"] for d in shadowed], onnx_scores(challenger, request.x), atol=1e-6)
+    assert all(d["features"] == c["features"] for d, c in zip(shadowed, answer["predictions"], strict=True))
+
+
+def test_an_empty_shadow_slot_is_looked_at_again_later_and_never_fails_the_request(
+    loaded: tuple[_InProcess, FakeProducer, bytes],
+) -> None:
+    transformer, producer, _ = loaded
+
+    async def twice() -> None:
+        for i in range(2):
+            await _score(transformer, {"instances": [_transaction(i)]})
+            assert transformer.shadow is not None
+            await asyncio.gather(*transformer.shadow.tasks)
+
+    asyncio.run(twice())
+    assert transformer.shadow is not None
+    assert transformer.shadow.empty_until > 0  # the second request did not even ask
+    assert [topic for topic, _, _ in producer.sent] == ["fraud-scores", "fraud-scores"]

@@ -17,7 +17,15 @@ FEATURE_LOOKUP = Histogram(
 )
 ERRORS = Counter("transformer_errors", "Requests or steps that failed, by kind", ["kind"])
 
-ERROR_KINDS = ("invalid_input", "feature_timeout", "feature_store", "predictor", "model_features", "publish")
+ERROR_KINDS = (
+    "invalid_input",
+    "feature_timeout",
+    "feature_store",
+    "predictor",
+    "model_features",
+    "publish",
+    "shadow",  # the shadow challenger's calls: never the caller's concern
+)
 for _kind in ERROR_KINDS:  # every series exists from the start, at 0
     ERRORS.labels(_kind)
 for _decision in ("approve", "review", "decline"):

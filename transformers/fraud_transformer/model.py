@@ -49,6 +49,7 @@ from fraud_transformer.scoring import (
     occluded,
     top_reasons,
 )
+from fraud_transformer.shadow import ShadowScorer
 from fraudcore.protocol import MODEL_INFO_PARAMETER, UNKNOWN_VERSION, VERSION_PARAMETER, ModelInfo
 from fraudcore.settings import Settings
 
@@ -115,6 +116,7 @@ class FraudTransformer(Model):
         self._features = features
         self._publisher = publisher
         self._stop_refresh = threading.Event()
+        self.shadow: ShadowScorer | None = None  # set by load
         self._info: ModelInfo | None = None  # the predictor's model, learnt from its responses
         # Rows of concurrent requests share one predictor call (see fraud_transformer.coalesce).
         self._scoring: Coalescer[npt.NDArray[np.float32], Scores, Scores] = Coalescer(
@@ -139,6 +141,13 @@ class FraudTransformer(Model):
                 self.serving.publish_timeout_s,
             )
         self._publisher.warm_up()
+        self.shadow = ShadowScorer(
+            self._call,
+            self._publisher.publish,
+            self.serving.shadow_model_name,
+            self.settings.topics.shadow_scores.name,
+            (self.serving.review_threshold, self.serving.decline_threshold),
+        )
         self.ready = True
         return self.ready
 
@@ -186,9 +195,11 @@ class FraudTransformer(Model):
 
     # ------------------------------------------------------------------ predict
     async def _call(
-        self, x: npt.NDArray[np.float32], info: ModelInfo | None
+        self, x: npt.NDArray[np.float32], info: ModelInfo | None, *, model_name: str | None = None
     ) -> tuple[npt.NDArray[np.float32], ModelInfo]:
-        """Score ``x`` on the predictor; the model's info comes back with the scores."""
+        """Score ``x`` on the predictor (the champion, or ``model_name``); the model's info
+        comes back with the scores."""
+        kind = "predictor" if model_name is None else "shadow"
         # Over gRPC the array travels as raw bytes (raw_input_contents: no per-element
         # conversion on either side). Over REST as a JSON list: binary data with KServe's JSON
         # content type is a 400 at the predictor, and its numpy-to-JSON goes element by element.
@@ -200,21 +211,21 @@ class FraudTransformer(Model):
         )
         outputs = [RequestedOutput(info.output_name)] if info else None
         call = InferRequest(
-            model_name=self.name,
+            model_name=model_name or self.name,
             infer_inputs=[tensor],
             request_id=str(uuid.uuid4()),
             parameters=None if info else {MODEL_INFO_PARAMETER: True},
             request_outputs=outputs,
         )
         try:
-            response = await self._send(call)
+            response = await self._send(call, kind)
         except InferenceError:
             if info is not None:
                 raise
             # A strict V2 server may refuse the unknown parameter: ask without it (the
             # model's info then falls back to the platform's feature order, zero baselines).
             call.parameters = None
-            response = await self._send(call)
+            response = await self._send(call, kind)
         params = response.parameters
         params = to_http_parameters(params) if params is not None and not isinstance(params, dict) else params
         version = str((params or {}).get(VERSION_PARAMETER) or response.model_version or UNKNOWN_VERSION)
@@ -223,7 +234,7 @@ class FraudTransformer(Model):
             got = ModelInfo.from_parameters(version, params)
         output = next((o for o in response.outputs if o.name == got.output_name), None)
         if output is None:
-            ERRORS.labels("predictor").inc()
+            ERRORS.labels(kind).inc()
             raise InferenceError(f"the predictor returned no {got.output_name!r} output")
         probabilities = np.asarray(output.as_numpy(), dtype=np.float32).reshape(len(x), -1)
         return probabilities[:, got.positive_index], got
@@ -232,16 +243,27 @@ class FraudTransformer(Model):
         config = self.predictor_config  # KServe's, known once the server is configured
         return config is not None and config.protocol == PredictorProtocol.GRPC_V2.value
 
-    async def _send(self, call: InferRequest) -> InferResponse:
+    async def _send(self, call: InferRequest, kind: str = "predictor") -> InferResponse:
         try:
             # No request's headers are forwarded: the call carries several requests' rows.
-            response = await super().predict(call)
+            if call.model_name != self.name and not self._over_grpc():
+                # KServe's REST client always names the transformer's own model; gRPC sends
+                # the request's. Another model (the shadow slot) goes by its own URL.
+                response = await self._http_client.infer(
+                    self.predictor_config.predictor_base_url,
+                    model_name=call.model_name,
+                    data=call,
+                    headers={"Content-Type": "application/json"},
+                )
+            else:
+                response = await super().predict(call)
         except Exception as exc:  # the request was validated: whatever fails here is ours
-            ERRORS.labels("predictor").inc()
-            log.exception("predictor call failed")
+            ERRORS.labels(kind).inc()
+            if kind == "predictor":  # an empty shadow slot is no news (see fraud_transformer.shadow)
+                log.exception("predictor call failed")
             raise InferenceError(f"predictor call failed: {type(exc).__name__}") from exc
         if not isinstance(response, InferResponse):
-            ERRORS.labels("predictor").inc()
+            ERRORS.labels(kind).inc()
             raise InferenceError("the predictor's answer is not a V2 inference response")
         return response
 
@@ -322,6 +344,8 @@ class FraudTransformer(Model):
             ERRORS.labels("publish").inc()
             log.exception("publishing decisions failed")
             raise InferenceError(f"decisions could not be published: {type(exc).__name__}") from exc
+        if self.shadow is not None:  # after the champion's decisions are durable; the caller never waits
+            self.shadow.submit(events, request.rows, fallback, request.batch.ingested_at)
         now = time.time()
         ingested = request.batch.ingested_at
         since_us = event_time_us(ingested) if ingested else None

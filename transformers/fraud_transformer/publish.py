@@ -63,9 +63,11 @@ class DecisionPublisher:
             )
         log.info("publishing decisions to %s (%d partitions)", self.topic, len(topic.partitions))
 
-    async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
-        """Send every (key, value) and wait until the broker has acknowledged them all;
-        return their (partition, offset)."""
+    async def publish(
+        self, records: Sequence[tuple[bytes, bytes]], topic: str | None = None
+    ) -> list[tuple[int, int]]:
+        """Send every (key, value) to ``topic`` (default: the decisions topic) and wait until
+        the broker has acknowledged them all; return their (partition, offset)."""
         loop = asyncio.get_running_loop()
         waiting: list[asyncio.Future[Any]] = []
         for key, value in records:
@@ -75,7 +77,7 @@ class DecisionPublisher:
                 loop.call_soon_threadsafe(_settle, f, error, message)
 
             try:
-                self.client.produce(self.topic, value=value, key=key, on_delivery=report)
+                self.client.produce(topic or self.topic, value=value, key=key, on_delivery=report)
             except BufferError as exc:  # the local queue is full: the broker is away or slow
                 raise PublishError(f"producer queue full: {exc}") from exc
             waiting.append(done)
