@@ -92,6 +92,7 @@ class ModelWatch:
     backlog: int  # decisions still waiting for their label delay
     psi_max: float
     psi_feature: str
+    psi_top: dict[str, float]  # the five largest, by input (or "score")
 
     @classmethod
     def read(cls, settings: Settings, version: str) -> ModelWatch:
@@ -109,7 +110,8 @@ class ModelWatch:
         }
         drift["score"] = gauge("fraud_score_psi")
         drift = {k: v for k, v in drift.items() if not math.isnan(v)}
-        top = max(drift, key=lambda k: drift[k]) if drift else ""
+        ranked = sorted(drift, key=lambda k: -drift[k])
+        top = ranked[0] if ranked else ""
         labelled = gauge("fraud_live_labelled_decisions")
         backlog = sum(s.value for s in samples if s.name == "fraud_label_backlog_decisions")
         return cls(
@@ -120,6 +122,7 @@ class ModelWatch:
             int(backlog),
             drift.get(top, nan),
             top,
+            {k: round(drift[k], 4) for k in ranked[:5]},
         )
 
 
@@ -201,6 +204,7 @@ def summary(
         "label_backlog": watch.backlog if watch else None,
         "psi_max": number(watch.psi_max) if watch else None,
         "psi_feature": watch.psi_feature if watch else None,
+        "psi_top": watch.psi_top if watch else {},
         "feature_fallbacks": s.fallbacks,
         "feature_timeouts": feature_timeouts,
         "model_versions": s.model_versions,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,12 +21,14 @@ import pandas as pd
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fraud_producers.encoding import label_events, labels, to_event_bytes
-from fraud_producers.live_stream import iter_live, live_start, speed_up
+from fraud_producers.live_stream import iter_live, live_start
 from fraud_producers.producer import EventProducer, Message, SendStats, send_paced
 from fraud_producers.replay import ColumnMapping, load_replay, rebase
 from fraud_producers.sim_config import SimulatorConfig
 from fraud_producers.simulator import SimulatedBatch, Simulator, as_utc
 from fraudcore.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,15 +171,11 @@ class LiveTraffic:
         self.simulator = Simulator(config)
         self.labels_sent = 0
         self.clock: pd.Timestamp | None = None  # the event time of the latest transaction sent
-        self.reached_present = False
         self._pending: list[tuple[int, int, bytes, bytes]] = []  # (due ns, tie-break, key, value)
         self._order = itertools.count()
         if history is not None:
             self._schedule(labels(history, delay=label_delay), after=pd.Timestamp(as_utc(start)))
         self._messages = self._stream(as_utc(start), history)
-
-    def speed_up(self, rate: float) -> float:
-        return speed_up(self.simulator, rate)
 
     def messages(self) -> Iterator[Message]:
         return self._messages
@@ -201,7 +200,7 @@ class LiveTraffic:
                     self.producer.send(topic, key, value)
                     self.labels_sent += 1
                 if when > present:
-                    self.reached_present = True
+                    log.info("the simulated clock reached the present: the live stream ends here")
                     return
                 self.clock = pd.Timestamp(when, tz="UTC")
                 yield message
