@@ -216,7 +216,7 @@ class Ladder:
             config=self.traffic.simulator.config,
             traffic=self.traffic,
         )
-        sent = result.stats.sent
+        sent = result.transactions  # the labels went through the same producer
         decided = self._wait_for_decisions(before, sent)
         cpu = ms_per_event(cpu_before, snapshot(self.pids), sent)
         load_ms = ((cpu_seconds(os.getpid()) or 0.0) - load_before) * 1000 / max(1, sent)

@@ -288,30 +288,32 @@ def _stream_live(
 ) -> int:
     """Live traffic at the demo's rate, shown as it is decided; then up to half a minute for
     the backlog to drain. Returns how many transactions were produced."""
-    from fraud_producers.modes import seed
+    from fraud_producers.modes import LiveTraffic, seed
     from fraud_producers.producer import EventProducer
 
     producer = EventProducer(settings)
+    traffic = LiveTraffic(settings, producer, config, start, history=history, label_delay=options.label_delay)
     producer_thread = threading.Thread(
         target=seed,
         kwargs={
             "settings": settings,
-            "producer": producer,
             "rate": options.rate,
             "duration_s": options.live_horizon_s,
             "config": config,
-            "start": start,
-            "history": history,
-            "label_delay": options.label_delay,
+            "traffic": traffic,
         },
         daemon=True,
     )
+
+    def produced() -> int:  # transactions: the labels go through the same producer
+        return max(0, producer.stats.sent - traffic.labels_sent)
+
     started = time.monotonic()
 
     def view() -> Table:
         alive = [name for platform in platforms for name in platform.alive()]
         snapshot = monitor.snapshot()
-        return _view(snapshot, started, alive, producer.stats.sent, expected, _watch(settings, snapshot))
+        return _view(snapshot, started, alive, produced(), expected, _watch(settings, snapshot))
 
     producer_thread.start()
     with Live(console=console, refresh_per_second=2) as live:
@@ -319,11 +321,11 @@ def _stream_live(
             live.update(view())
             time.sleep(0.5)
         deadline = time.monotonic() + 30
-        while monitor.snapshot().decisions < producer.stats.sent and time.monotonic() < deadline:
+        while monitor.snapshot().decisions < produced() and time.monotonic() < deadline:
             live.update(view())
             time.sleep(0.5)
         live.update(view())
-    return producer.stats.sent
+    return produced()
 
 
 def _train(console: Console, **overrides: Any) -> None:

@@ -237,4 +237,6 @@ def seed(
         duration_s=duration_s,
         on_slice=on_slice,
     )
-    return ModeResult(stats.sent, traffic.labels_sent - labels_before, stats)
+    labels_sent = traffic.labels_sent - labels_before
+    # The stats count every message the producer sent, the labels among them.
+    return ModeResult(stats.sent - labels_sent, labels_sent, stats)
