@@ -1,18 +1,32 @@
-"""S3 (MinIO) helpers: one client factory and bucket set-up for every component."""
+"""S3 helpers: one client factory and bucket set-up for every component.
+
+Credentials: a static key pair when the settings carry one (MinIO, locally and on kind);
+otherwise the environment's identity through AWS's default chain: the ``AWS_*`` key
+variables, then IRSA's web identity token (``AWS_WEB_IDENTITY_TOKEN_FILE`` +
+``AWS_ROLE_ARN``), EKS Pod Identity or ECS container credentials, then the instance
+metadata service. An empty key never means "anonymous": under IRSA that is a 403.
+"""
 
 from __future__ import annotations
 
 from minio import Minio
+from minio.credentials import ChainedProvider, EnvAWSProvider, IamAwsProvider, Provider, StaticProvider
 
 from fraudcore.settings import Settings
+
+
+def s3_credentials(access_key: str | None, secret_key: str | None) -> Provider:
+    """A static pair when one is given, else the default credential chain (see above)."""
+    if access_key:
+        return StaticProvider(access_key, secret_key or "")
+    return ChainedProvider([EnvAWSProvider(), IamAwsProvider()])
 
 
 def s3_client(settings: Settings) -> Minio:
     s3 = settings.s3
     return Minio(
         s3.endpoint,
-        access_key=s3.access_key,
-        secret_key=s3.secret_key.get_secret_value(),
+        credentials=s3_credentials(s3.access_key, s3.secret_key.get_secret_value()),
         secure=s3.secure,
         region=s3.region,
     )
@@ -29,10 +43,15 @@ def ensure_buckets(settings: Settings) -> list[str]:
 
 
 def storage_options(settings: Settings) -> dict[str, object]:
-    """fsspec/s3fs options for pandas and pyarrow readers of ``s3://`` paths on MinIO."""
+    """fsspec/s3fs options for pandas and pyarrow readers of ``s3://`` paths.
+
+    Without a static key s3fs (botocore) finds credentials itself, IRSA included.
+    """
     s3 = settings.s3
-    return {
-        "key": s3.access_key,
-        "secret": s3.secret_key.get_secret_value(),
+    options: dict[str, object] = {
         "client_kwargs": {"endpoint_url": s3.endpoint_url, "region_name": s3.region},
     }
+    if s3.access_key:
+        options["key"] = s3.access_key
+        options["secret"] = s3.secret_key.get_secret_value()
+    return options

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline validation of the Kubernetes manifests: render the base and every overlay with
 # kustomize, then check each rendered object with kubeconform against the JSON schemas of
-# Kubernetes 1.32 and of the CRDs used, vendored in kustomize/schemas/ (no cluster, no network
+# Kubernetes 1.34 and of the CRDs used, vendored in kustomize/schemas/ (no cluster, no network
 # once the tools are cached; `make k8s-schemas` refreshes the schemas from upstream).
 #
 #   kustomize/validate.sh              install the tools if missing, validate everything,
@@ -22,7 +22,7 @@ set -euo pipefail
 
 KUSTOMIZE_VERSION=v5.7.1
 KUBECONFORM_VERSION=v0.7.0
-KUBERNETES_VERSION=1.32.0
+KUBERNETES_VERSION=1.34.0
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

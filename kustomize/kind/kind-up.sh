@@ -12,11 +12,15 @@ set -euo pipefail
 
 # ---- Pinned versions: the only place they are set ------------------------------------
 KIND_VERSION=v0.30.0
-# The node image built by that kind release for Kubernetes 1.32 (the version the
+# The node image built by that kind release for Kubernetes 1.34 (the version the
 # manifests are validated against), pinned by digest as kind's release notes advise.
-KIND_NODE_IMAGE=kindest/node:v1.32.8@sha256:abd489f042d2b644e2d033f5c2d900bc707798d075e8186cb65e3f1367a9d5a1
+# Knative 1.23's controllers refuse to start below Kubernetes 1.34 (knative.dev/pkg's
+# minimum version check); tests/unit/test_cluster_versions.py keeps the two in step.
+KIND_NODE_IMAGE=kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a
 CERT_MANAGER_VERSION=v1.18.2
-KSERVE_VERSION=v0.16.0
+# The release of the kserve SDK in requirements.lock: the transformer and predictor images
+# are built on that SDK, and the controller must speak the same InferenceService contract.
+KSERVE_VERSION=v0.21.0
 KNATIVE_EVENTING_VERSION=knative-v1.23.0
 # eventing-kafka-broker ships KafkaSource and KafkaSink; same release line as Eventing.
 KNATIVE_KAFKA_VERSION=knative-v1.23.0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the vendored JSON schemas in kustomize/schemas/ from upstream (needs network).
 
-    .venv/bin/python kustomize/schemas/refresh.py [--kubernetes-version 1.32.0] [--out DIR] [--only core|crds]
+    .venv/bin/python kustomize/schemas/refresh.py [--kubernetes-version 1.34.0] [--out DIR] [--only core|crds]
 
 (`make k8s-schemas` runs it.) Never part of `make test`: validation uses the committed files.
 
@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 # ------------------------------------------------------------------ pinned data (the one place)
 
-KUBERNETES_VERSION = "1.32.0"  # keep equal to KUBERNETES_VERSION in kustomize/validate.sh
+KUBERNETES_VERSION = "1.34.0"  # keep equal to KUBERNETES_VERSION in kustomize/validate.sh
 
 # PyPI wheel with the Kubernetes JSON schemas: version and sha256 of
 # kubernetes_validate-<version>-py3-none-any.whl.

@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from fraud_predictor.metrics import EVENTS_READY
 from fraud_predictor.model import FraudPredictor
+from fraud_predictor.storage import in_own_store
 from fraudcore.kafka import consumer
 from fraudcore.settings import Settings
 
@@ -97,6 +98,7 @@ class ChampionWatcher(threading.Thread):
             if parsed is None:
                 continue
             uri, version = parsed
+            uri = in_own_store(uri, self.settings.serving.model_uri)
             log.info("%s: %s version %s at %s", self.event_type, self.predictor.name, version or "?", uri)
             self.predictor.update(uri, version)
 

@@ -1,4 +1,4 @@
-"""Model files from a local folder or an ``s3://`` URI, with KServe's storage conventions.
+"""Model files from a local folder, an ``s3://`` or a ``gs://`` URI, with KServe's storage conventions.
 
 On a cluster KServe's storage initializer downloads ``storageUri`` into ``/mnt/models``
 before the predictor starts, so ``--model_dir /mnt/models`` is a local folder. Locally (and
@@ -7,12 +7,17 @@ the object store itself, configured by the environment variables an InferenceSer
 Secret provides:
 
 * ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``; ``awsAnonymousCredential=true`` for none;
-* ``AWS_ENDPOINT_URL`` (``http://minio:9000``), or ``S3_ENDPOINT`` (``minio:9000``) with
-  ``S3_USE_HTTPS`` (``0``/``1``, default ``1``); neither: AWS S3;
+  no key at all: AWS's default credential chain (IRSA's web identity, EKS Pod Identity,
+  instance metadata), never anonymous;
+* ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (``http://minio:9000``), or ``S3_ENDPOINT``
+  (``minio:9000``) with ``S3_USE_HTTPS`` (``0``/``1``, default ``1``); none: AWS S3;
 * ``AWS_DEFAULT_REGION`` (default ``us-east-1``); ``S3_VERIFY_SSL`` (``0`` to skip checks).
 
 When none of the key variables is set, the platform's own settings (``FRAUD_S3__*``, read from
 ``.env`` locally) fill in the endpoint and keys, so a developer needs no extra exports.
+
+``gs://`` URIs are read with Google's client and Application Default Credentials (GKE's
+Workload Identity; ``STORAGE_EMULATOR_HOST`` for an emulator).
 
 KServe's ``Storage.download`` lives in the ``kserve-storage`` distribution, which is not a
 dependency here (and needs boto3); this is the small subset the predictor needs, on the
@@ -30,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from fraudcore.settings import Settings
+from fraudcore.storage import s3_credentials
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -53,16 +59,17 @@ class ModelFiles:
 class S3Config:
     endpoint: str  # host[:port]
     secure: bool
-    access_key: str | None
+    access_key: str | None  # None: the default credential chain (or anonymous, below)
     secret_key: str | None
     region: str
     verify: bool = True
+    anonymous: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, settings: Settings | None = None) -> S3Config:
         env = os.environ if env is None else env
         region = env.get("AWS_DEFAULT_REGION") or (settings.s3.region if settings else "") or "us-east-1"
-        url = env.get("AWS_ENDPOINT_URL", "")
+        url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL", "")
         if url:
             parsed = urlparse(url if "://" in url else f"https://{url}")
             endpoint, secure = parsed.netloc, parsed.scheme == "https"
@@ -79,7 +86,7 @@ class S3Config:
             endpoint, secure = "s3.amazonaws.com", True
         verify = env.get("S3_VERIFY_SSL", "1").lower() not in ("0", "false")
         if env.get("awsAnonymousCredential", "false").lower() == "true":
-            return cls(endpoint, secure, None, None, region, verify)
+            return cls(endpoint, secure, None, None, region, verify, anonymous=True)
         access = env.get("AWS_ACCESS_KEY_ID")
         secret = env.get("AWS_SECRET_ACCESS_KEY")
         if access is None and settings is not None:
@@ -87,11 +94,24 @@ class S3Config:
         return cls(endpoint, secure, access or None, secret or None, region, verify)
 
 
-def split_s3(uri: str) -> tuple[str, str]:
+def split_uri(uri: str, scheme: str = "s3") -> tuple[str, str]:
     parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ModelFilesError(f"{uri!r} is not an s3://bucket/prefix URI")
+    if parsed.scheme != scheme or not parsed.netloc:
+        raise ModelFilesError(f"{uri!r} is not a {scheme}://bucket/prefix URI")
     return parsed.netloc, parsed.path.strip("/")
+
+
+def in_own_store(uri: str, own_uri: str) -> str:
+    """``uri`` read through the scheme of the server's own model URI.
+
+    The publisher names versions ``s3://bucket/...`` (on GKE through Cloud Storage's S3
+    interoperability API); a predictor configured with ``gs://`` reads the same bucket and
+    key with Google's client and Workload Identity instead.
+    """
+    own_scheme, scheme = urlparse(own_uri).scheme, urlparse(uri).scheme
+    if {own_scheme, scheme} == {"s3", "gs"}:
+        return f"{own_scheme}://{uri.split('://', 1)[1]}"
+    return uri
 
 
 def _pick(names: list[str], where: str) -> str:
@@ -123,11 +143,10 @@ def read_s3(uri: str, config: S3Config) -> ModelFiles:
     from minio import Minio
     from minio.error import S3Error
 
-    bucket, key = split_s3(uri)
+    bucket, key = split_uri(uri, "s3")
     client = Minio(
         config.endpoint,
-        access_key=config.access_key,
-        secret_key=config.secret_key,
+        credentials=None if config.anonymous else s3_credentials(config.access_key, config.secret_key),
         secure=config.secure,
         region=config.region,
         cert_check=config.verify,
@@ -170,8 +189,44 @@ def _maybe(read: Callable[[], bytes]) -> bytes | None:
         return None
 
 
+def read_gcs(uri: str) -> ModelFiles:
+    """The model files at ``gs://bucket/prefix`` (or one ``.onnx`` object), as KServe reads them."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.cloud import storage
+
+    bucket_name, key = split_uri(uri, "gs")
+    try:
+        client = storage.Client()
+        bucket = client.bucket(bucket_name)
+        if key.endswith(".onnx"):
+            folder = key.rsplit("/", 1)[0] if "/" in key else ""
+            meta = bucket.blob(f"{folder}/{METADATA_FILE}" if folder else METADATA_FILE)
+            return ModelFiles(
+                uri, bucket.blob(key).download_as_bytes(), meta.download_as_bytes() if meta.exists() else None
+            )
+        prefix = f"{key}/" if key else ""
+        sizes = {
+            blob.name[len(prefix) :]: blob.size or 0
+            for blob in client.list_blobs(bucket_name, prefix=prefix, delimiter="/")
+            if blob.name != prefix
+        }
+        chosen = _pick([n for n, size in sizes.items() if size > 0], uri)
+        if sizes[chosen] > MAX_MODEL_BYTES:
+            raise ModelFilesError(f"{uri}/{chosen}: {sizes[chosen]} bytes is more than this server loads")
+        metadata = (
+            bucket.blob(prefix + METADATA_FILE).download_as_bytes() if sizes.get(METADATA_FILE) else None
+        )
+        return ModelFiles(
+            f"gs://{bucket_name}/{prefix}{chosen}", bucket.blob(prefix + chosen).download_as_bytes(), metadata
+        )
+    except GoogleAPIError as exc:
+        raise ModelFilesError(f"{uri}: {exc}") from exc
+
+
 def read_model_files(uri: str, settings: Settings | None = None) -> ModelFiles:
-    """The model files at ``uri``: a local path (or ``file://``) or ``s3://bucket/prefix``."""
+    """The model files at ``uri``: a local path (or ``file://``), ``s3://`` or ``gs://bucket/prefix``."""
     if uri.startswith("s3://"):
         return read_s3(uri, S3Config.from_env(settings=settings))
+    if uri.startswith("gs://"):
+        return read_gcs(uri)
     return read_local(uri)
