@@ -20,7 +20,7 @@ $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: requirements.lock requirements-dev.lock pyproject.toml | $(BIN)/uv
+$(VENV)/.synced: requirements.lock requirements-pipeline.lock requirements-dev.lock pyproject.toml | $(BIN)/uv
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync -q requirements-dev.lock
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	touch $@
@@ -30,14 +30,18 @@ system-packages: ## install Redis and Prometheus (Debian packages), check Java, 
 
 setup: system-packages $(VENV)/.synced ## create the virtualenv from the lock file
 
-# requirements.lock: the runtime dependencies only, what the images install (docker/Dockerfile).
-# requirements-dev.lock: runtime + the dev extra, what setup syncs; compiled with
-# -c requirements.lock, so every package they share has the runtime lock's version.
-# requirements-overrides.txt applies to the runtime lock only (no mypy in the images).
+# requirements.lock: the runtime dependencies only, what the serving and worker images
+# install (docker/Dockerfile). requirements-pipeline.lock: runtime + the pipeline extra
+# (kfp, matplotlib), the pipeline image. requirements-dev.lock: runtime + pipeline + dev,
+# what setup syncs. Each is compiled with -c the one before, so every package they share
+# has the same version; every pin carries its hashes (pip --require-hashes in the images).
+# requirements-overrides.txt applies to the image locks only (no mypy in the images).
 # Existing pins are kept: uv prefers the versions already in the output file.
-lock: | $(BIN)/uv ## re-resolve requirements.lock (runtime) and requirements-dev.lock (runtime + dev)
-	$(BIN)/uv pip compile pyproject.toml --override requirements-overrides.txt --python-version 3.11 -q -o requirements.lock
-	$(BIN)/uv pip compile pyproject.toml --extra dev -c requirements.lock --python-version 3.11 -q -o requirements-dev.lock
+LOCK_FLAGS = --python-version 3.11 --generate-hashes -q
+lock: | $(BIN)/uv ## re-resolve the three lock files (runtime, pipeline, dev)
+	$(BIN)/uv pip compile pyproject.toml --override requirements-overrides.txt $(LOCK_FLAGS) -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra pipeline --override requirements-overrides.txt -c requirements.lock $(LOCK_FLAGS) -o requirements-pipeline.lock
+	$(BIN)/uv pip compile pyproject.toml --extra pipeline --extra dev -c requirements-pipeline.lock $(LOCK_FLAGS) -o requirements-dev.lock
 
 up: setup ## install (cached) and start Kafka, Redis, MinIO, Prometheus; health-check
 	$(FRAUD) up

@@ -23,9 +23,14 @@ DOCKERIGNORE = ROOT / "docker" / "Dockerfile.dockerignore"
 BUILD_IMAGES = ROOT / "docker" / "build-images.sh"
 KUSTOMIZE = ROOT / "kustomize"
 RUNTIME_LOCK = ROOT / "requirements.lock"
+PIPELINE_LOCK = ROOT / "requirements-pipeline.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 
-SHARED_STAGES = ("builder", "runtime")
+SHARED_STAGES = ("builder", "pipeline-builder", "base", "runtime", "pipeline-runtime")
+# Only the training image needs these (kfp compiles and runs the pipeline, matplotlib draws
+# its report); the serving and worker images must not carry them.
+TRAINING_ONLY = ("kfp", "kfp-kubernetes", "matplotlib")
+PIPELINE_TARGETS = ("pipeline",)
 # What production images must never carry (the dev extra adds more: stubs, pytest plugins).
 DEV_TOOLS = ("pytest", "mypy", "ruff", "hypothesis", "duckdb")
 
@@ -128,7 +133,7 @@ def package_folders() -> list[str]:
 @pytest.mark.parametrize("component", build_script_components())
 def test_every_built_component_has_a_target(component: str) -> None:
     assert component in stages(), f"docker/Dockerfile has no `FROM runtime AS {component}`"
-    assert stages()[component].base == "runtime"
+    assert stages()[component].base == ("pipeline-runtime" if component in PIPELINE_TARGETS else "runtime")
 
 
 @pytest.mark.parametrize("component", kustomize_images())
@@ -143,14 +148,55 @@ def test_components_share_the_builder_and_runtime_stages() -> None:
     components = [s for s in stages().values() if s.name not in SHARED_STAGES]
     assert components, "docker/Dockerfile has no component target"
     for stage in components:
-        assert stage.base == "runtime", f"target {stage.name} is not built on the runtime stage"
+        assert stage.base in ("runtime", "pipeline-runtime"), (
+            f"target {stage.name} is not built on a runtime stage"
+        )
         assert any(i.startswith(("ENTRYPOINT ", "CMD ")) for i in stage.instructions), stage.name
         # Only labels, ports and the entry point differ; no component installs anything.
         kinds = {i.split(" ", 1)[0].upper() for i in stage.instructions}
         assert kinds <= {"LABEL", "EXPOSE", "ENTRYPOINT", "CMD"}, f"{stage.name}: {sorted(kinds)}"
-    runtime = stages()["runtime"]
-    assert "USER 10001:10001" in runtime.instructions, "the runtime stage must run as uid 10001"
-    assert any(i.startswith("COPY --from=builder /opt/venv ") for i in runtime.instructions)
+    assert "USER 10001:10001" in stages()["base"].instructions, "the runtime stages must run as uid 10001"
+    assert stages()["runtime"].base == stages()["pipeline-runtime"].base == "base"
+    assert any(i.startswith("COPY --from=builder /opt/venv ") for i in stages()["runtime"].instructions)
+    pipeline = stages()["pipeline-runtime"].instructions
+    assert any(i.startswith("COPY --from=pipeline-builder /opt/venv ") for i in pipeline)
+
+
+def test_the_base_image_is_pinned_by_digest() -> None:
+    text = DOCKERFILE.read_text()
+    arg = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert arg, "docker/Dockerfile sets no PYTHON_IMAGE"
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", arg.group(1)), (
+        f"not pinned by digest: {arg.group(1)}"
+    )
+    for stage in stages().values():
+        assert stage.base == "${PYTHON_IMAGE}" or stage.base in stages(), (
+            f"{stage.name} is built on {stage.base}"
+        )
+
+
+@pytest.mark.parametrize("lock", [RUNTIME_LOCK, PIPELINE_LOCK, DEV_LOCK], ids=lambda p: p.name)
+def test_every_locked_package_carries_its_hashes(lock: Path) -> None:
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text())
+    pinned = [e for e in entries if re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?==", e)]
+    assert pinned, f"no pinned package in {lock.name}"
+    unhashed = [e.split()[0] for e in pinned if "--hash=sha256:" not in e]
+    assert not unhashed, f"{lock.name}: pins without hashes: {unhashed[:5]}"
+
+
+def test_images_install_with_hashes_only() -> None:
+    installs = [
+        i for stage in stages().values() for i in stage.instructions if "pip install" in i and " -r " in i
+    ]
+    assert len(installs) == 2, installs  # the runtime lock, then the pipeline lock
+    assert all("--require-hashes" in i for i in installs), installs
+
+
+@pytest.mark.parametrize("package", TRAINING_ONLY)
+def test_training_packages_are_in_the_pipeline_image_only(package: str) -> None:
+    assert package not in pins(RUNTIME_LOCK), f"{package} would ship in every serving and worker image"
+    assert package in pins(PIPELINE_LOCK)
+    assert package in pins(DEV_LOCK)
 
 
 def test_builder_installs_the_runtime_lock_only() -> None:
@@ -183,11 +229,14 @@ def test_dev_packages_are_in_the_dev_lock_only(package: str) -> None:
     assert package in pins(DEV_LOCK), f"{package} is missing from requirements-dev.lock"
 
 
-def test_dev_lock_pins_every_runtime_package_at_the_same_version() -> None:
-    runtime, dev = pins(RUNTIME_LOCK), pins(DEV_LOCK)
+@pytest.mark.parametrize(
+    ("narrow", "wide"), [(RUNTIME_LOCK, PIPELINE_LOCK), (PIPELINE_LOCK, DEV_LOCK)], ids=["pipeline", "dev"]
+)
+def test_each_lock_pins_the_narrower_locks_packages_at_the_same_version(narrow: Path, wide: Path) -> None:
+    runtime, dev = pins(narrow), pins(wide)
     missing = sorted(set(runtime) - set(dev))
-    assert not missing, f"in requirements.lock but not in requirements-dev.lock: {missing}"
+    assert not missing, f"in {narrow.name} but not in {wide.name}: {missing}"
     differ = [
         f"{name}: {runtime[name]} vs {dev[name]}" for name in sorted(runtime) if runtime[name] != dev[name]
     ]
-    assert not differ, "requirements.lock vs requirements-dev.lock:\n" + "\n".join(differ)
+    assert not differ, f"{narrow.name} vs {wide.name}:\n" + "\n".join(differ)
