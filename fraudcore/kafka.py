@@ -11,6 +11,11 @@ Two clients, each for a reason:
 
 librdkafka producers use the murmur2 partitioner, so keyed records land on the partition
 kafka-python and Java clients choose: a card's events share a partition whichever wrote them.
+
+Every client is built here, and each gets the broker's security options from the settings
+(``KafkaSettings.security_protocol``, SASL credentials, CA and client certificate files):
+``librdkafka_security`` maps them to librdkafka's keys, ``kafka_python_security`` to
+kafka-python's arguments. No other module constructs a client (a unit test scans for it).
 """
 
 from __future__ import annotations
@@ -30,9 +35,57 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from fraudcore.settings import Settings, TopicSpec
+from fraudcore.settings import KafkaSettings, Settings, TopicSpec
 
 log = logging.getLogger(__name__)
+
+
+def _require_credentials(kafka: KafkaSettings) -> None:
+    if kafka.uses_sasl and not (kafka.sasl_username and kafka.sasl_password.get_secret_value()):
+        raise ValueError(
+            f"kafka.security_protocol {kafka.security_protocol} needs kafka.sasl_username and "
+            "kafka.sasl_password (FRAUD_KAFKA__SASL_USERNAME, FRAUD_KAFKA__SASL_PASSWORD)"
+        )
+
+
+def librdkafka_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka's configuration for the broker's security; nothing at all for PLAINTEXT
+    (the local broker), so such a client is configured exactly as before."""
+    _require_credentials(kafka)
+    config: dict[str, Any] = {}
+    if kafka.security_protocol == "PLAINTEXT":
+        return config
+    config["security.protocol"] = kafka.security_protocol.lower()
+    if kafka.uses_sasl:
+        config["sasl.mechanisms"] = kafka.sasl_mechanism
+        config["sasl.username"] = kafka.sasl_username
+        config["sasl.password"] = kafka.sasl_password.get_secret_value()
+    if kafka.ssl_ca_file:
+        config["ssl.ca.location"] = kafka.ssl_ca_file
+    if kafka.ssl_cert_file:
+        config["ssl.certificate.location"] = kafka.ssl_cert_file
+        config["ssl.key.location"] = kafka.ssl_key_file
+    return config
+
+
+def kafka_python_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """The same for kafka-python's clients (its keyword arguments); nothing for PLAINTEXT."""
+    _require_credentials(kafka)
+    kwargs: dict[str, Any] = {}
+    if kafka.security_protocol == "PLAINTEXT":
+        return kwargs
+    kwargs["security_protocol"] = kafka.security_protocol
+    if kafka.uses_sasl:
+        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
+        # kafka-python names them after PLAIN but uses them for SCRAM too.
+        kwargs["sasl_plain_username"] = kafka.sasl_username
+        kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    if kafka.ssl_ca_file:
+        kwargs["ssl_cafile"] = kafka.ssl_ca_file
+    if kafka.ssl_cert_file:
+        kwargs["ssl_certfile"] = kafka.ssl_cert_file
+        kwargs["ssl_keyfile"] = kafka.ssl_key_file
+    return kwargs
 
 
 def admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
@@ -40,6 +93,7 @@ def admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
         bootstrap_servers=settings.kafka.bootstrap_servers,
         client_id=f"{settings.kafka.client_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        **kafka_python_security(settings.kafka),
     )
 
 
@@ -110,6 +164,7 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "compression_type": None,
         "request_timeout_ms": 30_000,
         "delivery_timeout_ms": 120_000,
+        **kafka_python_security(settings.kafka),
     }
     config.update(overrides)
     return KafkaProducer(**config)
@@ -155,6 +210,7 @@ def librdkafka_producer(settings: Settings, **overrides: Any) -> confluent_kafka
         "partitioner": "murmur2_random",
         "message.timeout.ms": 120_000,
         "socket.nagle.disable": True,
+        **librdkafka_security(settings.kafka),
     }
     config.update(overrides)
     return confluent_kafka.Producer(config)
@@ -201,6 +257,7 @@ def librdkafka_consumer(
         # the wait on idle partitions (shorter just makes idle consumers busy the broker).
         "fetch.wait.max.ms": 100,
         "socket.nagle.disable": True,
+        **librdkafka_security(settings.kafka),
     }
     config.update(overrides)
     client = confluent_kafka.Consumer(config)
@@ -397,13 +454,7 @@ def group_lag(settings: Settings, group: str, topics: list[str], timeout_s: floa
 
     Reads the group's committed offsets without joining it, so it is safe to call while the
     group's members run (a wait on "every partition done", not on idle time)."""
-    client = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-        }
-    )
+    client = partition_reader(settings, group)
     try:
         metadata = client.list_topics(timeout=timeout_s)
         partitions = [
@@ -419,6 +470,20 @@ def group_lag(settings: Settings, group: str, topics: list[str], timeout_s: floa
         return lag
     finally:
         client.close()
+
+
+def partition_reader(settings: Settings, group_id: str, **overrides: Any) -> confluent_kafka.Consumer:
+    """A librdkafka consumer that subscribes to nothing and commits nothing: its owner assigns
+    it partitions (or only asks for offsets). ``group_id`` names whose committed offsets
+    ``committed()`` reads; the consumer never joins that group."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        **librdkafka_security(settings.kafka),
+    }
+    config.update(overrides)
+    return confluent_kafka.Consumer(config)
 
 
 def consumer(
@@ -439,6 +504,7 @@ def consumer(
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 1_000,
+        **kafka_python_security(settings.kafka),
     }
     config.update(overrides)
     client = KafkaConsumer(*topics, **config)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
+from fraudcore.health import LIVENESS
 from fraudcore.kafka import Offsets, Record, commit, commit_now, consume_ready, record_lag
 
 log = logging.getLogger(__name__)
@@ -107,34 +108,39 @@ def consume_loop(
     last_lag = 0.0
     assignment: list[TopicPartition] = []
     pending = PendingCommits(consumer, commit_interval_s)
-    while not stop.is_set():
-        messages = consume_ready(consumer, max_records, poll_timeout_s)
-        if consumer.assignment() != assignment:
-            # A rebalance hands over partitions whose records are yet to be fetched: the idle
-            # clock starts again, or a member idle before it would leave with them unread.
-            assignment = consumer.assignment()
-            last_data = time.monotonic()
-            pending.forget()  # the old assignment's: committed at the handover, or replayed
-        records = []
-        for message in messages:
-            if message.error():
-                log.warning("consumer: %s", message.error())
+    progress = LIVENESS.watch(group)  # /healthz: this loop must advance while records wait
+    try:
+        while not stop.is_set():
+            messages = consume_ready(consumer, max_records, poll_timeout_s)
+            if consumer.assignment() != assignment:
+                # A rebalance hands over partitions whose records are yet to be fetched: the idle
+                # clock starts again, or a member idle before it would leave with them unread.
+                assignment = consumer.assignment()
+                last_data = time.monotonic()
+                pending.forget()  # the old assignment's: committed at the handover, or replayed
+            records = []
+            for message in messages:
+                if message.error():
+                    log.warning("consumer: %s", message.error())
+                else:
+                    records.append(Record.of(message))
+            if records:
+                pending.add(handle(records))
+                handled += len(records)
+                last_data = time.monotonic()
+                progress.advanced()
             else:
-                records.append(Record.of(message))
-        if records:
-            pending.add(handle(records))
-            handled += len(records)
-            last_data = time.monotonic()
-        else:
-            pending.add(on_idle() if on_idle is not None else {})
-            if not consumer.assignment() or (busy is not None and busy()):
-                last_data = time.monotonic()  # joining the group, or work still pending: not idle
-            elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
-                break
-        pending.send_if_due()
-        if time.monotonic() - last_lag > 5.0:
-            record_lag(consumer, group)
-            last_lag = time.monotonic()
-    with contextlib.suppress(confluent_kafka.KafkaException):  # nothing read: nothing to commit
-        pending.send(wait=True)
+                pending.add(on_idle() if on_idle is not None else {})
+                if not consumer.assignment() or (busy is not None and busy()):
+                    last_data = time.monotonic()  # joining the group, or work still pending: not idle
+                elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                    break
+            pending.send_if_due()
+            if time.monotonic() - last_lag > 5.0:
+                progress.measured_lag(record_lag(consumer, group))
+                last_lag = time.monotonic()
+        with contextlib.suppress(confluent_kafka.KafkaException):  # nothing read: nothing to commit
+            pending.send(wait=True)
+    finally:
+        LIVENESS.forget(progress)
     return handled

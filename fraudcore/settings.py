@@ -2,17 +2,18 @@
 
 Values come from environment variables (prefix ``FRAUD_``, nested groups joined with
 ``__``, e.g. ``FRAUD_KAFKA__BOOTSTRAP_SERVERS``) or from a ``.env`` file in the working
-directory. Secrets (S3 keys) have no default that works outside a laptop: they are read
-from the environment, never from code.
+directory. Secrets (S3 keys, the Redis password) have no default that works outside a
+laptop: they are read from the environment, never from code.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,20 +49,114 @@ class TopicSettings(BaseModel):
         ]
 
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+
 class KafkaSettings(BaseModel):
+    """The brokers and how every client authenticates to them. The defaults are the local
+    broker's: PLAINTEXT, no credentials. fraudcore.kafka maps the security options onto
+    each client library (``librdkafka_security``, ``kafka_python_security``)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected password stays out of logs
+
     bootstrap_servers: str = "127.0.0.1:19092"
     controller_port: int = 19093
     replication_factor: int = 1
     client_id: str = "fraud-platform"
+    # SASL_SSL + SCRAM-SHA-512 against Strimzi's TLS listener in the cloud overlays.
+    security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    # Used by the SASL_* protocols only.
+    sasl_mechanism: KafkaSaslMechanism = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    # PEM files, used by the SSL protocols only. ssl_ca_file: the CA that signed the brokers'
+    # certificates (empty: the system's CAs); ssl_cert_file / ssl_key_file: a client
+    # certificate and its key, for mutual TLS.
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        # Options the protocol would ignore are a mistake, not a default: say so.
+        tls_files = {
+            "ssl_ca_file": self.ssl_ca_file,
+            "ssl_cert_file": self.ssl_cert_file,
+            "ssl_key_file": self.ssl_key_file,
+        }
+        if not self.uses_tls and any(tls_files.values()):
+            named = ", ".join(f"kafka.{k}" for k, v in tls_files.items() if v)
+            raise ValueError(f"{named}: need kafka.security_protocol SSL or SASL_SSL")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("kafka.ssl_cert_file and kafka.ssl_key_file go together (mutual TLS)")
+        if not self.uses_sasl and (self.sasl_username or self.sasl_password.get_secret_value()):
+            raise ValueError("kafka.sasl_username/sasl_password: need a SASL_* kafka.security_protocol")
+        return self
 
 
 class RedisSettings(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected password stays out of logs
+
     host: str = "127.0.0.1"
     port: int = 16379
+    # AUTH password (FRAUD_REDIS__PASSWORD; on Kubernetes from Secret fraud-redis). Empty: no
+    # AUTH, as the local stack runs.
+    password: SecretStr = SecretStr("")
+    # TLS (managed Redis in the cloud overlays); ssl_ca_certs: a CA file when the server's
+    # certificate is not signed by a public CA (Memorystore).
+    ssl: bool = False
+    ssl_ca_certs: str = ""
+
+    @field_validator("password")
+    @classmethod
+    def _password_survives_feast(cls, password: SecretStr) -> SecretStr:
+        # Feast splits its connection string on commas and JSON-decodes each value, so a
+        # password like "1234" or "true" would reach Redis as another value.
+        value = password.get_secret_value()
+        if "," in value:
+            raise ValueError("redis.password must not contain ','")
+        try:
+            json.loads(value)
+        except ValueError:
+            return password
+        raise ValueError("redis.password must not be valid JSON (Feast would decode it)")
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """The server's address (never the password)."""
+        return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/0"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis``: every client the platform creates."""
+        kwargs: dict[str, Any] = {"host": self.host, "port": self.port}
+        if self.password.get_secret_value():
+            kwargs["password"] = self.password.get_secret_value()
+        if self.ssl:
+            kwargs["ssl"] = True
+            if self.ssl_ca_certs:
+                kwargs["ssl_ca_certs"] = self.ssl_ca_certs
+        return kwargs
+
+    def feast_connection_string(self) -> str:
+        """The same connection in the syntax of Feast's Redis online store
+        (``host:port,ssl=true,password=...``); no empty password is ever written."""
+        parts = [f"{self.host}:{self.port}"]
+        if self.ssl:
+            parts.append("ssl=true")
+            if self.ssl_ca_certs:
+                parts.append(f"ssl_ca_certs={self.ssl_ca_certs}")
+        if self.password.get_secret_value():
+            parts.append(f"password={self.password.get_secret_value()}")
+        return ",".join(parts)
 
 
 class S3Settings(BaseModel):
@@ -193,6 +288,9 @@ class Settings(BaseSettings):
         nested_model_default_partial_update=True,
         env_file=".env",
         extra="ignore",
+        # A rejected value may be a secret (the Redis password, an S3 key): errors name the
+        # setting and the reason only.
+        hide_input_in_errors=True,
     )
 
     state_dir: Path = Path(".state")
@@ -209,6 +307,10 @@ class Settings(BaseSettings):
     max_event_bytes: int = 64 * 1024
     # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
     metrics_host: str = "0.0.0.0"
+    # /healthz fails once a consume loop has handled nothing for this long while records wait
+    # for it (longer than any one batch may take: an archive flush, a checkpoint; and well
+    # above the 5 s between the loops' lag readings).
+    consumer_stall_after_s: float = Field(120.0, ge=15)
 
 
 @lru_cache(maxsize=1)

@@ -16,8 +16,8 @@
 #   FRAUD_TOOLS_BIN   where the tools are cached (default: ~/.cache/fraud-platform/bin)
 #
 # Rendering happens in a temporary copy of kustomize/ and observability/ in which
-# base/secrets/s3.env holds placeholder values, so validation never needs (or prints)
-# real credentials and works on a fresh checkout.
+# base/secrets/s3.env and base/secrets/redis.env hold placeholder values, so validation
+# never needs (or prints) real credentials and works on a fresh checkout.
 set -euo pipefail
 
 KUSTOMIZE_VERSION=v5.7.1
@@ -75,6 +75,7 @@ workspace() {
   # Placeholders only: the real file (if any) is replaced in the copy.
   printf 'AWS_ACCESS_KEY_ID=placeholder-access-key\nAWS_SECRET_ACCESS_KEY=placeholder-secret-key\n' \
     > "$WORK/kustomize/base/secrets/s3.env"
+  printf 'REDIS_PASSWORD=placeholder-redis-password\n' > "$WORK/kustomize/base/secrets/redis.env"
 }
 
 render() {

@@ -353,11 +353,13 @@ class Redis(Service):
             "yes",
             "--daemonize",
             "no",
+            # AUTH only when the settings hold a password (none by default on a laptop).
+            *(["--requirepass", r.password.get_secret_value()] if r.password.get_secret_value() else []),
         ]
 
     def _client(self) -> redis.Redis:
 
-        return redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port, socket_timeout=1)
+        return redis.Redis(**self.settings.redis.client_kwargs(), socket_timeout=1)
 
     def healthy(self) -> bool:
         try:

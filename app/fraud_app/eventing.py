@@ -42,6 +42,7 @@ import yaml
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
+from fraudcore.health import LIVENESS
 from fraudcore.kafka import (
     Record,
     consume_ready,
@@ -288,12 +289,14 @@ class Dispatcher:
         chains: dict[Any, deque[Record]] = {}  # per key: records waiting behind the one in flight
         tasks: set[asyncio.Task[None]] = set()
         ordered = self.spec.ordering == "ordered"
+        progress = LIVENESS.watch(self.spec.consumer_group)  # /healthz: deliveries must advance
 
         async def run_chain(client: aiohttp.ClientSession, key: Any, first: Record) -> None:
             record: Record | None = first
             while record is not None:
                 await self._handle(client, record, gate)
                 tracker.finished(record)
+                progress.advanced()
                 waiting = chains.get(key)
                 record = waiting.popleft() if waiting else None
             chains.pop(key, None)
@@ -333,11 +336,13 @@ class Dispatcher:
                         self._commit(consumer, tracker, asynchronous=True)
                         last_commit = now
                     if now - last_lag >= 5:
-                        await asyncio.to_thread(record_lag, consumer, self.spec.consumer_group)
+                        lag = await asyncio.to_thread(record_lag, consumer, self.spec.consumer_group)
+                        progress.measured_lag(lag)
                         last_lag = now
                 if tasks:  # finish what was started: those records are not committed yet
                     await asyncio.wait(set(tasks), timeout=self.timeout_s * (self.spec.delivery.retry + 1))
         finally:
+            LIVENESS.forget(progress)
             self._commit(consumer, tracker, asynchronous=False)
             consumer.close()
             self.dlq.flush()

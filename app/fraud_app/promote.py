@@ -69,7 +69,7 @@ def promote(
     champion = (store.get_json(store.key("champion", METADATA_FILE)) or {}).get("version")
     if champion == version:
         raise PromotionRefusedError(f"{version} is already the champion")
-    client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    client = redis.Redis(**settings.redis.client_kwargs())
     outcomes = OutcomeStore(client, f"{settings.monitor.namespace}:{group}")
     comparison = compare(outcomes, version, champion, settings.monitor.window_days)
     why_not = comparison.verdict()

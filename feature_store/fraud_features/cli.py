@@ -44,3 +44,26 @@ def features_stream(
     job = FeatureJob(get_settings(), group=group, log_features=not no_log)
     job.run(stop_on_signals(), idle_exit_s=idle_exit_s)
     console.print(f"processed {job.processed} transactions")
+
+
+@app.command("size-redis")
+def features_size_redis(
+    cards: int = typer.Option(10_000, min=1, help="Cards written."),
+    terminals: int = typer.Option(10_000, min=1, help="Terminals written."),
+    card_events: int = typer.Option(60, min=1, help="Transactions in a card's 30-day history."),
+    counter_days: int = typer.Option(365, min=1, help="Days of transaction counts per terminal."),
+    id_length: int = typer.Option(16, min=2, help="Characters of a card or terminal id."),
+) -> None:
+    """Measure Redis bytes per card and per terminal on a private redis-server (JSON)."""
+    import json
+
+    from fraud_features.sizing import measure
+
+    result = measure(
+        cards=cards,
+        terminals=terminals,
+        card_events=card_events,
+        counter_days=counter_days,
+        id_length=id_length,
+    )
+    print(json.dumps(result, indent=2))

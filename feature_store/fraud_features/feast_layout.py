@@ -9,7 +9,10 @@ not production."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
@@ -29,3 +32,10 @@ def feature_field(view: str, feature: str) -> bytes:
 def timestamp_field(view: str) -> bytes:
     """The hash field that holds the event time of ``view``'s values (a serialized ``Timestamp``)."""
     return f"_ts:{view}".encode()
+
+
+def redis_client_kwargs(connection_string: str) -> dict[str, Any]:
+    """``redis.Redis`` arguments for Feast's ``connection_string`` (host, port, password, TLS...),
+    parsed by Feast's own parser, so a writer connects exactly as Feast does."""
+    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
+    return {**params, "host": nodes[0]["host"], "port": int(nodes[0].get("port") or 6379)}

@@ -20,7 +20,7 @@ from feast import FeatureStore
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fraud_features.feast_layout import entity_key, feature_field, timestamp_field
+from fraud_features.feast_layout import entity_key, feature_field, redis_client_kwargs, timestamp_field
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
 
 # ARGV: view, then per row: key, event time (µs), field count n, then n (field, value) pairs.
@@ -58,8 +58,7 @@ class OnlineWriter:
         self.project = store.project
         config = store.config.online_store
         if client is None:
-            host, _, port = str(config.connection_string).split(",")[0].partition(":")
-            client = redis.Redis(host=host, port=int(port or 6379))
+            client = redis.Redis(**redis_client_kwargs(str(config.connection_string)))
         self.redis = client
         self.script = client.register_script(WRITE_LUA)
         self.card_fields = self._fields("card_features", CARD_STATE)

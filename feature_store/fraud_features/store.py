@@ -21,19 +21,25 @@ from fraudcore.storage import storage_options
 def feast_env(settings: Settings) -> dict[str, str]:
     """Environment for the Feast CLI and for the definitions module (offline root, S3 access)."""
     s3 = settings.s3
-    return {
+    env = {
         "FEAST_REGISTRY": str(Path(settings.features.registry).resolve())
         if "://" not in settings.features.registry
         else settings.features.registry,
-        "FEAST_REDIS": f"{settings.redis.host}:{settings.redis.port}",
+        "FEAST_REDIS": settings.redis.feast_connection_string(),
         "FRAUD_FEAST_OFFLINE_ROOT": settings.features.offline_root,
         "FRAUD_FEAST_S3_ENDPOINT": s3.endpoint_url,
         "FEAST_S3_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": s3.region,
-        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        # S3 only: the global AWS_ENDPOINT_URL would also send STS (IRSA's token exchange)
+        # to the object store.
+        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
     }
+    # A key pair only when the settings hold one: an empty AWS_ACCESS_KEY_ID would hide the
+    # pod's own credentials (a Secret's keys, IRSA) from boto3's default chain.
+    if s3.access_key:
+        env["AWS_ACCESS_KEY_ID"] = s3.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.get_secret_value()
+    return env
 
 
 def repo_config(settings: Settings) -> RepoConfig:

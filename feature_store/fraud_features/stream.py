@@ -90,7 +90,7 @@ class FeatureJob:
         self.group = group
         self.tx_topic = settings.topics.transactions.name
         self.label_topic = settings.topics.labels.name
-        self.redis = redis_client or redis.Redis(host=settings.redis.host, port=settings.redis.port)
+        self.redis = redis_client or redis.Redis(**settings.redis.client_kwargs())
         self.keys = RedisKeys(settings.features.namespace)
         if writer is None:
             from fraud_features.online import OnlineWriter

@@ -6,8 +6,9 @@
 #   SKIP_BUILD=1 kustomize/kind/kind-deploy.sh  reuse images already built
 #   CLUSTER_NAME=other kustomize/kind/kind-deploy.sh
 #
-# Credentials: the MinIO/S3 key pair comes from kustomize/base/secrets/s3.env (ignored by
-# git). If the file does not exist, a random pair is generated into it.
+# Credentials: the MinIO/S3 key pair comes from kustomize/base/secrets/s3.env and the Redis
+# password from kustomize/base/secrets/redis.env (both ignored by git). A file that does not
+# exist is generated with random values.
 set -euo pipefail
 
 CLUSTER_NAME="${CLUSTER_NAME:-fraud-platform}"
@@ -16,6 +17,7 @@ COMPONENTS=(producer quality-gate archiver feature-job transformer predictor pip
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 SECRETS_FILE="$ROOT/kustomize/base/secrets/s3.env"
+REDIS_SECRET_FILE="$ROOT/kustomize/base/secrets/redis.env"
 
 log() { printf '\n== %s\n' "$*"; }
 die() { echo "kind-deploy.sh: $*" >&2; exit 1; }
@@ -48,6 +50,16 @@ import secrets, sys
 with open(sys.argv[1], "w") as f:
     f.write(f"AWS_ACCESS_KEY_ID=fraud-{secrets.token_hex(6)}\n")
     f.write(f"AWS_SECRET_ACCESS_KEY={secrets.token_urlsafe(30)}\n")
+EOF
+fi
+if [[ ! -f "$REDIS_SECRET_FILE" ]]; then
+  log "generating the Redis password in kustomize/base/secrets/redis.env"
+  umask 077
+  python3 - "$REDIS_SECRET_FILE" <<'EOF'
+import secrets, sys
+with open(sys.argv[1], "w") as f:
+    # URL-safe characters only: the password travels in Feast's connection string.
+    f.write(f"REDIS_PASSWORD={secrets.token_urlsafe(32)}\n")
 EOF
 fi
 

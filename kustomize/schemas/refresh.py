@@ -93,6 +93,7 @@ CRD_SOURCES: tuple[CrdSource, ...] = (
     CrdSource(f"{KSERVE}/serving.kserve.io_servingruntimes.yaml", ("v1alpha1",), "datreeio"),
     CrdSource(f"{STRIMZI}/040-Crd-kafka.yaml", ("v1",), "datreeio"),
     CrdSource(f"{STRIMZI}/043-Crd-kafkatopic.yaml", ("v1",), "datreeio"),
+    CrdSource(f"{STRIMZI}/044-Crd-kafkauser.yaml", ("v1",), "datreeio"),
     CrdSource(f"{STRIMZI}/045-Crd-kafkanodepool.yaml", ("v1",), "datreeio"),
     CrdSource(f"{PROMETHEUS_OPERATOR}/monitoring.coreos.com_podmonitors.yaml", ("v1",), "datreeio"),
     CrdSource(f"{PROMETHEUS_OPERATOR}/monitoring.coreos.com_servicemonitors.yaml", ("v1",), "datreeio"),

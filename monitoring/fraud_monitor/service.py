@@ -43,7 +43,8 @@ from fraud_monitor.outcomes import Outcome, WindowMetrics
 from fraud_monitor.store import OutcomeStore
 from fraudcore.events import parse_timestamp
 from fraudcore.features import DAY_US
-from fraudcore.kafka import consume_ready, librdkafka_consumer
+from fraudcore.health import LIVENESS
+from fraudcore.kafka import consume_ready, librdkafka_consumer, partition_reader
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
 
@@ -84,7 +85,7 @@ class ModelMonitor:
     def __post_init__(self) -> None:
         s = self.settings
         self.delay_us = s.features.label_delay_days * DAY_US + int(s.monitor.label_margin_hours * 3_600e6)
-        client = redis.Redis(host=s.redis.host, port=s.redis.port)
+        client = redis.Redis(**s.redis.client_kwargs())
         self.store = OutcomeStore(client, f"{s.monitor.namespace}:{self.group}")
         self.waiting: dict[tuple[str, int], deque[Waiting]] = {}  # by (topic, partition)
         self.paused: set[tuple[str, int]] = set()
@@ -128,14 +129,8 @@ class ModelMonitor:
         """Assigned, not subscribed: the last ``drift_window`` decisions of each partition and
         every label from the last stored label position."""
         topics = self.settings.topics
-        client = confluent_kafka.Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
-                "group.id": f"{self.group}-tail-{uuid.uuid4().hex[:8]}",  # never commits
-                "enable.auto.commit": False,
-                **RELAXED_FETCH,
-            }
-        )
+        # Its own group id (under the monitor's prefix, which its Kafka ACLs allow); never commits.
+        client = partition_reader(self.settings, f"{self.group}-tail-{uuid.uuid4().hex[:8]}", **RELAXED_FETCH)
         stored = self.store.offsets()
         assignment = []
         per_partition = self.settings.monitor.drift_window
@@ -301,10 +296,12 @@ class ModelMonitor:
                     M.FEATURE_PSI.labels(version, name).set(value)
         self.store.forget_labels_before(self.clock_us - (window * DAY_US + 2 * self.delay_us))
 
-    def _unread(self, client: confluent_kafka.Consumer) -> int:
-        """Decisions on the broker the outcome reader has not fetched yet."""
+    def _unread(self, client: confluent_kafka.Consumer, skip: set[tuple[str, int]] | None = None) -> int:
+        """Decisions on the broker the outcome reader has not fetched yet (except on ``skip``)."""
         total = 0
         for tp in client.assignment():
+            if skip and (tp.topic, tp.partition) in skip:
+                continue
             _low, high = client.get_watermark_offsets(tp, cached=True) or (0, 0)
             position = client.position([tp])[0].offset
             if high >= 0 and position >= 0:
@@ -338,19 +335,27 @@ class ModelMonitor:
         tail, reader = self._tail(), self._outcome_reader()
         if self.settings.monitor.skew_interval_s > 0:
             threading.Thread(target=self._skew_loop, args=(stop,), name="skew-check", daemon=True).start()
+        progress = LIVENESS.watch(self.group)  # /healthz: the readers must advance while records wait
         try:
             while not stop.is_set():
-                self._on_tail(consume_ready(tail, 5_000, 0.05))
+                tail_read = consume_ready(tail, 5_000, 0.05)
+                self._on_tail(tail_read)
                 if time.monotonic() - self._labels_checked >= LABEL_CHECK_EVERY_S:
                     self.labels_through_us = self._labels_read_through(tail)
                     self._labels_checked = time.monotonic()
-                self._on_decisions(reader, consume_ready(reader, 5_000, 0.05))
+                decisions_read = consume_ready(reader, 5_000, 0.05)
+                self._on_decisions(reader, decisions_read)
+                if tail_read or decisions_read:
+                    progress.advanced()
                 if time.monotonic() - self._published >= PUBLISH_EVERY_S:
                     self.publish(reader)
+                    # Paused partitions wait on purpose (enough decisions held): not a stall.
+                    progress.measured_lag(self._unread(reader, skip=self.paused))
                     self._published = time.monotonic()
                     if on_idle:
                         on_idle()
         finally:
+            LIVENESS.forget(progress)
             tail.close()
             reader.close()
             log.info("stopped at event time %s", datetime.fromtimestamp(self.clock_us / 1e6, UTC))

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import confluent_kafka
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -35,6 +34,7 @@ from fraudcore.features import (
     offline_features,
     offline_terminal_features,
 )
+from fraudcore.kafka import partition_reader
 from fraudcore.settings import Settings
 
 TOLERANCE = 1e-6
@@ -76,13 +76,7 @@ class SkewReport:
 def latest_decisions(settings: Settings, sample: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """The newest ``sample`` decisions that carry their features, from every partition."""
     topic = settings.topics.scores
-    client = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": "skew-check",  # assigned, never commits
-            "enable.auto.commit": False,
-        }
-    )
+    client = partition_reader(settings, "skew-check")  # assigned, never commits
     try:
         per_partition = max(1, sample // topic.partitions + 1)
         ends: dict[int, int] = {}

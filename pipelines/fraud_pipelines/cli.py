@@ -118,11 +118,15 @@ def compile_command(
         "", help="component image (default: $FRAUD_PIPELINE_IMAGE or the built-in default)."
     ),
     cluster: bool = typer.Option(True, help="include the cluster settings (Secret, environment, resources)."),
+    secured_kafka: bool = typer.Option(
+        False, help="the production overlays' Kafka: TLS on 9093, SCRAM as KafkaUser fraud-model-publisher."
+    ),
 ) -> None:
     """Compile the pipeline to a kfp YAML package."""
     from fraud_pipelines.pipeline import ClusterConfig, compile
 
-    path = compile(output, image or None, ClusterConfig() if cluster else None)
+    settings = ClusterConfig.secured_kafka() if secured_kafka else ClusterConfig()
+    path = compile(output, image or None, settings if cluster else None)
     console.print(f"wrote {path}")
 
 
@@ -138,8 +142,12 @@ def submit(
     arguments: str = typer.Option(
         "{}", help='pipeline parameters as JSON, e.g. {"train_start": "2026-03-01"}.'
     ),
+    secured_kafka: bool = typer.Option(
+        False, help="the production overlays' Kafka: TLS on 9093, SCRAM as KafkaUser fraud-model-publisher."
+    ),
 ) -> None:
     """Submit a run to a Kubeflow Pipelines cluster."""
+    from fraud_pipelines.pipeline import ClusterConfig
     from fraud_pipelines.pipeline import submit as submit_run
 
     run_id = submit_run(
@@ -149,6 +157,7 @@ def submit(
         pipeline_root=pipeline_root,
         experiment=experiment,
         namespace=namespace or None,
+        cluster=ClusterConfig.secured_kafka() if secured_kafka else None,
     )
     console.print(f"run {run_id} submitted to {host}")
 

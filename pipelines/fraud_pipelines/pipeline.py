@@ -40,15 +40,45 @@ def _secret_keys() -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": "FRAUD_S3__ACCESS_KEY", "AWS_SECRET_ACCESS_KEY": "FRAUD_S3__SECRET_KEY"}
 
 
+# The production overlays' Kafka (components/production): TLS on 9093 with SCRAM-SHA-512,
+# the publish step as KafkaUser fraud-model-publisher (write model-events), Strimzi's
+# cluster CA mounted as a file.
+KAFKA_PUBLISHER = "fraud-model-publisher"
+KAFKA_CA_SECRET = "fraud-kafka-cluster-ca-cert"
+KAFKA_CA_DIR = "/etc/fraud/kafka-ca"
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
-    """What every step gets on a cluster: the credentials Secret and the environment."""
+    """What every step gets on a cluster: the credentials Secrets, the environment, and
+    Secrets mounted as files."""
 
     secret_name: str = "fraud-s3"
     secret_key_to_env: Mapping[str, str] = field(default_factory=_secret_keys)
     env: Mapping[str, str] = field(default_factory=_in_cluster_env)
     cpu: str = "2"
     memory: str = "8G"
+    # More Secrets as environment variables: secret name -> {key: variable}.
+    extra_secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Secrets as files: secret name -> mount path.
+    secret_volumes: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def secured_kafka(cls, bootstrap: str = "fraud-kafka-kafka-bootstrap.fraud.svc:9093") -> "ClusterConfig":
+        """The production overlays' Kafka: SASL_SSL with the publisher's own KafkaUser."""
+        env = {
+            **_in_cluster_env(),
+            "FRAUD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "FRAUD_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "FRAUD_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+            "FRAUD_KAFKA__SASL_USERNAME": KAFKA_PUBLISHER,
+            "FRAUD_KAFKA__SSL_CA_FILE": f"{KAFKA_CA_DIR}/ca.crt",
+        }
+        return cls(
+            env=env,
+            extra_secrets={KAFKA_PUBLISHER: {"password": "FRAUD_KAFKA__SASL_PASSWORD"}},
+            secret_volumes={KAFKA_CA_SECRET: KAFKA_CA_DIR},
+        )
 
 
 class PipelineOutputs(NamedTuple):
@@ -73,6 +103,10 @@ class StepRuntime:
             kubernetes.use_secret_as_env(
                 task, secret_name=cluster.secret_name, secret_key_to_env=dict(cluster.secret_key_to_env)
             )
+            for secret, key_to_env in cluster.extra_secrets.items():
+                kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(key_to_env))
+            for secret, mount_path in cluster.secret_volumes.items():
+                kubernetes.use_secret_as_volume(task, secret_name=secret, mount_path=mount_path)
             for key, value in cluster.env.items():
                 task.set_env_variable(key, value)
             task.set_cpu_request(cluster.cpu).set_cpu_limit(cluster.cpu)

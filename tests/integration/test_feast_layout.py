@@ -28,7 +28,7 @@ def test_our_keys_and_fields_are_the_ones_feast_writes(stack: Settings, unique: 
     row = {"card_id": "C-layout", "event_timestamp": datetime(2026, 3, 1, 12, tzinfo=UTC), **values}
     store.push("card_push", pd.DataFrame([row]), to=PushMode.ONLINE)
 
-    client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    client = redis.Redis(**settings.redis.client_kwargs())
     written = cast(
         dict[bytes, bytes], client.hgetall(cast(str, entity_key(store.project, "card_id", "C-layout")))
     )

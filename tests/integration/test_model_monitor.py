@@ -118,7 +118,7 @@ def _start(settings: Settings, group: str) -> subprocess.Popen[bytes]:
 def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings, unique: str) -> None:
     settings = isolated(stack, unique)
     group = f"monitor-test-{unique}"
-    store = OutcomeStore(redis.Redis(host=settings.redis.host, port=settings.redis.port), f"monitor:{group}")
+    store = OutcomeStore(redis.Redis(**settings.redis.client_kwargs()), f"monitor:{group}")
     decisions = _decisions(np.random.default_rng(7))
     messages = _messages(settings, decisions)
     half = len(messages) // 2

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,7 +80,7 @@ def gcs_emulator(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
         proc.wait(timeout=10)
 
 
-def _gcs_client(emulator: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def _gcs_client(emulator: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     from google.cloud import storage
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)

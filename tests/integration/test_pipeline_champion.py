@@ -97,7 +97,7 @@ def test_worse_challenger_does_not_replace_the_champion(
         update={"serving": settings.serving.model_copy(update={"model_name": model_name})}
     )
     group = f"promote-{unique}"
-    outcomes = OutcomeStore(redis.Redis(host=stack.redis.host, port=stack.redis.port), f"monitor:{group}")
+    outcomes = OutcomeStore(redis.Redis(**stack.redis.client_kwargs()), f"monitor:{group}")
     day = 20_000
 
     def labelled(version: str, alerts_that_were_fraud: int) -> None:

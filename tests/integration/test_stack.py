@@ -64,7 +64,7 @@ def test_platform_topics_exist_with_configured_partitions(stack: Settings) -> No
 def test_redis_round_trip(stack: Settings, unique: str) -> None:
     import redis
 
-    client = redis.Redis(host=stack.redis.host, port=stack.redis.port)
+    client = redis.Redis(**stack.redis.client_kwargs())
     client.hset(f"test:{unique}", mapping={"count_1d": 3, "mean_1d": 12.5})
     assert client.hgetall(f"test:{unique}") == {b"count_1d": b"3", b"mean_1d": b"12.5"}
     client.delete(f"test:{unique}")

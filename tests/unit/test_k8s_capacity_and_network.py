@@ -93,3 +93,24 @@ def test_ingress_is_denied_by_default(target: str) -> None:
 )
 def test_knative_reaches_the_inference_pods(target: str, namespace: str, port: int, why: str) -> None:
     assert admitted(render(target), TRANSFORMER_POD, namespace, port), f"{target}: {namespace}:{port} ({why})"
+
+
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "StorageClass",
+    "CustomResourceDefinition",
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_namespaced_object_lands_in_the_platforms_namespace(target: str) -> None:
+    """An object without a namespace goes wherever kubectl's context points (usually
+    `default`), where the policies, Secrets and Services it needs do not exist."""
+    stray = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in render(target)
+        if d["kind"] not in CLUSTER_SCOPED and d["metadata"].get("namespace") != "fraud"
+    ]
+    assert not stray, f"{target}: outside namespace fraud: {stray}"

@@ -280,6 +280,10 @@ def test_references_resolve(target: str) -> None:
     """Every ConfigMap, Secret and ServiceAccount named by a pod exists (generated names included)."""
     docs = render(target)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    # Secrets Strimzi creates from rendered objects: one per KafkaUser (its password) and
+    # the cluster CA's public certificate.
+    names |= {("Secret", u["metadata"]["name"]) for u in objects(docs, "KafkaUser")}
+    names |= {("Secret", f"{k['metadata']['name']}-cluster-ca-cert") for k in objects(docs, "Kafka")}
     problems = []
     for where, pod in pod_specs(docs):
         for kind, name, optional in secret_refs(pod):
@@ -388,7 +392,9 @@ def test_inference_service_model_storage_and_credentials(target: str) -> None:
     else:
         assert not account.get("secrets"), "cloud overlays use workload identity, not a key Secret"
         assert any(a in (account["metadata"].get("annotations") or {}) for a in WORKLOAD_IDENTITY)
-        assert not secrets, f"cloud overlays must not ship Secrets: {[ident(s) for s in secrets]}"
+        # The one Secret: the managed Redis's AUTH token (no identity replaces it there).
+        keys = [ident(s) for s in secrets if not s["metadata"]["name"].startswith("fraud-redis-")]
+        assert not keys, f"cloud overlays must not ship key Secrets: {keys}"
         for sa in objects(docs, "ServiceAccount"):
             annotations = sa["metadata"].get("annotations") or {}
             assert any(a in annotations for a in WORKLOAD_IDENTITY), f"{ident(sa)} has no workload identity"
@@ -429,7 +435,9 @@ def test_no_secret_values_are_committed() -> None:
 
     # What gets rendered carries the values of that file (placeholders during validation).
     for secret in objects(render("base"), "Secret"):
-        assert re.fullmatch(r"fraud-s3-[a-z0-9]{10}", secret["metadata"]["name"]), "not a generated Secret"
+        assert re.fullmatch(r"fraud-(s3|redis)-[a-z0-9]{10}", secret["metadata"]["name"]), (
+            "not a generated Secret"
+        )
         values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
         assert all(v.startswith("placeholder-") for v in values.values()), "rendered a real secret value"
 
@@ -465,7 +473,8 @@ def test_topics_match_settings(target: str) -> None:
         assert any(listener["tls"] for listener in kafka["spec"]["kafka"]["listeners"])
         assert platform_config(docs)["FRAUD_KAFKA__REPLICATION_FACTOR"] == "3"
     bootstrap = platform_config(docs)["FRAUD_KAFKA__BOOTSTRAP_SERVERS"]
-    assert bootstrap == f"{kafka['metadata']['name']}-kafka-bootstrap:9092"
+    port = 9093 if target in CLOUD else 9092  # TLS with SCRAM in the cloud (test_kafka_security)
+    assert bootstrap == f"{kafka['metadata']['name']}-kafka-bootstrap:{port}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -474,7 +483,8 @@ def test_feast_settings_agree(target: str) -> None:
     config = platform_config(render(target))
     assert config["FEAST_REGISTRY"] == config["FRAUD_FEATURES__REGISTRY"]
     assert config["FRAUD_FEAST_OFFLINE_ROOT"] == config["FRAUD_FEATURES__OFFLINE_ROOT"]
-    assert config["FEAST_REDIS"] == f"{config['FRAUD_REDIS__HOST']}:{config['FRAUD_REDIS__PORT']}"
+    # FEAST_REDIS holds the Redis password: the Feast containers compose it (test_redis_manifests).
+    assert "FEAST_REDIS" not in config
     bucket = config["FRAUD_S3__FEATURES_BUCKET"]
     for key in ("FEAST_REGISTRY", "FRAUD_FEAST_OFFLINE_ROOT"):
         assert re.match(rf"(s3|gs)://{re.escape(bucket)}(/|$)", config[key]), f"{key} is outside {bucket}"
@@ -522,11 +532,10 @@ def test_every_component_is_scraped(target: str) -> None:
         "fraud-transformer",
         "fraud-predictor",
         "feast-server",
-        "redis",
         "kafka-exporter",
     }
-    if target in LOCAL:
-        expected.add("minio")
+    if target in LOCAL:  # the cloud overlays use the provider's object store and Redis
+        expected |= {"minio", "redis"}
     assert expected <= names, f"missing monitors: {sorted(expected - names)}"
 
     # A PodMonitor on a workload of ours must select its pods and name a declared port.

@@ -21,7 +21,7 @@ from tests.unit.test_manifests import LOCAL, TARGETS, one, render
 
 
 def settings_with_s3(access_key: str, secret_key: str) -> Settings:
-    return Settings(_env_file=None, s3={"access_key": access_key, "secret_key": secret_key})  # type: ignore[call-arg,arg-type]
+    return Settings(_env_file=None, s3={"access_key": access_key, "secret_key": secret_key})
 
 
 def test_a_configured_key_is_used_as_is() -> None:
@@ -42,7 +42,9 @@ def test_without_a_key_the_default_chain_finds_the_pods_credentials(monkeypatch:
     # The first link of the chain: keys in the environment (a Secret's AWS_* variables).
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-secret")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-the-secret")
-    assert s3_client(settings)._provider.retrieve().access_key == "from-the-secret"
+    chain = s3_client(settings)._provider
+    assert chain is not None
+    assert chain.retrieve().access_key == "from-the-secret"
     # s3fs gets no key, so botocore's chain (IRSA's web identity included) applies.
     assert "key" not in storage_options(settings)
     assert "secret" not in storage_options(settings)

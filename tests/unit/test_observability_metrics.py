@@ -28,6 +28,9 @@ SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
 # Metrics of other exporters the manifests deploy, and where they come from.
 EXTERNAL = {
     "kafka_consumergroup_lag": "Strimzi's Kafka Exporter (kafkaExporter in kustomize/base/kafka/kafka.yaml)",
+    "kafka_topic_partition_current_offset": "Strimzi's Kafka Exporter (kafkaExporter, topicRegex)",
+    "redis_memory_used_bytes": "redis_exporter, the Redis pod's sidecar (kustomize/base/redis/redis.yaml)",
+    "redis_memory_max_bytes": "redis_exporter, the Redis pod's sidecar (kustomize/base/redis/redis.yaml)",
 }
 PROMQL_WORDS = {
     "by",
@@ -70,6 +73,7 @@ def asked_for(expr: str) -> tuple[set[str], list[str]]:
     """The metric names a PromQL expression selects, and its ``__name__`` regexes."""
     regexes = re.findall(r'__name__=~"([^"]+)"', expr)
     text = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    text = re.sub(r'"[^"]*"', " ", text)  # string arguments (label_replace's labels and values)
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges
     text = re.sub(r"\boffset\s+\w+", " ", text)
@@ -111,6 +115,8 @@ def test_the_external_exporters_are_deployed() -> None:
 
 def test_the_checker_catches_a_misspelled_metric() -> None:
     names, _ = asked_for("sum by (model_version) (rate(fraud_live_precison[5m])) > 0.5")
+    assert names == {"fraud_live_precison"}
+    names, _ = asked_for('label_replace(sum(rate(fraud_live_precison[5m])), "component", "x-y", "", "")')
     assert names == {"fraud_live_precison"}
     assert "fraud_live_precison" not in defined_metrics()
     assert "fraud_live_precision" in defined_metrics()

@@ -151,3 +151,29 @@ def test_model_names_are_checked(name: str) -> None:
 
     with pytest.raises(ValueError, match="model name"):
         check_model_name(name)
+
+
+def test_secured_kafka_settings_reach_every_step(tmp_path: Path) -> None:
+    """The production overlays have no plaintext listener: the steps (the publish step writes
+    model-events) speak SASL_SSL as KafkaUser fraud-model-publisher, trusting Strimzi's CA."""
+    docs = _docs(compile(tmp_path / "p.yaml", cluster=ClusterConfig.secured_kafka()))
+    pipeline, platform = docs[0], docs[1]
+    for config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        env_secrets = {
+            s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]}
+            for s in config["secretAsEnv"]
+        }
+        assert env_secrets["fraud-model-publisher"] == {"password": "FRAUD_KAFKA__SASL_PASSWORD"}
+        assert "fraud-s3" in env_secrets
+        (volume,) = config["secretAsVolume"]
+        assert (volume["secretName"], volume["mountPath"]) == (
+            "fraud-kafka-cluster-ca-cert",
+            "/etc/fraud/kafka-ca",
+        )
+    for executor in pipeline["deploymentSpec"]["executors"].values():
+        env = {e["name"]: e["value"] for e in executor["container"]["env"]}
+        assert env["FRAUD_KAFKA__BOOTSTRAP_SERVERS"].endswith(":9093")
+        assert env["FRAUD_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["FRAUD_KAFKA__SASL_USERNAME"] == "fraud-model-publisher"
+        assert env["FRAUD_KAFKA__SSL_CA_FILE"] == "/etc/fraud/kafka-ca/ca.crt"
+        assert "FRAUD_KAFKA__SASL_PASSWORD" not in env, "the password comes from the Secret only"
