@@ -48,44 +48,43 @@ def _require_credentials(kafka: KafkaSettings) -> None:
         )
 
 
-def librdkafka_security(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka's configuration for the broker's security; nothing at all for PLAINTEXT
-    (the local broker), so such a client is configured exactly as before."""
+def _security_options(kafka: KafkaSettings) -> list[tuple[str, str, Any]]:
+    """(librdkafka key, kafka-python keyword, value) of each security option in use; none
+    for PLAINTEXT (the local broker), so such a client is configured exactly as before."""
     _require_credentials(kafka)
-    config: dict[str, Any] = {}
     if kafka.security_protocol == "PLAINTEXT":
-        return config
-    config["security.protocol"] = kafka.security_protocol.lower()
+        return []
+    options: list[tuple[str, str, Any]] = [
+        ("security.protocol", "security_protocol", kafka.security_protocol)
+    ]
     if kafka.uses_sasl:
-        config["sasl.mechanisms"] = kafka.sasl_mechanism
-        config["sasl.username"] = kafka.sasl_username
-        config["sasl.password"] = kafka.sasl_password.get_secret_value()
+        # kafka-python names the credentials after PLAIN but uses them for SCRAM too.
+        options += [
+            ("sasl.mechanisms", "sasl_mechanism", kafka.sasl_mechanism),
+            ("sasl.username", "sasl_plain_username", kafka.sasl_username),
+            ("sasl.password", "sasl_plain_password", kafka.sasl_password.get_secret_value()),
+        ]
     if kafka.ssl_ca_file:
-        config["ssl.ca.location"] = kafka.ssl_ca_file
+        options.append(("ssl.ca.location", "ssl_cafile", kafka.ssl_ca_file))
     if kafka.ssl_cert_file:
-        config["ssl.certificate.location"] = kafka.ssl_cert_file
-        config["ssl.key.location"] = kafka.ssl_key_file
+        options += [
+            ("ssl.certificate.location", "ssl_certfile", kafka.ssl_cert_file),
+            ("ssl.key.location", "ssl_keyfile", kafka.ssl_key_file),
+        ]
+    return options
+
+
+def librdkafka_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka's configuration for the broker's security (empty for PLAINTEXT)."""
+    config = {key: value for key, _, value in _security_options(kafka)}
+    if "security.protocol" in config:
+        config["security.protocol"] = config["security.protocol"].lower()
     return config
 
 
 def kafka_python_security(kafka: KafkaSettings) -> dict[str, Any]:
-    """The same for kafka-python's clients (its keyword arguments); nothing for PLAINTEXT."""
-    _require_credentials(kafka)
-    kwargs: dict[str, Any] = {}
-    if kafka.security_protocol == "PLAINTEXT":
-        return kwargs
-    kwargs["security_protocol"] = kafka.security_protocol
-    if kafka.uses_sasl:
-        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
-        # kafka-python names them after PLAIN but uses them for SCRAM too.
-        kwargs["sasl_plain_username"] = kafka.sasl_username
-        kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
-    if kafka.ssl_ca_file:
-        kwargs["ssl_cafile"] = kafka.ssl_ca_file
-    if kafka.ssl_cert_file:
-        kwargs["ssl_certfile"] = kafka.ssl_cert_file
-        kwargs["ssl_keyfile"] = kafka.ssl_key_file
-    return kwargs
+    """The same for kafka-python's clients (its keyword arguments); empty for PLAINTEXT."""
+    return {keyword: value for _, keyword, value in _security_options(kafka)}
 
 
 def admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
