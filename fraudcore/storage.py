@@ -32,6 +32,19 @@ def s3_client(settings: Settings) -> Minio:
     )
 
 
+def aws_env(settings: Settings) -> dict[str, str]:
+    """The AWS SDKs' variables for the platform's object store. The endpoint is S3's own
+    (the global AWS_ENDPOINT_URL would also send STS, IRSA's token exchange, to the object
+    store); a key pair only when the settings hold one: an empty AWS_ACCESS_KEY_ID would
+    hide the pod's own credentials (a Secret's keys, IRSA) from the default chain."""
+    s3 = settings.s3
+    env = {"AWS_ENDPOINT_URL_S3": s3.endpoint_url, "AWS_DEFAULT_REGION": s3.region}
+    if s3.access_key:
+        env["AWS_ACCESS_KEY_ID"] = s3.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.get_secret_value()
+    return env
+
+
 def ensure_buckets(settings: Settings) -> list[str]:
     client = s3_client(settings)
     created = []

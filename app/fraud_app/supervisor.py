@@ -23,6 +23,7 @@ import httpx
 from fraudcore.kafka import group_lag
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
+from fraudcore.storage import aws_env
 
 INGEST = ("quality-gate", "archiver", "feature-job")  # they take a backfill before serving starts
 INGEST_GROUP = {name: name for name in INGEST}  # each ingest component's consumer group
@@ -120,16 +121,7 @@ def _own_group_dying_with_parent() -> None:
 def s3_env(settings: Settings) -> dict[str, str]:
     """KServe's storage conventions: what an InferenceService's ServiceAccount secret provides."""
     s3 = settings.s3
-    env = {
-        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
-        "S3_ENDPOINT": s3.endpoint,
-        "S3_USE_HTTPS": "1" if s3.secure else "0",
-        "AWS_DEFAULT_REGION": s3.region,
-    }
-    if s3.access_key:  # never an empty key: it would hide the default credential chain
-        env["AWS_ACCESS_KEY_ID"] = s3.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.get_secret_value()
-    return env
+    return {**aws_env(settings), "S3_ENDPOINT": s3.endpoint, "S3_USE_HTTPS": "1" if s3.secure else "0"}
 
 
 def components(

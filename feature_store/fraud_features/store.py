@@ -15,13 +15,13 @@ from feast import FeatureStore, RepoConfig
 
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
 from fraudcore.settings import Settings
-from fraudcore.storage import storage_options
+from fraudcore.storage import aws_env, storage_options
 
 
 def feast_env(settings: Settings) -> dict[str, str]:
     """Environment for the Feast CLI and for the definitions module (offline root, S3 access)."""
     s3 = settings.s3
-    env = {
+    return {
         "FEAST_REGISTRY": str(Path(settings.features.registry).resolve())
         if "://" not in settings.features.registry
         else settings.features.registry,
@@ -29,17 +29,8 @@ def feast_env(settings: Settings) -> dict[str, str]:
         "FRAUD_FEAST_OFFLINE_ROOT": settings.features.offline_root,
         "FRAUD_FEAST_S3_ENDPOINT": s3.endpoint_url,
         "FEAST_S3_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_DEFAULT_REGION": s3.region,
-        # S3 only: the global AWS_ENDPOINT_URL would also send STS (IRSA's token exchange)
-        # to the object store.
-        "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
+        **aws_env(settings),
     }
-    # A key pair only when the settings hold one: an empty AWS_ACCESS_KEY_ID would hide the
-    # pod's own credentials (a Secret's keys, IRSA) from boto3's default chain.
-    if s3.access_key:
-        env["AWS_ACCESS_KEY_ID"] = s3.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key.get_secret_value()
-    return env
 
 
 def repo_config(settings: Settings) -> RepoConfig:
