@@ -432,17 +432,24 @@ def consume_ready(client: confluent_kafka.Consumer, max_records: int, timeout_s:
     return [first, *client.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
 
-def record_lag(client: confluent_kafka.Consumer, group: str, timeout_s: float = 1.0) -> int:
-    """Publish the consumer's lag per topic (asks the broker: call it now and then)."""
+def record_lag(client: confluent_kafka.Consumer, group: str, timeout_s: float = 1.0) -> int | None:
+    """Publish the consumer's lag per topic (asks the broker: call it now and then).
+
+    A metric must never stop the consume loop: while the broker is away (restarting, a
+    leader moving) the lag is unknown, logged, and None is returned."""
     from fraudcore.metrics import CONSUMER_LAG
 
     per_topic: dict[str, int] = {}
-    assigned = client.assignment()
-    for tp in client.position(assigned) if assigned else []:
-        if tp.offset < 0:  # nothing consumed from this partition yet
-            continue
-        _low, high = client.get_watermark_offsets(tp, timeout=timeout_s)
-        per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, high - tp.offset)
+    try:
+        assigned = client.assignment()
+        for tp in client.position(assigned) if assigned else []:
+            if tp.offset < 0:  # nothing consumed from this partition yet
+                continue
+            _low, high = client.get_watermark_offsets(tp, timeout=timeout_s)
+            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, high - tp.offset)
+    except confluent_kafka.KafkaException as exc:
+        log.warning("%s: consumer lag unknown for now (%s)", group, exc.args[0] if exc.args else exc)
+        return None
     for topic, lag in per_topic.items():
         CONSUMER_LAG.labels(group=group, topic=topic).set(lag)
     return sum(per_topic.values())

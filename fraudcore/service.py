@@ -137,7 +137,9 @@ def consume_loop(
                     break
             pending.send_if_due()
             if time.monotonic() - last_lag > 5.0:
-                progress.measured_lag(record_lag(consumer, group))
+                lag = record_lag(consumer, group)
+                if lag is not None:
+                    progress.measured_lag(lag)
                 last_lag = time.monotonic()
         with contextlib.suppress(confluent_kafka.KafkaException):  # nothing read: nothing to commit
             pending.send(wait=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from minio import Minio
 from minio.credentials import ChainedProvider, EnvAWSProvider, IamAwsProvider, Provider, StaticProvider
+from minio.error import S3Error
 
 from fraudcore.settings import Settings
 
@@ -68,3 +69,44 @@ def storage_options(settings: Settings) -> dict[str, object]:
         options["key"] = s3.access_key
         options["secret"] = s3.secret_key.get_secret_value()
     return options
+
+
+class ConcurrentWriteError(RuntimeError):
+    """A conditional write lost: the object changed, or appeared, since it was read."""
+
+
+def read_versioned(client: Minio, bucket: str, key: str) -> tuple[bytes, str] | None:
+    """An object's bytes and ETag, or None when it does not exist."""
+    try:
+        response = client.get_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            return None
+        raise
+    try:
+        return bytes(response.read()), str(response.headers.get("etag", "")).strip('"')
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def put_if_unchanged(
+    client: Minio,
+    bucket: str,
+    key: str,
+    data: bytes,
+    etag: str | None,
+    content_type: str = "application/json",
+) -> str:
+    """Write ``key`` only if it still has ``etag`` (``If-Match``), or, with ``etag`` None, only
+    if it does not exist (``If-None-Match: *``); S3 and MinIO check the condition atomically.
+    Returns the new ETag; raises ConcurrentWriteError when another writer came first."""
+    condition = {"If-None-Match": "*"} if etag is None else {"If-Match": f'"{etag}"'}
+    try:
+        # minio-py's public put_object would turn these headers into user metadata.
+        result = client._put_object(bucket, key, data, headers={"Content-Type": content_type, **condition})
+    except S3Error as exc:
+        if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise ConcurrentWriteError(f"s3://{bucket}/{key} changed since it was read") from exc
+        raise
+    return str(result.etag)

@@ -32,7 +32,7 @@ def up() -> None:
     from fraud_app import devstack
 
     if devstack.ensure_env_file():
-        console.print("wrote fresh MinIO credentials to .env")
+        console.print("wrote fresh MinIO credentials and a Redis password to .env")
         get_settings.cache_clear()
     try:
         devstack.up(get_settings(), report=console.print)

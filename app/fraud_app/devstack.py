@@ -335,10 +335,23 @@ class Redis(Service):
     def address(self) -> str:
         return f"{self.settings.redis.host}:{self.settings.redis.port}"
 
+    @property
+    def auth_file(self) -> Path:
+        return self.home / "auth.conf"
+
+    def prepare(self) -> None:
+        # The password goes in a file only its owner reads, never on the command line (which
+        # every local user sees in `ps`). `make up` generates one into .env.
+        password = self.settings.redis.password.get_secret_value()
+        self.auth_file.unlink(missing_ok=True)
+        self.auth_file.touch(mode=0o600)
+        self.auth_file.write_text(f"requirepass {password}\n" if password else "")
+
     def command(self) -> list[str]:
         r = self.settings.redis
         return [
             "redis-server",
+            str(self.auth_file),
             "--bind",
             r.host,
             "--port",
@@ -347,14 +360,17 @@ class Redis(Service):
             str(self.home),
             "--save",
             "60 1000",
+            # Durable online features and feature-job checkpoints: every write goes to the
+            # append-only file, fsynced once a second (a kill -9 loses at most the last
+            # second; an OS crash the same), as on the cluster's Redis.
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
             "--protected-mode",
             "yes",
             "--daemonize",
             "no",
-            # AUTH only when the settings hold a password (none by default on a laptop).
-            *(["--requirepass", r.password.get_secret_value()] if r.password.get_secret_value() else []),
         ]
 
     def _client(self) -> redis.Redis:
@@ -483,7 +499,10 @@ def services(settings: Settings) -> list[Service]:
 
 
 def ensure_env_file(path: Path = Path(".env")) -> bool:
-    """Give a fresh checkout its own random MinIO credentials (never committed)."""
+    """Give a fresh checkout its own random MinIO credentials and Redis password (never
+    committed). A checkout that already has its credentials is left as it is: a Redis
+    already running without a password would refuse a client that sends one (add
+    FRAUD_REDIS__PASSWORD by hand, then `make down && make up`)."""
     if os.environ.get("FRAUD_S3__ACCESS_KEY") or (
         path.exists() and "FRAUD_S3__ACCESS_KEY" in path.read_text()
     ):
@@ -491,6 +510,9 @@ def ensure_env_file(path: Path = Path(".env")) -> bool:
     with path.open("a") as f:
         f.write(f"FRAUD_S3__ACCESS_KEY=fraud-{secrets.token_hex(4)}\n")
         f.write(f"FRAUD_S3__SECRET_KEY={secrets.token_urlsafe(24)}\n")
+        if not os.environ.get("FRAUD_REDIS__PASSWORD"):
+            # URL-safe characters only: the password travels in Feast's connection string.
+            f.write(f"FRAUD_REDIS__PASSWORD={secrets.token_urlsafe(24)}\n")
     return True
 
 

@@ -337,7 +337,8 @@ class Dispatcher:
                         last_commit = now
                     if now - last_lag >= 5:
                         lag = await asyncio.to_thread(record_lag, consumer, self.spec.consumer_group)
-                        progress.measured_lag(lag)
+                        if lag is not None:
+                            progress.measured_lag(lag)
                         last_lag = now
                 if tasks:  # finish what was started: those records are not committed yet
                     await asyncio.wait(set(tasks), timeout=self.timeout_s * (self.spec.delivery.retry + 1))

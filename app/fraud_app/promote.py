@@ -14,7 +14,7 @@ from fraud_monitor.outcomes import WindowMetrics
 from fraud_monitor.store import OutcomeStore
 from fraud_pipelines.publish import METADATA_FILE, MODEL_FILE, ModelStore, install_champion
 from fraudcore.settings import Settings
-from fraudcore.storage import s3_client
+from fraudcore.storage import ConcurrentWriteError, s3_client
 
 
 class PromotionRefusedError(RuntimeError):
@@ -66,7 +66,7 @@ def promote(
     onnx_bytes = store.get(store.key(version, MODEL_FILE))
     if document is None or onnx_bytes is None:
         raise PromotionRefusedError(f"no published version {version!r} under {store.uri()}")
-    champion = (store.get_json(store.key("champion", METADATA_FILE)) or {}).get("version")
+    champion, pointer = store.champion()
     if champion == version:
         raise PromotionRefusedError(f"{version} is already the champion")
     client = redis.Redis(**settings.redis.client_kwargs())
@@ -76,6 +76,12 @@ def promote(
     if why_not and not force:
         raise PromotionRefusedError(f"not promoting {version}: {why_not}; --force promotes anyway")
     ap = float((document.get("decision") or {}).get("challenger_ap") or 0.0)  # its offline AP
+    try:
+        store.claim_champion(version, ap, pointer)
+    except ConcurrentWriteError:
+        raise PromotionRefusedError(
+            f"the champion changed while {version} was being compared with {champion}; run fraud promote again"
+        ) from None
     changed = install_champion(settings, store, version, onnx_bytes, document, ap)
     return {
         "version": version,

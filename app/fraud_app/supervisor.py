@@ -3,15 +3,19 @@
 Used by the demo and the end-to-end benchmark: the quality gate, the archiver, the
 streaming feature job, the KServe predictor and transformer, and the KafkaSource stand-in.
 Each is a real process with its own log under ``<state>/run/``; `start` waits until each is
-healthy, `stop` sends SIGTERM (then SIGKILL) in reverse order.
+healthy, `stop` sends SIGTERM (then SIGKILL) in reverse order. Like a Deployment's pods, a
+component that dies is started again, after a backoff that doubles from 1 s to 30 s (reset
+once it has stayed up for a minute), and the restart is logged and counted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +28,11 @@ from fraudcore.kafka import group_lag
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
 from fraudcore.storage import aws_env
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, longest delay
+STABLE_AFTER_S = 60.0  # up this long: the next death starts the backoff again
 
 INGEST = ("quality-gate", "archiver", "feature-job")  # they take a backfill before serving starts
 INGEST_GROUP = {name: name for name in INGEST}  # each ingest component's consumer group
@@ -203,9 +212,13 @@ def components(
 
 
 class Platform:
-    def __init__(self, settings: Settings, parts: list[Component]) -> None:
+    def __init__(self, settings: Settings, parts: list[Component], *, restart: bool = True) -> None:
         self.settings = settings
         self.parts = parts
+        self.restart = restart
+        self.restarts: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def start(self, report: Callable[[str], None] = print, timeout_s: float = 120) -> None:
         for part in self.parts:
@@ -216,11 +229,54 @@ class Platform:
                 self.stop()
                 raise
             report(f"{part.name:<14} up (pid {part.proc.pid if part.proc else '?'})")
+        if self.restart:
+            self._stopping.clear()
+            self._watcher = threading.Thread(target=self._keep_alive, name="platform-watcher", daemon=True)
+            self._watcher.start()
+
+    def _keep_alive(self, poll_s: float = 0.5) -> None:
+        """Start every component that died again, after its backoff."""
+        delay: dict[str, float] = {}
+        due: dict[str, float] = {}
+        while not self._stopping.wait(poll_s):
+            now = time.monotonic()
+            for part in self.parts:
+                if part.proc is None:
+                    continue
+                if part.proc.poll() is None:
+                    if now - part.started > STABLE_AFTER_S:
+                        delay.pop(part.name, None)
+                    continue
+                if part.name not in due:
+                    wait = delay.get(part.name, RESTART_BACKOFF_S[0])
+                    delay[part.name] = min(wait * 2, RESTART_BACKOFF_S[1])
+                    due[part.name] = now + wait
+                    log.warning(
+                        "%s exited with %s; starting it again in %.0f s (log: %s)",
+                        part.name,
+                        part.proc.returncode,
+                        wait,
+                        part.log,
+                    )
+                elif now >= due[part.name] and not self._stopping.is_set():
+                    del due[part.name]
+                    part.start(self.settings)
+                    self.restarts[part.name] = self.restarts.get(part.name, 0) + 1
+                    log.warning(
+                        "%s started again (pid %s, restart %d)",
+                        part.name,
+                        part.proc.pid if part.proc else "?",
+                        self.restarts[part.name],
+                    )
 
     def alive(self) -> list[str]:
         return [p.name for p in self.parts if p.proc is not None and p.proc.poll() is None]
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+            self._watcher = None
         for part in reversed(self.parts):
             part.stop()
 

@@ -5,6 +5,7 @@ Layout in the models bucket, for a model name ``<m>`` (default ``fraud``)::
     <m>/<version>/model.onnx            every published model, immutable
     <m>/<version>/metadata.json         metrics, features, data window, code revision, decision
     <m>/decisions/<version>.json        the champion/challenger decision of that run
+    <m>/champion.json                   which version is the champion: written only conditionally
     <m>/champion/model.onnx             the current champion (KServe: storageUri s3://models/<m>/champion)
     <m>/champion/metadata.json
     <m>/shadow/model.onnx               the shadow challenger: scores live traffic beside the champion
@@ -17,6 +18,14 @@ the same test window: the champion's ONNX file is re-scored on this run's test s
 champion whose ONNX cannot take today's features (another feature list) cannot be compared
 and is replaced. When the champion moves, a ``champion-changed`` record goes to the
 ``model-events`` topic, keyed by the model name.
+
+Two runs may publish at once. The champion pointer ``<m>/champion.json`` is written only if
+it is still what the run read when it decided (S3 ``If-Match``, or ``If-None-Match: *`` when
+there was none), so exactly one run wins; the other decides again against the new champion
+(and is recorded as a challenger unless it beats it). The champion folder and the events
+follow the pointer: after its event, a winner reads the pointer again and, if a later winner
+has moved it meanwhile, writes that version's files and event, so the last event sent names
+the pointer's version.
 """
 
 from __future__ import annotations
@@ -41,11 +50,14 @@ from sklearn.metrics import average_precision_score
 from fraud_pipelines.onnx_export import INPUT_NAME, LABEL, PROBABILITIES, metadata_of, onnx_scores
 from fraudcore.features import MODEL_FEATURES
 from fraudcore.settings import Settings
+from fraudcore.storage import ConcurrentWriteError, put_if_unchanged, read_versioned
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 SHADOW = "shadow"  # the shadow slot's folder beside "champion"
 SHADOW_CHANGED = "shadow-changed"
+CHAMPION_POINTER = "champion.json"
+PUBLISH_ATTEMPTS = 5  # decisions per run when other runs keep moving the champion
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 Log = Callable[[str], None]
@@ -149,6 +161,21 @@ class ModelStore:
         data = self.get(key)
         return json.loads(data) if data is not None else None
 
+    def champion(self) -> tuple[str | None, str | None]:
+        """(champion version, ETag of the pointer); a store from before the pointer has no
+        ETag and names its champion in the champion folder."""
+        found = read_versioned(self.client, self.bucket, self.key(CHAMPION_POINTER))
+        if found is not None:
+            return str(json.loads(found[0])["version"]), found[1]
+        return (self.get_json(self.key("champion", METADATA_FILE)) or {}).get("version"), None
+
+    def claim_champion(self, version: str, ap: float, etag: str | None) -> None:
+        """Point at ``version`` if the pointer still has ``etag`` (None: does not exist);
+        raises ConcurrentWriteError when another run moved it first."""
+        body = {"version": version, "ap": ap, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        data = json.dumps(body, sort_keys=True).encode()
+        put_if_unchanged(self.client, self.bucket, self.key(CHAMPION_POINTER), data, etag)
+
     def triton_versions(self) -> list[int]:
         prefix = self.key("triton", self.name) + "/"
         found = []
@@ -176,20 +203,23 @@ class Decision:
 
 def score_champion(
     store: ModelStore, x: npt.NDArray[np.float32], y: npt.NDArray[Any], features: list[str]
-) -> tuple[str | None, float | None, str]:
-    """The current champion's version and its AP re-scored on (x, y), or why it cannot be."""
-    data = store.get(store.key("champion", MODEL_FILE))
+) -> tuple[str | None, float | None, str, str | None]:
+    """The current champion's version, its AP re-scored on (x, y) or why it cannot be, and the
+    ETag of the champion pointer that was read (for the conditional promotion)."""
+    version, etag = store.champion()
+    # The pointer's version folder: written before the pointer, and never rewritten.
+    data = store.get(store.key(version, MODEL_FILE)) if version else None
     if data is None:
-        return None, None, "no champion yet"
+        data = store.get(store.key("champion", MODEL_FILE))
+    if data is None:
+        return None, None, "no champion yet", etag
     props = metadata_of(data)
-    version = props.get("model_version") or (store.get_json(store.key("champion", METADATA_FILE)) or {}).get(
-        "version"
-    )
+    version = version or props.get("model_version")
     champion_features = json.loads(props.get("feature_names", "null") or "null")
     if champion_features != features:
-        return version, None, "the champion takes other features, so it cannot score this test set"
+        return version, None, "the champion takes other features, so it cannot score this test set", etag
     ap = float(average_precision_score(y, onnx_scores(data, x)))
-    return version, ap, ""
+    return version, ap, "", etag
 
 
 def decide(
@@ -285,13 +315,30 @@ def publish(
     features = list(metadata.get("features", MODEL_FEATURES))
     window = metadata.get("data_window", {}).get("test", {})
     challenger_ap = float(average_precision_score(y_test, onnx_scores(onnx_bytes, x_test)))
-    champion_version, champion_ap, why = score_champion(store, x_test, y_test, features)
-    if champion_ap is not None:
-        log(f"champion {champion_version}: AP {champion_ap:.4f} re-scored on this test window")
-    decision = decide(
-        version, challenger_ap, champion_version, champion_ap, why, window, min_improvement, shadow
-    )
-    log(decision.reason)
+    # Before any claim: a run deciding against this version once it wins reads it here.
+    store.put(store.key(version, MODEL_FILE), onnx_bytes)
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        champion_version, champion_ap, why, pointer = score_champion(store, x_test, y_test, features)
+        if champion_ap is not None:
+            log(f"champion {champion_version}: AP {champion_ap:.4f} re-scored on this test window")
+        decision = decide(
+            version, challenger_ap, champion_version, champion_ap, why, window, min_improvement, shadow
+        )
+        log(decision.reason)
+        if not decision.promoted:
+            break
+        try:
+            store.claim_champion(version, challenger_ap, pointer)
+            break
+        except ConcurrentWriteError:
+            log(
+                f"another run moved the champion since it was read: deciding again ({attempt}/{PUBLISH_ATTEMPTS})"
+            )
+    else:
+        raise RuntimeError(
+            f"the champion of {model_name} moved {PUBLISH_ATTEMPTS} times while {version} was being published; "
+            "publish it again"
+        )
     summary: dict[str, Any] = {
         "model_name": model_name,
         "version": version,
@@ -309,7 +356,6 @@ def publish(
         "model_file": MODEL_FILE,
         "decision": decision.to_dict(),
     }
-    store.put(store.key(version, MODEL_FILE), onnx_bytes)
     store.put_json(store.key(version, METADATA_FILE), document)
     store.put_json(store.key("decisions", f"{version}.json"), decision.to_dict())
     if decision.promoted:
@@ -330,8 +376,31 @@ def install_champion(
     document: dict[str, Any],
     ap: float,
 ) -> dict[str, Any]:
-    """Make a version the champion: its files in the champion folder and as the next Triton
-    version, then ``champion-changed`` for the predictors. Returns what changed."""
+    """Make the version the pointer names (already claimed) the champion: its files in the
+    champion folder and as the next Triton version, then ``champion-changed`` for the
+    predictors. Returns what changed."""
+    changed = _write_champion(settings, store, version, onnx_bytes, document, ap)
+    # A later winner may have claimed the pointer while this one wrote: the folder and the
+    # last event must name the pointer's version, so whoever finishes last writes it.
+    current, _ = store.champion()
+    if current and current != version:
+        later_onnx = store.get(store.key(current, MODEL_FILE))
+        later_doc = store.get_json(store.key(current, METADATA_FILE)) or {"version": current}
+        if later_onnx is not None:
+            later_ap = float((later_doc.get("decision") or {}).get("challenger_ap") or 0.0)
+            _write_champion(settings, store, current, later_onnx, later_doc, later_ap)
+            changed["superseded_by"] = current
+    return changed
+
+
+def _write_champion(
+    settings: Settings,
+    store: ModelStore,
+    version: str,
+    onnx_bytes: bytes,
+    document: dict[str, Any],
+    ap: float,
+) -> dict[str, Any]:
     name = store.name
     features = list(document.get("features", MODEL_FEATURES))
     champion_doc = {**document, "champion_since": datetime.now(UTC).isoformat(timespec="seconds")}

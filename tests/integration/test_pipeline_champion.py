@@ -124,3 +124,83 @@ def test_worse_challenger_does_not_replace_the_champion(
     assert forced["forced"] is True
     events = read_topic(settings, settings.topics.model_events.name, expected=5, timeout_s=20)
     assert [json.loads(r.value)["version"] for r in events][3:] == ["v3-equal", "v2-worse"]
+
+
+def test_two_runs_publishing_at_once_make_exactly_one_champion(
+    stack: Settings, unique: str, model_name: str
+) -> None:
+    """Both runs decide against no champion, then both claim it at the same moment: MinIO's
+    conditional write lets one through; the other decides again against the winner and, with
+    the same AP, is recorded as the challenger."""
+    import threading
+
+    settings = isolated(stack, unique)
+    raw = simulate(SMALL_SIMULATION)
+    windows = plan_windows(
+        "2024-01-01", "2024-03-01", train_start="2024-02-01", history_days=0, burn_in_days=14
+    )
+    sets = build_datasets(raw, windows)
+    train = sets.train.loc[sets.train["timestamp"] >= windows.train_start]
+    x_test, y_test = feature_matrix(sets.test), sets.test["is_fraud"].to_numpy()
+    model = make_estimator("logreg", {"C": 1.0}).fit(feature_matrix(train), train["is_fraud"].to_numpy())
+    metadata = {"data_window": {"test": windows.to_dict()}}
+    both_decided = threading.Barrier(2, timeout=60)
+    results: dict[str, dict[str, object]] = {}
+    errors: list[BaseException] = []
+
+    def run(version: str) -> None:
+        def wait_for_the_other(message: str) -> None:
+            if message.startswith("promoted") and "no champion" in message:
+                both_decided.wait()  # neither has claimed yet: both read "no champion"
+
+        onnx_bytes = convert(model, {"model_version": version}).SerializeToString()
+        try:
+            results[version] = publish(
+                settings,
+                onnx_bytes,
+                x_test,
+                y_test,
+                metadata,
+                model_name=model_name,
+                version=version,
+                log=wait_for_the_other,
+            )
+        except BaseException as exc:  # surfaced below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in ("run-a", "run-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    promoted = [v for v, r in results.items() if r["promoted"]]
+    assert len(promoted) == 1, results
+    [winner] = promoted
+    [loser] = [v for v in results if v != winner]
+    loser_decision = results[loser]["decision"]
+    assert isinstance(loser_decision, dict)
+    assert loser_decision["champion_version"] == winner
+    assert "kept the champion" in loser_decision["reason"]
+
+    client = s3_client(stack)
+    bucket = stack.s3.models_bucket
+
+    def read_json(key: str) -> dict[str, object]:
+        return dict(json.loads(client.get_object(bucket, f"{model_name}/{key}").read()))
+
+    assert read_json("champion.json")["version"] == winner
+    assert read_json("champion/metadata.json")["version"] == winner
+    assert read_json(f"decisions/{loser}.json")["promoted"] is False
+    triton = [
+        o.object_name
+        for o in client.list_objects(bucket, prefix=f"{model_name}/triton/{model_name}/", recursive=True)
+        if o.object_name.endswith("model.onnx")
+    ]
+    assert len(triton) == 1, triton
+    events = read_topic(settings, settings.topics.model_events.name, expected=2, timeout_s=20)
+    kinds = sorted(json.loads(e.value)["type"] for e in events)
+    assert kinds == ["champion-changed", "shadow-changed"]
+    assert [
+        json.loads(e.value)["version"] for e in events if json.loads(e.value)["type"] == "champion-changed"
+    ] == [winner]

@@ -58,3 +58,15 @@ def test_demo_runs_unattended_and_decides_as_the_evaluation_predicts(stack: Sett
     assert result["live_precision"] >= 0.7 * result["expected_precision"], result
     assert result["live_recall"] >= 0.5 * result["expected_recall"], result
     assert result["psi_feature"], result  # drift is measured (its size is reported, not judged)
+    # No credential in any log line: the demo's own output and every component's log.
+    secrets = {
+        "S3 secret key": stack.s3.secret_key.get_secret_value(),
+        "Redis password": stack.redis.password.get_secret_value(),
+    }
+    logs = {"demo output": done.stdout + done.stderr}
+    logs.update({str(p): p.read_text(errors="replace") for p in (stack.state_dir / "run").glob("*.log")})
+    assert len(logs) > 1, "no component logs to check"
+    for what, secret in secrets.items():
+        if secret:
+            leaked = [where for where, text in logs.items() if secret in text]
+            assert not leaked, f"the {what} appears in {leaked}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from fraudcore.service import PendingCommits
@@ -50,3 +51,31 @@ def test_a_rebalance_forgets_what_belonged_to_the_old_assignment() -> None:
     pending.forget()
     pending.send_if_due()
     assert consumer.commits == []
+
+
+def test_a_lag_metric_that_fails_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker restart made get_watermark_offsets raise _UNKNOWN_PARTITION inside the quality
+    gate's loop, which then died: the lag is now unknown for a while, never fatal."""
+    import confluent_kafka
+
+    from fraudcore.kafka import record_lag
+
+    class BrokerAway:
+        def assignment(self) -> list[confluent_kafka.TopicPartition]:
+            return [confluent_kafka.TopicPartition("transactions", 0)]
+
+        def position(
+            self, partitions: list[confluent_kafka.TopicPartition]
+        ) -> list[confluent_kafka.TopicPartition]:
+            return [confluent_kafka.TopicPartition(tp.topic, tp.partition, 42) for tp in partitions]
+
+        def get_watermark_offsets(
+            self, tp: confluent_kafka.TopicPartition, timeout: float
+        ) -> tuple[int, int]:
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError._UNKNOWN_PARTITION)
+            )
+
+    with caplog.at_level("WARNING"):
+        assert record_lag(BrokerAway(), "quality-gate") is None  # type: ignore[arg-type]
+    assert "consumer lag unknown" in caplog.text

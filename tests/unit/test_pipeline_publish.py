@@ -3,6 +3,7 @@ Triton repository and the model-events record (MinIO replaced by an in-memory fa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -26,8 +27,17 @@ class _Object:
 
 
 class _Response(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.headers = {"etag": f'"{hashlib.md5(data).hexdigest()}"'}
+
     def release_conn(self) -> None:
         return None
+
+
+@dataclass
+class _Written:
+    etag: str
 
 
 class FakeMinio:
@@ -45,6 +55,17 @@ class FakeMinio:
         self, bucket: str, name: str, data: io.BytesIO, length: int, content_type: str = ""
     ) -> None:
         self.objects[(bucket, name)] = data.read(length)
+
+    def _put_object(self, bucket: str, name: str, data: bytes, headers: dict[str, str]) -> _Written:
+        """S3's conditional PutObject: If-None-Match: * or If-Match: "<etag>"."""
+        current = self.objects.get((bucket, name))
+        etag = f'"{hashlib.md5(current).hexdigest()}"' if current is not None else None
+        if headers.get("If-None-Match") == "*" and current is not None:
+            raise S3Error(None, "PreconditionFailed", "exists", name, "", "", bucket, name)  # type: ignore[arg-type]
+        if "If-Match" in headers and headers["If-Match"] != etag:
+            raise S3Error(None, "PreconditionFailed", "changed", name, "", "", bucket, name)  # type: ignore[arg-type]
+        self.objects[(bucket, name)] = data
+        return _Written(hashlib.md5(data).hexdigest())
 
     def get_object(self, bucket: str, name: str) -> _Response:
         if (bucket, name) not in self.objects:
@@ -97,12 +118,14 @@ def test_layout_and_champion_challenger(events: list[tuple[str, dict[str, Any]]]
         "fraud/v1/model.onnx",
         "fraud/v1/metadata.json",
         "fraud/decisions/v1.json",
+        "fraud/champion.json",
         "fraud/champion/model.onnx",
         "fraud/champion/metadata.json",
         "fraud/triton/fraud/1/model.onnx",
         "fraud/triton/fraud/config.pbtxt",
     }
     assert client.objects[("models", "fraud/champion/model.onnx")] == good
+    assert json.loads(client.objects[("models", "fraud/champion.json")])["version"] == "v1"
     assert events[0][0] == "fraud"
     assert events[0][1]["type"] == "champion-changed"
     assert events[0][1]["version"] == "v1"
@@ -195,3 +218,40 @@ def test_code_revision(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     assert pub.code_revision() == "from-env"
     monkeypatch.delenv("FRAUD_CODE_REVISION")
     assert pub.code_revision(cwd=tmp_path) == "unknown"  # not a git work tree
+
+
+def test_a_promotion_whose_champion_moved_meanwhile_decides_again(
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """The conditional write on the pointer: a run that read no champion, then finds one
+    claimed by another run, is compared with that one instead of overwriting it."""
+    client: Any = FakeMinio()
+    settings = Settings()
+    x, y = _data()
+    meta = {"features": MODEL_FEATURES, "data_window": {"test": {"start": "2024-03-01", "end": "2024-03-08"}}}
+    model = _onnx(x, y, "v1")
+    claimed: list[dict[str, Any]] = []
+
+    def other_run_claims_first(message: str) -> None:
+        # Between this run's decision and its claim, another run publishes the same model.
+        if message.startswith("promoted") and not claimed:
+            claimed.append(
+                pub.publish(settings, model, x, y, meta, model_name="fraud", version="other", client=client)
+            )
+
+    mine = pub.publish(
+        settings,
+        model,
+        x,
+        y,
+        meta,
+        model_name="fraud",
+        version="mine",
+        client=client,
+        log=other_run_claims_first,
+    )
+    assert claimed[0]["promoted"] is True
+    assert mine["promoted"] is False, "the same AP does not beat the champion that won the race"
+    assert mine["decision"]["champion_version"] == "other"
+    assert json.loads(client.objects[("models", "fraud/champion.json")])["version"] == "other"
+    assert [e["version"] for _, e in events if e["type"] == "champion-changed"] == ["other"]

@@ -84,11 +84,6 @@ def test_no_empty_password_is_ever_written() -> None:
         assert "--requirepass" not in LocalRedis(settings).command()
 
 
-def test_the_local_stack_requires_the_password_when_one_is_set() -> None:
-    command = LocalRedis(settings_with_redis(password=PASSWORD)).command()
-    assert command[command.index("--requirepass") + 1] == PASSWORD
-
-
 def test_the_password_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUD_REDIS__PASSWORD", PASSWORD)
     monkeypatch.setenv("FRAUD_REDIS__SSL", "true")

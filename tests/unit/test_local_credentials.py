@@ -1,0 +1,60 @@
+"""A fresh checkout's generated credentials: MinIO keys and the Redis password in .env (never
+committed), the password handed to redis-server in a file only its owner reads."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from fraud_app import devstack
+from fraudcore.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_credentials_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_a_fresh_checkout_gets_keys_and_a_redis_password(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    assert devstack.ensure_env_file(env_file) is True
+    values = read_env(env_file)
+    assert set(values) == {"FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD"}
+    assert len(values["FRAUD_REDIS__PASSWORD"]) >= 24
+    # What the settings accept (Feast's connection string refuses ',' and JSON values).
+    settings = Settings(_env_file=env_file)
+    assert settings.redis.password.get_secret_value() == values["FRAUD_REDIS__PASSWORD"]
+    assert devstack.ensure_env_file(env_file) is False, "a second run changes nothing"
+    assert read_env(env_file) == values
+
+
+def test_an_existing_checkout_is_left_as_it_is(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("FRAUD_S3__ACCESS_KEY=mine\nFRAUD_S3__SECRET_KEY=also-mine\n")
+    assert devstack.ensure_env_file(env_file) is False
+    assert "FRAUD_REDIS__PASSWORD" not in env_file.read_text()
+
+
+def test_redis_gets_its_password_from_a_private_file_not_the_command_line(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, state_dir=tmp_path, redis={"password": "Local-Redis-Password_1"})
+    server = devstack.Redis(settings)
+    server.home.mkdir(parents=True, exist_ok=True)
+    server.prepare()
+    argv = server.command()
+    assert not any("Local-Redis-Password_1" in arg for arg in argv)
+    assert argv[1] == str(server.auth_file)
+    assert server.auth_file.read_text() == "requirepass Local-Redis-Password_1\n"
+    assert stat.S_IMODE(server.auth_file.stat().st_mode) == 0o600
+    assert argv[argv.index("--appendonly") : argv.index("--appendonly") + 4] == [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+    ]
