@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack needs (Debian/Ubuntu): Redis and Prometheus
-# from Debian's packages; checks for Java 17+, Maven and Go (Kafka's jars and MinIO's
+# from Debian's packages, and headless Chromium with its driver for the console's browser
+# tests; checks for Java 17+, Maven and Go (Kafka's jars and MinIO's
 # source are fetched by `fraud up`, not here).
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v prometheus >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
