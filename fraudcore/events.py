@@ -4,11 +4,17 @@ The JSON Schema files in ``fraudcore/schemas`` are the contract; this module loa
 and adds the checks JSON Schema cannot express well (ISO-4217 currency codes, ISO-8601
 timestamps with an offset, finite amounts, payload size). ``validate`` returns every
 problem as ``"<field>: <what is wrong>"`` and never raises on bad input.
+
+A fraud label is a verdict on one transaction: a chargeback (the bank's final word, always a
+fraud; a record without ``source`` and ``is_fraud`` is one) or an analyst's verdict, fraud or
+legitimate (``analyst_label`` builds one). Every consumer reads a verdict with
+``label_is_fraud`` and combines a transaction's verdicts with ``next_verdict``: the rule.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -120,6 +126,15 @@ _JSON_TYPE_NAMES = {
 
 
 def _describe(error: ValidationError) -> Problem:
+    problem = _describe_plainly(error)
+    # A rule of a conditional branch (if/then/else) says when it applies in its description.
+    conditional = {"then", "else"} & set(map(str, error.relative_schema_path))
+    if conditional and isinstance(error.schema, dict) and (when := error.schema.get("description")):
+        return Problem(problem.field, f"{problem.message} ({when})")
+    return problem
+
+
+def _describe_plainly(error: ValidationError) -> Problem:
     path = ".".join(str(p) for p in error.absolute_path)
     kind = error.validator
     if kind == "required":
@@ -141,6 +156,7 @@ def _describe(error: ValidationError) -> Problem:
         "maxLength": f"must be at most {error.validator_value} characters",
         "const": f"must be {error.validator_value!r}",
         "enum": f"{error.instance!r} is not one of {error.validator_value}",
+        "not": "must be absent",
     }
     return Problem(path or "payload", messages.get(str(kind), error.message))
 
@@ -207,3 +223,101 @@ def validate(
 
 def dumps(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
+
+
+# --------------------------------------------------------------------------- fraud labels
+class LabelSource(StrEnum):
+    CHARGEBACK = "chargeback"
+    ANALYST = "analyst"
+
+
+def label_source(label: Mapping[str, Any]) -> LabelSource:
+    """Who gave a label's verdict; absent (or null, as in an archive written before the field
+    existed) means a chargeback. Raises ValueError on an unknown source."""
+    value = label.get("source")
+    try:
+        return LabelSource.CHARGEBACK if value is None else LabelSource(value)
+    except ValueError:
+        raise ValueError(f"source: {value!r} is not one of {[s.value for s in LabelSource]}") from None
+
+
+def label_is_fraud(label: Mapping[str, Any]) -> bool:
+    """Whether a label's verdict says fraud: ``is_fraud``, true when absent (or null). A
+    chargeback is always a fraud: one that says otherwise breaks the contract (ValueError)."""
+    source = label_source(label)
+    value = label.get("is_fraud")
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise ValueError("is_fraud: must be of type boolean")
+    if not value and source is LabelSource.CHARGEBACK:
+        raise ValueError("is_fraud: must be true (a chargeback is always a fraud)")
+    return value
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a transaction's labels say so far."""
+
+    is_fraud: bool
+    final: bool  # a chargeback: no later verdict changes it
+
+
+def next_verdict(current: Verdict | None, label: Mapping[str, Any]) -> Verdict:
+    """The label rule: a transaction's verdict after ``label``, its verdicts taken in report order.
+
+    The latest verdict decides, except that a chargeback, the bank's final word, is never
+    overturned: once a transaction has one it is a fraud, whatever an analyst said before or
+    says after. A transaction without any label is legitimate."""
+    if current is not None and current.final:
+        return current
+    return Verdict(label_is_fraud(label), label_source(label) is LabelSource.CHARGEBACK)
+
+
+def transaction_verdict(labels: Iterable[Mapping[str, Any]]) -> Verdict | None:
+    """One transaction's verdict from all its labels (``next_verdict`` over them by
+    ``reported_at``, ties in the given order); None without labels."""
+    verdict = None
+    for label in sorted(labels, key=lambda lab: parse_timestamp(lab["reported_at"])):
+        verdict = next_verdict(verdict, label)
+    return verdict
+
+
+def label_key(label: Mapping[str, Any]) -> bytes:
+    """The record key on the labels topic: the card id, as for transactions, so a card's
+    labels stay in order on one partition."""
+    return str(label["card_id"]).encode()
+
+
+def analyst_label(
+    transaction_id: str,
+    card_id: str,
+    terminal_id: str,
+    transaction_timestamp: str | datetime,
+    is_fraud: bool,
+    analyst: str,
+    reported_at: str | datetime,
+) -> dict[str, Any]:
+    """An analyst's verdict as a valid label record (``reported_at``: when it was submitted).
+    The scenario is 0 (unknown): an analyst does not know it. Raises ValueError, naming the
+    fields, on a record the contract refuses (an empty analyst name, a bad timestamp)."""
+
+    def wire(ts: str | datetime) -> str:
+        return format_timestamp(ts) if isinstance(ts, datetime) else ts
+
+    label: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "transaction_id": transaction_id,
+        "card_id": card_id,
+        "terminal_id": terminal_id,
+        "transaction_timestamp": wire(transaction_timestamp),
+        "reported_at": wire(reported_at),
+        "scenario": 0,
+        "source": LabelSource.ANALYST.value,
+        "is_fraud": is_fraud,
+        "analyst": analyst,
+    }
+    problems = validate_object(EventKind.FRAUD_LABEL, label)
+    if problems:
+        raise ValueError("; ".join(map(str, problems)))
+    return label

@@ -19,6 +19,9 @@ Definitions (times in UTC; ``w`` a window length):
   days ``[d - D - w, d - D)`` and the share of those that are known fraud, where a fraud is
   known only if its label was reported before day ``d`` began. ``D`` is the label delay
   (7 days). The values depend only on ``(terminal, d)``, so they are fixed for the whole day.
+  A transaction counts as known fraud once, from its first label whose verdict says fraud
+  (``fraudcore.events.label_is_fraud``); an analyst's "legitimate" never counts, and a later
+  verdict does not take a counted fraud back (the streaming job's counters only grow).
 * **Request-time features** come from the transaction itself and the card features:
   amount, amount over the card's 30-day mean, seconds since the card's previous
   transaction, night (before 06:00 UTC) and weekend.
@@ -33,6 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+from fraudcore.events import label_is_fraud
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -277,13 +282,43 @@ def model_matrix(features: Mapping[str, Any], dtype: type[np.floating[Any]] = np
 
 
 # --------------------------------------------------------------------------- backfill
+def label_verdicts(labels: pd.DataFrame) -> list[dict[str, Any] | None]:
+    """Each label row's verdict fields (``source``, ``is_fraud``) for the rule in
+    ``fraudcore.events``. An absent or null field stays absent (a label archived before the
+    field existed: a chargeback); a row that breaks the contract is None, left out as the
+    streaming job dead-letters it."""
+    n = len(labels)
+    columns = {
+        name: labels[name].tolist() if name in labels else [None] * n for name in ("source", "is_fraud")
+    }
+    out: list[dict[str, Any] | None] = []
+    for source, is_fraud in zip(columns["source"], columns["is_fraud"], strict=True):
+        fields = {
+            name: value.item() if isinstance(value, np.generic) else value
+            for name, value in (("source", source), ("is_fraud", is_fraud))
+            if not pd.isna(value)
+        }
+        try:
+            label_is_fraud(fields)
+        except ValueError:
+            out.append(None)
+            continue
+        out.append(fields)
+    return out
+
+
 def _labelled(
     tx: pd.DataFrame, t_us: I64, terminal: I64, labels: pd.DataFrame | None
 ) -> tuple[I64, I64, I64]:
-    """The fraud labels of ``tx``'s transactions: their terminal codes, times and report times."""
+    """The known frauds of ``tx``'s transactions: their terminal codes, times and report
+    times (each transaction once, at its first fraud verdict)."""
     if labels is None or not len(labels):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
+    says_fraud = [v is not None and label_is_fraud(v) for v in label_verdicts(labels)]
+    frauds = labels.loc[np.asarray(says_fraud, dtype=bool), ["transaction_id", "reported_at"]]
+    order = np.argsort(to_us(frauds["reported_at"]), kind="stable")
+    labels = frauds.iloc[order].drop_duplicates("transaction_id", keep="first")
     position = pd.Series(np.arange(len(tx)), index=tx["transaction_id"].to_numpy())
     rows = position.reindex(labels["transaction_id"].to_numpy()).dropna().astype(np.int64).to_numpy()
     known = labels["transaction_id"].isin(position.index).to_numpy()

@@ -9,11 +9,30 @@ metadata service. An empty key never means "anonymous": under IRSA that is a 403
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import urllib3
 from minio import Minio
 from minio.credentials import ChainedProvider, EnvAWSProvider, IamAwsProvider, Provider, StaticProvider
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
+from prometheus_client import Counter
 
 from fraudcore.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OBJECT_STORE_RETRIES = Counter(
+    "object_store_retries",
+    "Object-store writes that failed because the store was unreachable or overloaded, and wait to be retried",
+    ["component"],
+)
+# S3 error codes that mean "try again later", not "this request is wrong".
+UNAVAILABLE_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
 
 
 def s3_credentials(access_key: str | None, secret_key: str | None) -> Provider:
@@ -23,14 +42,68 @@ def s3_credentials(access_key: str | None, secret_key: str | None) -> Provider:
     return ChainedProvider([EnvAWSProvider(), IamAwsProvider()])
 
 
-def s3_client(settings: Settings) -> Minio:
+def s3_client(settings: Settings, *, fail_fast: bool = False) -> Minio:
+    """The platform's S3 client. ``fail_fast``: one quick attempt per request (a 3 s connect
+    timeout, no retries of its own), for callers on a live loop that keep their own retry
+    schedule; the default client retries a request for several seconds before it fails."""
     s3 = settings.s3
+    http_client = None
+    if fail_fast:
+        http_client = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=3.0, read=30.0), retries=urllib3.Retry(total=0), maxsize=4
+        )
     return Minio(
         s3.endpoint,
         credentials=s3_credentials(s3.access_key, s3.secret_key.get_secret_value()),
         secure=s3.secure,
         region=s3.region,
+        http_client=http_client,
     )
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a request failed because the object store could not be reached or was
+    overloaded (refused or reset connections, timeouts, 5xx): a wait, unlike a 4xx."""
+    if isinstance(exc, S3Error):
+        return exc.code in UNAVAILABLE_CODES
+    return isinstance(exc, urllib3.exceptions.HTTPError | ServerError | ConnectionError | TimeoutError)
+
+
+def write_until_stored(
+    write: Callable[[], T],
+    *,
+    component: str,
+    stop: threading.Event | None = None,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 10.0,
+) -> T:
+    """Run ``write`` until it succeeds, waiting while the object store is unavailable (the
+    delay doubles up to ``max_delay_s``; each retry is logged and counted). Any other error,
+    or ``stop`` set while waiting, is raised: the caller has not stored what it wrote and
+    must not commit past it."""
+    delay = first_delay_s
+    while True:
+        try:
+            return write()
+        except Exception as exc:
+            if not store_unavailable(exc) or (stop is not None and stop.is_set()):
+                raise
+            OBJECT_STORE_RETRIES.labels(component).inc()
+            log.warning(
+                "%s: object store unavailable (%s); retrying in %.1f s", component, describe(exc), delay
+            )
+            if stop is not None:
+                if stop.wait(delay):
+                    raise
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a log: urllib3's retry errors carry the whole retry history."""
+    reason = getattr(exc, "reason", None)
+    return f"{type(exc).__name__}: {reason or exc}".splitlines()[0][:300]
 
 
 def aws_env(settings: Settings) -> dict[str, str]:

@@ -10,13 +10,13 @@ from typing import Any, TypeVar
 import orjson
 
 from fraudcore import features as F
-from fraudcore.events import parse_timestamp
+from fraudcore.events import label_is_fraud, parse_timestamp
 from fraudcore.kafka import dead_letter
 from fraudcore.kafka import producer as make_producer
 from fraudcore.settings import Settings
 
 _TX_FIELDS = ("transaction_id", "card_id", "terminal_id", "amount", "timestamp")
-_LABEL_FIELDS = ("terminal_id", "transaction_timestamp", "reported_at")
+_LABEL_FIELDS = ("transaction_id", "terminal_id", "transaction_timestamp", "reported_at")
 
 
 @dataclass
@@ -36,12 +36,15 @@ class Transaction:
 
 @dataclass
 class Label:
-    """A fraud report: the terminal and time of the fraudulent transaction, and when it was reported."""
+    """A verdict on a transaction (a chargeback or an analyst's): the transaction, its
+    terminal and time, when it was reported, and whether it says fraud."""
 
     offset: int
+    transaction_id: str
     terminal_id: str
     t_us: int
     reported_us: int
+    is_fraud: bool = True
 
 
 def to_us(value: str) -> int:
@@ -75,10 +78,13 @@ def parse_label(value: bytes, offset: int) -> Label:
     event = orjson.loads(value)
     _require(event, _LABEL_FIELDS)
     t_us, reported_us = to_us(event["transaction_timestamp"]), to_us(event["reported_at"])
-    terminal = event["terminal_id"]
+    terminal, transaction_id = event["terminal_id"], event["transaction_id"]
     if not (isinstance(terminal, str) and terminal):
         raise ValueError("terminal_id: must be a non-empty string")
-    return Label(offset, terminal, t_us, reported_us)
+    if not (isinstance(transaction_id, str) and transaction_id):
+        raise ValueError("transaction_id: must be a non-empty string")
+    # The contract's rule (source, is_fraud); a breach raises ValueError naming the field.
+    return Label(offset, transaction_id, terminal, t_us, reported_us, label_is_fraud(event))
 
 
 def rejection_reason(exc: Exception) -> str:

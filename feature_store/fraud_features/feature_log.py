@@ -8,6 +8,8 @@ replay after a crash may log a transaction twice; readers keep one row per trans
 from __future__ import annotations
 
 import io
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -15,10 +17,15 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from minio import Minio
 
 from fraud_features.events import Transaction
 from fraudcore import features as F
 from fraudcore.settings import Settings
+from fraudcore.storage import OBJECT_STORE_RETRIES, describe, s3_client, store_unavailable
+
+log = logging.getLogger(__name__)
+RETRY_FIRST_S, RETRY_MAX_S = 2.0, 20.0  # waits between writes while the object store is away
 
 
 class FeatureLog:
@@ -27,6 +34,9 @@ class FeatureLog:
         # Per partition, the logged batches' columns; one DataFrame per partition and flush
         # (building one per small batch at live rates was most of the job's time).
         self.pending: dict[int, list[dict[str, npt.NDArray[Any]]]] = {}
+        self.s3: Minio | None = None
+        self.retry_at = 0.0  # while the object store is away: no write before this (monotonic)
+        self.retry_delay_s = RETRY_FIRST_S
 
     def add(self, partition: int, txs: list[Transaction], card: dict[str, F.F64], terminal: F.F64) -> None:
         """Log the transactions of one partition with the card features they were served and
@@ -51,20 +61,51 @@ class FeatureLog:
         columns["card_last_tx_time"] = card["card_last_tx_time"]
         self.pending.setdefault(partition, []).append(columns)
 
-    def flush(self) -> None:
-        """Write what was logged since the last flush: a Parquet file per partition."""
+    def flush(self) -> bool:
+        """Write what was logged since the last flush: a Parquet file per partition.
+
+        False while the object store is unavailable: the rows not written stay pending for a
+        later flush (tried again after a delay that doubles up to 20 s, so the job keeps
+        serving features meanwhile), and the caller must not checkpoint past them."""
         if not self.pending:
-            return
-        pending, self.pending = self.pending, {}
+            return True
+        if time.monotonic() < self.retry_at:
+            return False
         from fraud_features.store import offline_path, storage_target
 
-        for partition, batches in sorted(pending.items()):
+        if self.s3 is None:
+            # One quick attempt per write: this runs on the job's loop, which retries later.
+            self.s3 = s3_client(self.settings, fail_fast=True)
+        pending, self.pending = self.pending, {}
+        partitions = sorted(pending)
+        for i, partition in enumerate(partitions):
+            batches = pending[partition]
             part = pd.DataFrame({name: np.concatenate([b[name] for b in batches]) for name in batches[0]})
             part["timestamp"] = pd.to_datetime(part["timestamp"], unit="us", utc=True)
             first, last = int(part["kafka_offset"].min()), int(part["kafka_offset"].max())
             name = f"p{partition:03d}-o{first:012d}-{last:012d}"
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pandas(part, preserve_index=False), buf, compression="zstd")
-            storage_target(
-                self.settings, f"{offline_path(self.settings, 'feature_log')}/{name}.parquet", buf.getvalue()
-            )
+            try:
+                storage_target(
+                    self.settings,
+                    f"{offline_path(self.settings, 'feature_log')}/{name}.parquet",
+                    buf.getvalue(),
+                    client=self.s3,
+                )
+            except Exception as exc:
+                self.pending = {p: pending[p] for p in partitions[i:]}
+                if not store_unavailable(exc):
+                    raise
+                OBJECT_STORE_RETRIES.labels("feature-job").inc()
+                log.warning(
+                    "feature log: object store unavailable (%s); %d rows wait, next try in %.0f s",
+                    describe(exc),
+                    sum(len(b["transaction_id"]) for batches in self.pending.values() for b in batches),
+                    self.retry_delay_s,
+                )
+                self.retry_at = time.monotonic() + self.retry_delay_s
+                self.retry_delay_s = min(self.retry_delay_s * 2, RETRY_MAX_S)
+                return False
+        self.retry_delay_s = RETRY_FIRST_S
+        return True

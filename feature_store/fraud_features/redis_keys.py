@@ -22,6 +22,10 @@ class RedisKeys:
         """Hash: a terminal's fraud count per transaction day and report day (``<day>:<day>``)."""
         return self._key("tf", terminal_id)
 
+    def counted_fraud(self, transaction_id: str) -> str:
+        """Marker: the transaction's fraud is counted (later fraud verdicts count nothing)."""
+        return self._key("counted", transaction_id)
+
     def applied(self, tp: TopicPartition) -> str:
         """The offset after the partition's last record whose counter increments are applied."""
         return self._key("applied", tp.topic, tp.partition)

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore, RepoConfig
+from minio import Minio
 
 from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
 from fraudcore.settings import Settings
@@ -126,13 +127,13 @@ def apply(settings: Settings) -> list[str]:
     return [getattr(o, "name", str(o)) for o in objects]
 
 
-def storage_target(settings: Settings, target: str, data: bytes) -> None:
+def storage_target(settings: Settings, target: str, data: bytes, client: Minio | None = None) -> None:
     """Write bytes to a local path or an s3:// URL (MinIO/S3) of the offline store."""
     if target.startswith("s3://"):
         from fraudcore.storage import s3_client
 
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        s3_client(settings).put_object(bucket, key, io.BytesIO(data), len(data))
+        (client or s3_client(settings)).put_object(bucket, key, io.BytesIO(data), len(data))
     else:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_bytes(data)

@@ -158,7 +158,7 @@ class FeatureJob:
             EVENTS.labels("transaction").inc(len(txs))
         else:
             labels = self.dead_letters.parse_all(records, parse_label)
-            increments = [self.terminals.label_increment(label) for label in labels]
+            increments = [i for label in labels if (i := self.terminals.label_increment(label))]
             state.max_event_us = max([state.max_event_us, *(label.reported_us for label in labels)])
             if labels:
                 EVENTS.labels("label").inc(len(labels))
@@ -226,9 +226,12 @@ class FeatureJob:
         return self.checkpoint()
 
     def checkpoint(self) -> Commit:
-        """Feature log, then card state with its offsets, then (returned) the commit."""
+        """Feature log, then card state with its offsets, then (returned) the commit. While
+        the object store is away the log cannot be written: nothing is checkpointed or
+        committed past it (the online features keep flowing; the log catches up later)."""
         self.dead_letters.flush()
-        self.feature_log.flush()
+        if not self.feature_log.flush():
+            return {}
         offsets: Commit = {}
         pipe = self.redis.pipeline(transaction=True)
         for tp, state in self.partitions.items():

@@ -4,7 +4,10 @@ watermark makes them final.
 
 The counters are per-day transaction counts and per-(transaction day, report day) fraud
 counts. A Lua script applies a partition's increments together with the partition's applied
-offset, so a replayed record is never counted twice whichever replica replays it. Values of
+offset, so a replayed record is never counted twice whichever replica replays it. A fraud
+counts once per transaction, at its first fraud verdict (an analyst's and then the
+chargeback's are one fraud), as in the backfill (``fraudcore.features``): a per-transaction
+marker set with the increment keeps the second one out. Values of
 day ``d`` only read counters of days before ``d - D`` and labels reported before ``d``, so
 every replica computes the same values for a day once the watermark allows it.
 """
@@ -23,16 +26,20 @@ from fraud_features.redis_keys import RedisKeys
 from fraud_features.watermarks import Watermark
 from fraudcore import features as F
 
-# Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field)
-# triples in offset order; those below the partition's applied offset were applied before.
+# Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field,
+# once-key) quadruples in offset order; those below the partition's applied offset were applied
+# before. A non-empty once-key counts its increment only the first time that key is seen.
 APPLY_LUA = """
 local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local last = applied
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 4 do
   local offset = tonumber(ARGV[i])
   if offset >= applied then
-    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
-    redis.call('EXPIRE', ARGV[i + 1], 5184000)
+    local once = ARGV[i + 3]
+    if once == '' or redis.call('SET', once, '1', 'NX', 'EX', 5184000) then
+      redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
+      redis.call('EXPIRE', ARGV[i + 1], 5184000)
+    end
     if offset + 1 > last then last = offset + 1 end
   end
 end
@@ -49,7 +56,7 @@ return out
 
 CACHE_LIMIT = 500_000  # terminal days cached before the values of past days are dropped
 
-Increment = tuple[int, str, str]  # (record offset, counter hash, field)
+Increment = tuple[int, str, str, str]  # (record offset, counter hash, field, once-key or "")
 TerminalDay = tuple[str, int]  # (terminal id, UTC day)
 
 
@@ -77,16 +84,20 @@ class TerminalCounters:
 
     # --- counters ---------------------------------------------------------------------------
     def transaction_increment(self, tx: Transaction) -> Increment:
-        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(tx.day)
+        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(tx.day), ""
 
-    def label_increment(self, label: Label) -> Increment:
+    def label_increment(self, label: Label) -> Increment | None:
+        """A fraud verdict's increment; None for a "legitimate" one, which counts nothing."""
+        if not label.is_fraud:
+            return None
         field = f"{label.t_us // F.DAY_US}:{label.reported_us // F.DAY_US}"
-        return label.offset, self.keys.fraud_counts(label.terminal_id), field
+        once = self.keys.counted_fraud(label.transaction_id)
+        return label.offset, self.keys.fraud_counts(label.terminal_id), field, once
 
     def apply(self, tp: TopicPartition, increments: list[Increment]) -> None:
         """Apply a partition's increments (in offset order), skipping those applied before."""
         if increments:
-            args = [arg for offset, key, field in increments for arg in (str(offset), key, field)]
+            args = [arg for offset, *rest in increments for arg in (str(offset), *rest)]
             self._apply(keys=[self.keys.applied(tp)], args=args)
 
     # --- values -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from fraud_monitor import metrics as M
 from fraud_monitor.drift import DriftWindow, Reference
 from fraud_monitor.outcomes import Outcome, WindowMetrics
 from fraud_monitor.store import OutcomeStore
-from fraudcore.events import parse_timestamp
+from fraudcore.events import label_is_fraud, parse_timestamp
 from fraudcore.features import DAY_US
 from fraudcore.health import LIVENESS
 from fraudcore.kafka import consume_ready, librdkafka_consumer, partition_reader
@@ -154,7 +154,10 @@ class ModelMonitor:
             try:
                 event = orjson.loads(m.value())
                 if m.topic() == self.settings.topics.labels.name:
-                    labels[event["transaction_id"]] = _us(event["transaction_timestamp"])
+                    # A fraud verdict counts; an analyst's "legitimate" adds nothing, as for
+                    # the terminal features (fraudcore.features: counted frauds only grow).
+                    if label_is_fraud(event):
+                        labels[event["transaction_id"]] = _us(event["transaction_timestamp"])
                     self._label_clock_us = max(self._label_clock_us, _us(event["reported_at"]))
                     label_offsets[f"{m.topic()}:{m.partition()}"] = m.offset() + 1
                     continue

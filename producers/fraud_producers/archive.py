@@ -17,9 +17,11 @@ write and the commit just rewrites the same objects.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import confluent_kafka
@@ -34,7 +36,9 @@ from prometheus_client import Counter, Histogram
 from fraudcore.kafka import OwnedPartitions, Record, commit_now
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
-from fraudcore.storage import s3_client
+from fraudcore.storage import describe, s3_client, store_unavailable, write_until_stored
+
+log = logging.getLogger(__name__)
 
 RECORDS_WRITTEN = Counter("archiver_records_written", "Records made durable in the archive", ["kind"])
 OBJECTS_WRITTEN = Counter(
@@ -63,6 +67,11 @@ LABEL_SCHEMA = pa.schema(
         ("transaction_timestamp", pa.timestamp("us", tz="UTC")),
         ("reported_at", pa.timestamp("us", tz="UTC")),
         ("scenario", pa.int8()),
+        # The verdict's fields (null on a chargeback that omits them): without them an
+        # analyst's "legitimate" would read back as a fraud.
+        ("source", pa.string()),
+        ("is_fraud", pa.bool_()),
+        ("analyst", pa.string()),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
     ]
@@ -160,6 +169,7 @@ class Archiver:
         self.blocks: dict[TopicPartition, Block] = {}
         self.owned = OwnedPartitions(self._resume_at, self._release, self._forget)
         self.consumer: confluent_kafka.Consumer | None = None
+        self.stop: threading.Event | None = None  # the run's: ends a wait for the object store
         self.written = 0
 
     # --- rebalance (librdkafka runs these between batches, on the loop's thread) -----------
@@ -225,11 +235,11 @@ class Archiver:
             for name, piece in pieces.items():
                 buf = io.BytesIO()
                 pq.write_table(piece, buf, compression="zstd")
-                size = buf.tell()
-                buf.seek(0)
-                self.s3.put_object(
-                    self.bucket, name, buf, size, content_type="application/vnd.apache.parquet"
-                )
+                data = buf.getvalue()
+                # While the object store is away the archiver waits here: its offsets move
+                # only once a block is stored, and the names are the block's, so a retry (or
+                # the next owner, after a stop) rewrites the same object.
+                write_until_stored(partial(self._put, name, data), component="archiver", stop=self.stop)
                 OBJECTS_WRITTEN.labels(kind.name).inc()
         added = len(block.records) - block.durable
         RECORDS_WRITTEN.labels(kind.name).inc(added)
@@ -237,7 +247,13 @@ class Archiver:
         block.durable = len(block.records)
         block.table = table
 
+    def _put(self, name: str, data: bytes) -> None:
+        self.s3.put_object(
+            self.bucket, name, io.BytesIO(data), len(data), content_type="application/vnd.apache.parquet"
+        )
+
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
+        self.stop = stop
         # Latency does not matter here (blocks flush every few seconds): fetch in bigger
         # batches, so the per-batch work is spread over many records at low rates too.
         self.consumer = self.owned.consumer(
@@ -257,5 +273,14 @@ class Archiver:
                 on_idle=self.flush_due,
             )
         finally:
-            commit_now(self.consumer, self._flush(list(self.blocks), force=True))
+            try:
+                commit_now(self.consumer, self._flush(list(self.blocks), force=True))
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                # Stopped while the object store was away: nothing past the last stored
+                # block is committed, so the next owner reads those records again.
+                log.warning(
+                    "archiver: stopped with blocks not stored (%s); they will be read again", describe(exc)
+                )
             self.consumer.close()

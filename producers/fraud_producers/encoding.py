@@ -174,9 +174,23 @@ def labels(
 
 
 def label_events(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Fraud-label events (contract v1) for the rows of a ``labels`` frame."""
+    """Label events (contract v1) for the rows of a ``labels`` frame. A frame with a ``source``
+    column (verdicts read back from the archive, say) keeps each row's ``source``, ``is_fraud``
+    and ``analyst`` where set; without one every row is a chargeback."""
     if len(frame) == 0:
         return []
+    optional = {
+        name: frame[name].tolist() if name in frame else [None] * len(frame)
+        for name in ("source", "is_fraud", "analyst")
+    }
+    verdicts = [
+        {
+            name: value.item() if isinstance(value, np.generic) else value
+            for name, value in zip(optional, values, strict=True)
+            if value is not None and not (isinstance(value, float) and np.isnan(value))
+        }
+        for values in zip(*optional.values(), strict=True)
+    ]
     return [
         {
             "schema_version": SCHEMA_VERSION,
@@ -186,14 +200,16 @@ def label_events(frame: pd.DataFrame) -> list[dict[str, Any]]:
             "transaction_timestamp": ts,
             "reported_at": rep,
             "scenario": int(s),
+            **verdict,
         }
-        for i, c, t, ts, rep, s in zip(
+        for i, c, t, ts, rep, s, verdict in zip(
             frame["transaction_id"].tolist(),
             frame["card_id"].tolist(),
             frame["terminal_id"].tolist(),
             format_timestamps(frame["transaction_timestamp"]),
             format_timestamps(frame["reported_at"]),
             frame["scenario"].tolist(),
+            verdicts,
             strict=True,
         )
     ]

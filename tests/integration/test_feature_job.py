@@ -58,10 +58,38 @@ def _assert_same_features(served: pd.DataFrame, expected: pd.DataFrame) -> None:
         )
 
 
+def with_analyst_verdicts(transactions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The chargebacks plus analysts' verdicts: a fraud confirmed two days before its
+    chargeback (counted once, from the earlier report), "legitimate" on genuine transactions
+    (counted nothing) and fraud on some genuine ones (counted, as any fraud verdict)."""
+    rng = np.random.default_rng(5)
+    early = labels.sample(n=min(20, len(labels)), random_state=5).assign(
+        reported_at=lambda f: f["reported_at"] - pd.Timedelta(days=2), is_fraud=True
+    )
+    genuine = transactions.loc[transactions["is_fraud"] == 0]
+    picked = genuine.iloc[rng.choice(len(genuine), 40, replace=False)]
+    judged = pd.DataFrame(
+        {
+            "transaction_id": picked["transaction_id"].to_numpy(),
+            "card_id": picked["card_id"].to_numpy(),
+            "terminal_id": picked["terminal_id"].to_numpy(),
+            "transaction_timestamp": pd.DatetimeIndex(picked["timestamp"]),
+            "reported_at": pd.DatetimeIndex(picked["timestamp"]) + pd.Timedelta(hours=6),
+            "scenario": np.zeros(len(picked), np.int8),
+            "is_fraud": [i % 4 == 0 for i in range(len(picked))],
+        }
+    )
+    analysts = pd.concat([early, judged], ignore_index=True).assign(source="analyst", analyst="ana")
+    frame = pd.concat([labels.assign(source="chargeback", is_fraud=True), analysts], ignore_index=True)
+    return frame.sort_values("reported_at", kind="stable").reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
 def history() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    transactions, labels = simulated(days=40, jitter_days=2.0)
+    transactions, chargebacks = simulated(days=40, jitter_days=2.0)
+    labels = with_analyst_verdicts(transactions, chargebacks)
     offline = F.offline_features(transactions, labels)
+    assert not offline.equals(F.offline_features(transactions, chargebacks))  # the verdicts count
     return transactions, labels, offline
 
 

@@ -35,8 +35,10 @@ def _table(kind: ArchiveKind, frame: pd.DataFrame, offsets: np.ndarray) -> pa.Ta
         elif pa.types.is_timestamp(f.type):
             stamps = pd.to_datetime(frame[f.name], utc=True).astype("datetime64[us, UTC]")
             columns[f.name] = pa.array(stamps, f.type)
-        else:
+        elif f.name in frame:
             columns[f.name] = pa.array(frame[f.name].tolist(), f.type)
+        else:  # a label's optional verdict fields: absent on chargebacks
+            columns[f.name] = pa.nulls(len(frame), f.type)
     return pa.Table.from_pydict(columns, schema=kind.schema)
 
 

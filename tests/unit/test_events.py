@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraudcore.events import EventKind, dumps, schema_text, validate
+from fraudcore.events import (
+    EventKind,
+    Verdict,
+    analyst_label,
+    dumps,
+    label_is_fraud,
+    label_key,
+    next_verdict,
+    schema_text,
+    transaction_verdict,
+    validate,
+)
 
 VALID_TRANSACTION = {
     "schema_version": 1,
@@ -27,6 +38,14 @@ VALID_LABEL = {
     "transaction_timestamp": "2026-03-01T12:00:00Z",
     "reported_at": "2026-03-08T12:00:00Z",
     "scenario": 2,
+}
+VALID_ANALYST_LABEL = {
+    **VALID_LABEL,
+    "reported_at": "2026-03-01T12:30:00Z",
+    "scenario": 0,
+    "source": "analyst",
+    "is_fraud": False,
+    "analyst": "ana.lyst",
 }
 VALID_DECISION = {
     "schema_version": 1,
@@ -48,6 +67,7 @@ VALID_DECISION = {
     [
         (EventKind.TRANSACTION, VALID_TRANSACTION),
         (EventKind.FRAUD_LABEL, VALID_LABEL),
+        (EventKind.FRAUD_LABEL, VALID_ANALYST_LABEL),
         (EventKind.DECISION, VALID_DECISION),
     ],
 )
@@ -144,6 +164,7 @@ def test_arbitrary_objects_never_crash(obj: dict) -> None:
     [
         (EventKind.TRANSACTION, VALID_TRANSACTION),
         (EventKind.FRAUD_LABEL, VALID_LABEL),
+        (EventKind.FRAUD_LABEL, VALID_ANALYST_LABEL),
         (EventKind.DECISION, VALID_DECISION),
     ],
 )
@@ -152,8 +173,15 @@ def test_avro_schema_matches_json_schema(kind: EventKind, event: dict) -> None:
     json_schema = json.loads(schema_text(kind))
     assert {f["name"] for f in avro["fields"]} == set(json_schema["properties"])
     assert {f["name"] for f in avro["fields"] if "default" not in f} == set(json_schema["required"])
-    record = {f["name"]: event.get(f["name"]) for f in avro["fields"]}
+    # An absent optional field reads as its Avro default, as an Avro reader fills it in.
+    record = {f["name"]: event.get(f["name"], f.get("default")) for f in avro["fields"]}
     assert fastavro.validation.validate(record, avro)
+
+
+def test_avro_label_defaults_mean_a_chargeback_of_a_fraud() -> None:
+    avro = json.loads(schema_text(EventKind.FRAUD_LABEL, "avro"))
+    defaults = {f["name"]: f.get("default") for f in avro["fields"]}
+    assert (defaults["source"], defaults["is_fraud"], defaults["analyst"]) == ("chargeback", True, None)
 
 
 def test_labels_are_never_inside_a_transaction() -> None:
@@ -183,6 +211,7 @@ _FIELD_VALUES = st.one_of(
     [
         (EventKind.TRANSACTION, VALID_TRANSACTION),
         (EventKind.FRAUD_LABEL, VALID_LABEL),
+        (EventKind.FRAUD_LABEL, VALID_ANALYST_LABEL),
         (EventKind.DECISION, VALID_DECISION),
     ],
 )
@@ -204,3 +233,130 @@ def test_the_compiled_contract_accepts_nothing_the_reference_rejects(
     except Exception:
         return  # rejected by the fast path: jsonschema decides (and explains)
     assert not list(_validator(kind).iter_errors(changed)), changed
+
+
+# --------------------------------------------------------------------------- fraud labels
+def _problems(label: dict) -> list[str]:
+    return [str(p) for p in validate(EventKind.FRAUD_LABEL, label).problems]
+
+
+def test_an_old_label_without_the_verdict_fields_is_a_valid_chargeback_of_a_fraud() -> None:
+    assert "source" not in VALID_LABEL
+    assert "is_fraud" not in VALID_LABEL
+    assert _problems(VALID_LABEL) == []
+    assert label_is_fraud(VALID_LABEL) is True
+    assert next_verdict(None, VALID_LABEL) == Verdict(is_fraud=True, final=True)
+
+
+def test_an_analyst_legitimate_verdict_is_valid_and_not_a_fraud() -> None:
+    assert _problems(VALID_ANALYST_LABEL) == []
+    assert label_is_fraud(VALID_ANALYST_LABEL) is False
+    assert label_is_fraud({**VALID_ANALYST_LABEL, "is_fraud": True}) is True
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"analyst": None}, "analyst: is required (an analyst's verdict names its analyst)"),
+        ({"analyst": ""}, "analyst: must not be empty"),
+        ({"analyst": "a" * 129}, "analyst: must be at most 128 characters"),
+        ({"source": "bank"}, "source: 'bank' is not one of ['chargeback', 'analyst']"),
+        ({"is_fraud": "no"}, "is_fraud: must be of type boolean, got string"),
+        ({"scenario": -1}, "scenario: must be >= 0"),
+    ],
+)
+def test_a_bad_analyst_verdict_is_refused_naming_the_field(change: dict, expected: str) -> None:
+    label = {**VALID_ANALYST_LABEL, **change}
+    if change.get("analyst", "") is None:
+        del label["analyst"]
+    assert expected in _problems(label)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"is_fraud": False}, "is_fraud: must be True (a chargeback is always a fraud)"),
+        (
+            {"source": "chargeback", "is_fraud": False},
+            "is_fraud: must be True (a chargeback is always a fraud)",
+        ),
+        ({"analyst": "ana"}, "analyst: must be absent (only an analyst's verdict names an analyst)"),
+    ],
+)
+def test_a_chargeback_is_always_a_fraud_and_names_no_analyst(change: dict, expected: str) -> None:
+    assert _problems({**VALID_LABEL, **change}) == [expected]
+
+
+def test_scenario_zero_means_unknown_and_is_valid_on_any_label() -> None:
+    # An analyst does not know the scenario; a chargeback's scenario may be unknown too.
+    assert _problems({**VALID_ANALYST_LABEL, "is_fraud": True, "scenario": 0}) == []
+    assert _problems({**VALID_LABEL, "scenario": 0}) == []
+    assert _problems({**VALID_LABEL, "scenario": 6}) == ["scenario: must be <= 5"]
+
+
+def test_analyst_label_builds_a_valid_record_keyed_by_card() -> None:
+    from datetime import UTC, datetime
+
+    label = analyst_label(
+        "tx-9",
+        "card-3",
+        "term-1",
+        "2026-03-01T12:00:00+00:00",
+        False,
+        "ana.lyst",
+        datetime(2026, 3, 1, 13, 5, tzinfo=UTC),
+    )
+    assert validate(EventKind.FRAUD_LABEL, dumps(label)).ok
+    assert label["reported_at"] == "2026-03-01T13:05:00.000000+00:00"
+    assert (label["source"], label["is_fraud"], label["analyst"], label["scenario"]) == (
+        "analyst",
+        False,
+        "ana.lyst",
+        0,
+    )
+    assert "note" not in label
+    assert label_key(label) == b"card-3"
+
+
+def test_analyst_label_refuses_what_the_contract_refuses() -> None:
+    args = ("tx-9", "card-3", "term-1", "2026-03-01T12:00:00+00:00", True)
+    with pytest.raises(ValueError, match="analyst: must not be empty"):
+        analyst_label(*args, "", "2026-03-01T13:00:00+00:00")
+    with pytest.raises(ValueError, match=r"reported_at: .* is not ISO-8601"):
+        analyst_label(*args, "ana", "yesterday")
+
+
+def test_a_verdict_that_breaks_the_contract_is_not_guessed() -> None:
+    with pytest.raises(ValueError, match="is_fraud"):
+        label_is_fraud({**VALID_LABEL, "is_fraud": False})
+    with pytest.raises(ValueError, match="source"):
+        label_is_fraud({**VALID_LABEL, "source": "bank", "is_fraud": True})
+
+
+def _verdict(source: str, is_fraud: bool, reported_at: str) -> dict:
+    label = {**VALID_LABEL, "source": source, "is_fraud": is_fraud, "reported_at": reported_at}
+    if source == "analyst":
+        label["analyst"] = "ana"
+    return label
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        ([], None),
+        ([("analyst", True, "02")], Verdict(True, False)),
+        ([("analyst", False, "02")], Verdict(False, False)),
+        # The latest analyst verdict decides, whatever the order of the records.
+        ([("analyst", True, "02"), ("analyst", False, "03")], Verdict(False, False)),
+        ([("analyst", True, "04"), ("analyst", False, "03")], Verdict(True, False)),
+        # A chargeback wins over an analyst's "legitimate", before or after it.
+        ([("analyst", False, "02"), ("chargeback", True, "05")], Verdict(True, True)),
+        ([("chargeback", True, "02"), ("analyst", False, "05")], Verdict(True, True)),
+    ],
+)
+def test_the_latest_verdict_decides_and_a_chargeback_is_final(
+    verdicts: list[tuple[str, bool, str]], expected: Verdict | None
+) -> None:
+    labels = [_verdict(source, fraud, f"2026-03-{day}T00:00:00Z") for source, fraud, day in verdicts]
+    assert all(validate(EventKind.FRAUD_LABEL, label).ok for label in labels)
+    assert transaction_verdict(labels) == expected

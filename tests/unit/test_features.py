@@ -219,3 +219,71 @@ def test_terminal_features_of_any_day_equal_those_of_the_days_own_transactions()
     assert any((earlier[n] != rows[n].to_numpy()).any() for n in TERMINAL_FEATURES)
     unknown = offline_terminal_features(tx, lab, np.array(["T-none"]), days[:1])
     assert all(unknown[n][0] == 0 for n in TERMINAL_FEATURES)
+
+
+def _terminal_risk_on_day_9(labels: pd.DataFrame) -> float:
+    """The 7-day terminal risk of a day-9 transaction at a terminal with two day-0 payments."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    tx = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "c"],
+            "card_id": ["C1", "C2", "C3"],
+            "terminal_id": ["T1", "T1", "T1"],
+            "amount": [10.0, 30.0, 50.0],
+            "timestamp": [start, start + timedelta(minutes=5), start + timedelta(days=9)],
+        }
+    )
+    features = F.offline_features(tx, labels).set_index("transaction_id")
+    return float(features["terminal_risk_7d"].to_dict()["c"])
+
+
+def _reported(days: list[float]) -> list[datetime]:
+    return [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=d) for d in days]
+
+
+def test_terminal_risk_counts_fraud_verdicts_only_each_transaction_once() -> None:
+    # Labels archived before the verdict fields existed: chargebacks of frauds.
+    old = pd.DataFrame({"transaction_id": ["a"], "reported_at": _reported([2])})
+    assert _terminal_risk_on_day_9(old) == 0.5
+    legitimate = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b"],
+            "reported_at": _reported([1, 2]),
+            "source": ["analyst", "analyst"],
+            "is_fraud": [False, False],
+        }
+    )
+    assert _terminal_risk_on_day_9(legitimate) == 0.0
+    # An analyst's fraud verdict and the later chargeback are one fraud, not two.
+    twice = pd.DataFrame(
+        {
+            "transaction_id": ["a", "a"],
+            "reported_at": _reported([1, 3]),
+            "source": ["analyst", None],
+            "is_fraud": [True, None],
+        }
+    )
+    assert _terminal_risk_on_day_9(twice) == 0.5
+
+
+def test_terminal_risk_counts_a_fraud_from_its_first_fraud_verdict() -> None:
+    # "Legitimate" on day 1, a chargeback on day 10: unknown on day 9, whatever came first.
+    late = pd.DataFrame(
+        {
+            "transaction_id": ["a", "a"],
+            "reported_at": _reported([1, 10]),
+            "source": ["analyst", "chargeback"],
+            "is_fraud": [False, True],
+        }
+    )
+    assert _terminal_risk_on_day_9(late) == 0.0
+    # A chargeback that breaks the contract (is_fraud false) is left out, as the stream drops it.
+    broken = pd.DataFrame(
+        {
+            "transaction_id": ["a"],
+            "reported_at": _reported([2]),
+            "source": ["chargeback"],
+            "is_fraud": [False],
+        }
+    )
+    assert _terminal_risk_on_day_9(broken) == 0.0
