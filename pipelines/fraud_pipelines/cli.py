@@ -12,7 +12,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from fraud_pipelines.bench import DEFAULT_PROTOCOL, DEFAULT_SEEDS
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
+from fraud_pipelines.protocols import check_protocol
 from fraudcore.commands import command_group
 
 app = command_group("The fraud model's training pipeline (Kubeflow Pipelines).")
@@ -24,6 +26,20 @@ PACKAGE_PATH = Path("local_outputs") / "fraud-training.yaml"
 SourceOpt = typer.Option(
     DEFAULTS.source, help="archive (MinIO raw events), file (labelled CSV/Parquet) or simulator."
 )
+
+
+def _protocol(value: str) -> str:
+    try:
+        return check_protocol(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+_PROTOCOL_HELP = (
+    "test rows the headline metrics score: window (every test transaction) or handbook (the Fraud "
+    "Detection Handbook's: cards already known compromised left out). Both are reported by name."
+)
+ProtocolOpt = typer.Option(DEFAULTS.protocol, help=_PROTOCOL_HELP, callback=_protocol)
 
 
 @app.command()
@@ -64,6 +80,7 @@ def train(
     threshold: float = typer.Option(
         DEFAULTS.threshold, help="decision threshold; < 0: the best-F1 one from validation."
     ),
+    protocol: str = ProtocolOpt,
     model_name: str = typer.Option(
         DEFAULTS.model_name, help="prefix in the models bucket and model-events key."
     ),
@@ -100,6 +117,7 @@ def train(
         folds=folds,
         search=search,
         threshold=threshold,
+        protocol=protocol,
         model_name=model_name,
         version=version,
         shadow=shadow,
@@ -164,17 +182,27 @@ def submit(
 
 @app.command()
 def bench(
+    seeds: str = typer.Option(
+        ",".join(map(str, DEFAULT_SEEDS)), help="seeds to run, comma-separated (simulation and training)."
+    ),
+    protocol: str = typer.Option(DEFAULT_PROTOCOL, help=_PROTOCOL_HELP, callback=_protocol),
     model_name: str = typer.Option(
         "fraud-bench", help="where the benchmark publishes (never the real champion by default)."
     ),
     upload: bool = typer.Option(True, help="publish to MinIO as the pipeline does."),
-    seed: int = typer.Option(0),
     output_dir: str = typer.Option(str(BENCH_ROOT), help="kfp's local pipeline root."),
 ) -> None:
-    """Handbook benchmark: the full pipeline on 183 simulated days; prints one JSON object."""
-    from fraud_pipelines.bench import run_benchmark
+    """Handbook benchmark: the full pipeline on 183 simulated days for each seed; prints one
+    JSON object (means over the seeds, their spread, and each seed's run)."""
+    from fraud_pipelines.bench import parse_seeds, run_benchmark
 
-    result = run_benchmark(model_name=model_name, upload=upload, seed=seed, pipeline_root=output_dir)
+    try:
+        chosen = parse_seeds(seeds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--seeds") from None
+    result = run_benchmark(
+        seeds=chosen, protocol=protocol, model_name=model_name, upload=upload, pipeline_root=output_dir
+    )
     sys.stdout.write(json.dumps(result) + "\n")
 
 

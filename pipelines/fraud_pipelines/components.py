@@ -110,12 +110,17 @@ def evaluate(
     classification: Output[ClassificationMetrics],
     threshold: float,
     k: int,
+    protocol: str,
 ):
     """Test metrics (AUC-ROC, AP, card precision@k, precision/recall at the threshold,
-    calibration); ``threshold`` < 0 takes the one chosen in validation."""
+    calibration) on the rows ``protocol`` scores (window: all; handbook: the Fraud Detection
+    Handbook's test set), and both protocols' ranking figures by name; ``threshold`` < 0
+    takes the one chosen in validation."""
     from fraud_pipelines.steps import evaluate_step, finite
 
-    result = evaluate_step(model.path, test.path, predictions.path, evaluation.path, threshold=threshold, k=k)
+    result = evaluate_step(
+        model.path, test.path, predictions.path, evaluation.path, threshold=threshold, k=k, protocol=protocol
+    )
     for name, value in finite(result["metrics"]).items():
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(["legit", "fraud"], result["confusion"])

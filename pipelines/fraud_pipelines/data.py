@@ -16,11 +16,14 @@ it cannot know labels reported after it), then ``[test_start, test_end)`` the te
 days are whole UTC days. The first ``burn_in_days`` of the data are never used as examples, so
 every window feature has a full history behind it.
 
-Labels: a training example is fraud when its fraud label was reported before the *cutoff*
-(= ``test_start`` = ``train_end + delay``); labels not yet reported count as legitimate, as
-they would in reality. The train frame keeps ``label_reported_at`` of those known labels
-(NaT otherwise) so validation folds can cut their own labels at their own cutoffs. Test
-examples carry the ground truth: every label of the test transactions, whenever reported.
+Labels: a transaction is fraud when its latest verdict says so, a chargeback being final
+(``fraudcore.events.next_verdict``: an analyst's later "legitimate" never overturns one). A
+training example is fraud when its verdicts reported before the *cutoff* (= ``test_start`` =
+``train_end + delay``) make it one; labels not yet reported count as legitimate, as they
+would in reality. The train frame keeps ``label_reported_at``, when that verdict became
+known (NaT otherwise), so validation folds can cut their own labels at their own cutoffs.
+Test examples carry the ground truth: every verdict on the test transactions, whenever
+reported.
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraud_pipelines.params import DEFAULTS
-from fraudcore.features import LABEL_DELAY_DAYS, MODEL_FEATURES, model_matrix, offline_features
+from fraud_pipelines.protocols import KNOWN_COMPROMISED, handbook_known_compromised
+from fraudcore.events import Verdict, label_is_fraud, next_verdict
+from fraudcore.features import (
+    LABEL_DELAY_DAYS,
+    MODEL_FEATURES,
+    label_verdicts,
+    model_matrix,
+    offline_features,
+)
 from fraudcore.settings import Settings
 
 DAY = pd.Timedelta(days=1)
@@ -283,22 +294,40 @@ def load_archive(
 
 
 # --------------------------------------------------------------------------- datasets
-def _label_table(labels: pd.DataFrame) -> pd.DataFrame:
-    """One row per labelled transaction: its earliest report and scenario."""
-    if labels is None or len(labels) == 0:
-        return pd.DataFrame(
-            {
-                "reported_at": pd.Series([], dtype="datetime64[ns, UTC]"),
-                "scenario": pd.Series([], dtype=np.int8),
-            },
-            index=pd.Index([], dtype=object, name="transaction_id"),
-        )
-    frame = labels[["transaction_id", "reported_at", *(["scenario"] if "scenario" in labels else [])]].copy()
-    frame["reported_at"] = pd.to_datetime(frame["reported_at"], utc=True)
-    if "scenario" not in frame:
-        frame["scenario"] = 1
-    frame = frame.sort_values("reported_at", kind="stable").drop_duplicates("transaction_id", keep="first")
-    return frame.set_index("transaction_id")
+def _label_table(labels: pd.DataFrame | None, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+    """One row per transaction judged fraud by its labels reported before ``as_of`` (all of
+    them without it), by the label rule (``fraudcore.events.next_verdict``): ``reported_at``,
+    when it became known as fraud (the verdict that last made it one), and ``scenario`` (the
+    highest code among its fraud verdicts: a chargeback's beats an analyst's 0, unknown).
+    Transactions whose verdict is "legitimate" are left out, as are unlabelled ones."""
+    verdicts: dict[str, Verdict] = {}
+    known_since: dict[str, pd.Timestamp] = {}
+    scenario: dict[str, int] = {}
+    if labels is not None and len(labels):
+        frame = labels.assign(reported_at=pd.to_datetime(labels["reported_at"], utc=True))
+        if as_of is not None:
+            frame = frame.loc[frame["reported_at"] < as_of]
+        frame = frame.sort_values("reported_at", kind="stable")
+        codes = frame["scenario"].tolist() if "scenario" in frame else [1] * len(frame)
+        rows = zip(frame["transaction_id"].tolist(), frame["reported_at"].tolist(), codes, strict=True)
+        for (tx, reported_at, code), fields in zip(rows, label_verdicts(frame), strict=True):
+            if fields is None:  # breaks the contract: no verdict
+                continue
+            before = verdicts.get(tx)
+            verdicts[tx] = after = next_verdict(before, fields)
+            if after.is_fraud and not (before is not None and before.is_fraud):
+                known_since[tx] = reported_at
+            if label_is_fraud(fields):
+                scenario[tx] = max(scenario.get(tx, 0), int(code))
+    frauds = pd.Index(
+        [tx for tx, verdict in verdicts.items() if verdict.is_fraud], dtype=object, name="transaction_id"
+    )
+    return pd.DataFrame(
+        {
+            "reported_at": pd.Series([known_since[tx] for tx in frauds], frauds, "datetime64[ns, UTC]"),
+            "scenario": pd.Series([scenario[tx] for tx in frauds], frauds, np.int8),
+        }
+    )
 
 
 @dataclass
@@ -318,15 +347,17 @@ def build_datasets(raw: RawData, windows: Windows, log: Log = _quiet) -> Dataset
     keep = ((ts >= windows.history_start - lookback) & (ts < windows.test_end)).to_numpy()
     tx = tx.loc[keep].sort_values("timestamp", kind="stable").reset_index(drop=True)
     log(f"features for {len(tx):,} transactions (history, windows and their look-back)")
-    known = _label_table(raw.labels)  # one label per transaction, even if the archive has two
-    features = offline_features(tx, known.reset_index(), delay_days=windows.delay_days)
-    reported = known["reported_at"].reindex(features["transaction_id"].to_numpy()).to_numpy()
-    scenario = known["scenario"].reindex(features["transaction_id"].to_numpy()).fillna(0).to_numpy(np.int8)
+    features = offline_features(tx, raw.labels, delay_days=windows.delay_days)
+    ids = features["transaction_id"].to_numpy()
+    known = _label_table(raw.labels)  # the ground truth: one row per fraud, whenever reported
+    reported = known["reported_at"].reindex(ids).to_numpy()
+    scenario = known["scenario"].reindex(ids).fillna(0).to_numpy(np.int8)
+    reported_by_cutoff = _label_table(raw.labels, as_of=windows.cutoff)["reported_at"].reindex(ids).to_numpy()
     when = pd.to_datetime(features["timestamp"], utc=True)
 
     train_rows = ((when >= windows.history_start) & (when < windows.train_end)).to_numpy()
     train = features.loc[train_rows].reset_index(drop=True)
-    rep = pd.DatetimeIndex(pd.to_datetime(reported[train_rows], utc=True))
+    rep = pd.DatetimeIndex(pd.to_datetime(reported_by_cutoff[train_rows], utc=True))
     known_at_cutoff = np.asarray(rep < windows.cutoff, dtype=bool)
     train["label_reported_at"] = rep.where(known_at_cutoff)
     train["is_fraud"] = known_at_cutoff.astype(np.int8)
@@ -335,6 +366,18 @@ def build_datasets(raw: RawData, windows: Windows, log: Log = _quiet) -> Dataset
     test = features.loc[test_rows].reset_index(drop=True)
     test["is_fraud"] = pd.notna(reported[test_rows]).astype(np.int8)
     test["scenario"] = scenario[test_rows]
+    # The Handbook's protocol leaves out the cards known compromised: marked from the same
+    # ground truth as the test labels, so the evaluation can score either test set.
+    known_compromised = handbook_known_compromised(
+        features["card_id"].to_numpy(),
+        when,
+        pd.notna(reported),
+        train_start=windows.train_start,
+        test_start=windows.test_start,
+        test_end=windows.test_end,
+        delay_days=windows.delay_days,
+    )
+    test[KNOWN_COMPROMISED] = known_compromised[test_rows]
     in_window = (pd.to_datetime(train["timestamp"], utc=True) >= windows.train_start).to_numpy()
     info = {
         "source": raw.source,

@@ -1,5 +1,6 @@
 """Test-window metrics: ranking (AUC-ROC, average precision), the fraud team's alert budget
-(card precision@k per day), decisions at a threshold, and calibration."""
+(card precision@k per day), decisions at a threshold, and calibration, on the rows the
+evaluation protocol scores (``fraud_pipelines.protocols``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from fraud_pipelines.protocols import KNOWN_COMPROMISED, PROTOCOLS, check_protocol, protocol_rows
 from fraudcore.drift import ScoreHistogram
 
 ArrayLike = npt.ArrayLike
@@ -124,9 +126,11 @@ class Evaluation:
     calibration: list[dict[str, float]]
     confusion: list[list[int]]  # [[tn, fp], [fn, tp]]
     score_distribution: ScoreHistogram  # the alert rate at any threshold; the score's drift reference
+    protocol: str = "window"  # which test rows the headline metrics are computed on
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "protocol": self.protocol,
             "metrics": self.metrics,
             "score_distribution": self.score_distribution.to_dict(),
             "card_precision_per_day": self.card_precision_per_day,
@@ -136,21 +140,62 @@ class Evaluation:
         }
 
 
-def evaluate(test: pd.DataFrame, scores: ArrayLike, threshold: float, k: int = 100) -> Evaluation:
-    """Every metric of the test window. ``test``: card_id, timestamp, is_fraud (ground truth)."""
+def _utc_days(timestamps: pd.Series) -> npt.NDArray[Any]:
+    return pd.to_datetime(timestamps, utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+
+
+def ranking_metrics(test: pd.DataFrame, scores: ArrayLike, k: int = 100) -> dict[str, float]:
+    """AUC-ROC, average precision and the Handbook's card precision@k (cards detected on an
+    earlier day left out) of the given rows, with their counts."""
     y = test["is_fraud"].to_numpy(np.int64)
     s = np.asarray(scores, dtype=np.float64)
-    day = pd.to_datetime(test["timestamp"], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+    cp, _ = card_precision_at_k(
+        _utc_days(test["timestamp"]), test["card_id"].to_numpy(), s, y, k, remove_detected=True
+    )
+    return {
+        "auc_roc": float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan"),
+        "average_precision": float(average_precision_score(y, s)) if y.sum() else float("nan"),
+        f"card_precision_at_{k}": cp,
+        "test_transactions": float(len(y)),
+        "test_frauds": float(y.sum()),
+    }
+
+
+def evaluate(
+    test: pd.DataFrame, scores: ArrayLike, threshold: float, k: int = 100, protocol: str = "window"
+) -> Evaluation:
+    """Every metric of the test window. ``test``: card_id, timestamp, is_fraud (ground truth),
+    and for the Handbook's protocol ``card_known_compromised`` (written by the dataset step).
+
+    The headline metrics (``auc_roc``, ``average_precision``, ``card_precision_at_{k}``, the
+    threshold and calibration figures) are computed on the rows ``protocol`` scores (the
+    score distribution, a reference for live scores, on every row); the
+    ranking figures of each protocol are also reported under its name (``window_auc_roc``,
+    ``handbook_auc_roc``, ...), the Handbook's only when the test set is marked for it."""
+    check_protocol(protocol)
+    s_all = np.asarray(scores, dtype=np.float64)
+    # Live scores are compared with this reference, and live traffic holds every card.
+    score_distribution = ScoreHistogram.of(s_all, test["is_fraud"].to_numpy(np.int64))
+    named: dict[str, float] = {}
+    for name in PROTOCOLS:
+        if name == "window" or KNOWN_COMPROMISED in test.columns:
+            rows = protocol_rows(test, name)
+            figures = ranking_metrics(test.loc[rows], s_all[rows], k)
+            named.update({f"{name}_{key}": value for key, value in figures.items()})
+    selected = protocol_rows(test, protocol)
+    test = test.loc[selected]
+    y = test["is_fraud"].to_numpy(np.int64)
+    s = s_all[selected]
+    day = _utc_days(test["timestamp"])
     cards = test["card_id"].to_numpy()
     cp, per_day = card_precision_at_k(day, cards, s, y, k, remove_detected=True)
     cp_all, per_day_all = card_precision_at_k(day, cards, s, y, k, remove_detected=False)
     predicted = (s >= threshold).astype(np.int64)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
     bins = calibration_bins(y, s)
-    both = 0 < y.sum() < len(y)
     metrics = {
-        "auc_roc": float(roc_auc_score(y, s)) if both else float("nan"),
-        "average_precision": float(average_precision_score(y, s)) if y.sum() else float("nan"),
+        "auc_roc": named[f"{protocol}_auc_roc"],
+        "average_precision": named[f"{protocol}_average_precision"],
         f"card_precision_at_{k}": cp,
         f"card_precision_at_{k}_all_cards": cp_all,
         "threshold": float(threshold),
@@ -163,6 +208,7 @@ def evaluate(test: pd.DataFrame, scores: ArrayLike, threshold: float, k: int = 1
         "test_transactions": float(len(y)),
         "test_frauds": float(y.sum()),
         "test_days": float(len(per_day)),
+        **named,
     }
     return Evaluation(
         metrics=metrics,
@@ -170,5 +216,6 @@ def evaluate(test: pd.DataFrame, scores: ArrayLike, threshold: float, k: int = 1
         card_precision_per_day_all_cards={str(d): float(v) for d, v in per_day_all.items()},
         calibration=bins,
         confusion=[[tn, fp], [fn, tp]],
-        score_distribution=ScoreHistogram.of(s, y),
+        score_distribution=score_distribution,
+        protocol=protocol,
     )

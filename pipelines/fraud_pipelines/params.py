@@ -66,6 +66,9 @@ class PipelineParams:
     seed: int = 0
     threshold: float = -1.0  # < 0: the best-F1 threshold from validation
     k: int = 100  # card precision@k
+    # window: every test transaction; handbook: the Fraud Detection Handbook's test set
+    # (cards already known compromised left out). Both are always reported, by name.
+    protocol: str = "window"
     model_name: str = DEFAULT_MODEL_NAME
     version: str = ""  # empty: time + hash
     code_revision: str = ""

@@ -141,6 +141,7 @@ def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None
         seed: int = DEFAULTS.seed,
         threshold: float = DEFAULTS.threshold,
         k: int = DEFAULTS.k,
+        protocol: str = DEFAULTS.protocol,
         model_name: str = DEFAULTS.model_name,
         version: str = DEFAULTS.version,
         code_revision: str = DEFAULTS.code_revision,
@@ -169,7 +170,13 @@ def make_pipeline(image: str | None = None, cluster: ClusterConfig | None = None
             "train",
         )
         scored = configure(
-            c.evaluate(model=trained.outputs["model"], test=data.outputs["test"], threshold=threshold, k=k),
+            c.evaluate(
+                model=trained.outputs["model"],
+                test=data.outputs["test"],
+                threshold=threshold,
+                k=k,
+                protocol=protocol,
+            ),
             "evaluate",
         )
         exported = configure(

@@ -23,9 +23,14 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from fraud_pipelines.data import feature_matrix
+from fraud_pipelines.protocols import protocol_rows
 from fraudcore.features import MODEL_FEATURES
 
 Log = Callable[[str], None]
+PROTOCOL_TITLES = {
+    "window": "window protocol: every test transaction",
+    "handbook": "Handbook protocol: cards already known compromised left out",
+}
 
 
 def _quiet(_message: str) -> None:
@@ -176,10 +181,14 @@ def build_report(
     k: int = 100,
     log: Log = _quiet,
 ) -> str:
-    """The report as one self-contained HTML page."""
+    """The report as one self-contained HTML page; the curves and importances use the test
+    rows the evaluation's protocol scored."""
     metrics = evaluation["metrics"]
+    protocol = evaluation.get("protocol", "window")
+    scored = protocol_rows(test, protocol)
+    test = test.loc[scored].reset_index(drop=True)
     y = test["is_fraud"].to_numpy(np.int64)
-    s = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)[scored]
     figures: list[tuple[str, str]] = []
     if 0 < y.sum() < len(y):
         pr, roc = curves(y, s, metrics["average_precision"], metrics["auc_roc"])
@@ -236,7 +245,7 @@ def build_report(
         f"<p>Parameters: {html.escape(_fmt(model_info.get('params', {})))}; trained {html.escape(str(model_info.get('trained_at')))}; "
         f"threshold {metrics['threshold']:.4f}.</p>"
         f"<h2>Data</h2>{_table([counts], list(counts))}{_table(window_rows, ['window', 'from', 'to (exclusive)'])}"
-        f"<h2>Test metrics</h2>{_table(metric_rows, ['metric', 'value'])}"
+        f"<h2>Test metrics ({html.escape(PROTOCOL_TITLES.get(protocol, protocol))})</h2>{_table(metric_rows, ['metric', 'value'])}"
         f"<h2>Prequential validation</h2>{_table(validation, ['candidate', 'params', 'mean_ap', 'mean_auc', 'fold_ap', 'seconds'])}"
         f"<h2>Figures</h2>{images}</body></html>"
     )

@@ -169,17 +169,20 @@ def evaluate_step(
     *,
     threshold: float = DEFAULTS.threshold,
     k: int = DEFAULTS.k,
+    protocol: str = DEFAULTS.protocol,
     log: Log = log,
 ) -> dict[str, Any]:
     from fraud_pipelines.evaluation import evaluate, roc_points
+    from fraud_pipelines.protocols import protocol_rows
 
     bundle = joblib.load(model_path)
     test, info = data_mod.read_parquet(test_path)
     scores = scores_of(bundle, test)
     chosen = float(bundle["threshold"]) if threshold < 0 else float(threshold)
-    result = evaluate(test, scores, chosen, k).to_dict()
+    result = evaluate(test, scores, chosen, k, protocol).to_dict()
     result["threshold_source"] = "validation (best F1)" if threshold < 0 else "parameter"
-    result["roc"] = roc_points(test["is_fraud"].to_numpy(), scores)
+    scored = protocol_rows(test, protocol)
+    result["roc"] = roc_points(test["is_fraud"].to_numpy()[scored], scores[scored])
     predictions = pd.DataFrame(
         {
             "transaction_id": test["transaction_id"].to_numpy(),
@@ -193,7 +196,7 @@ def evaluate_step(
     Path(evaluation_path).write_text(json.dumps(result, indent=2))
     m = result["metrics"]
     log(
-        f"test AUC {m['auc_roc']:.4f}, AP {m['average_precision']:.4f}, CP@{k} {m[f'card_precision_at_{k}']:.4f}, threshold {chosen:.4f}"
+        f"test ({protocol} protocol, {m['test_transactions']:,.0f} transactions) AUC {m['auc_roc']:.4f}, AP {m['average_precision']:.4f}, CP@{k} {m[f'card_precision_at_{k}']:.4f}, threshold {chosen:.4f}"
     )
     return result
 

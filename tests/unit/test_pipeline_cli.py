@@ -45,7 +45,40 @@ def test_train_passes_the_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert options["takeover_per_day"] == 0
     assert args["upload"] is False
     assert args["delay_days"] == 7
+    assert args["protocol"] == params.DEFAULTS.protocol == "window"
     assert seen["pipeline_root"] == str(tmp_path)
+
+
+def test_train_takes_the_handbook_protocol_and_refuses_others(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(local, "run_local", lambda arguments, **_: seen.update(arguments))
+    base = ["train", "--source", "simulator", "--no-upload", "--output-dir", str(tmp_path)]
+    result = runner.invoke(cli.app, [*base, "--protocol", "handbook"])
+    assert result.exit_code == 0, result.output
+    assert seen["protocol"] == "handbook"
+    result = runner.invoke(cli.app, [*base, "--protocol", "monthly"])
+    assert result.exit_code != 0
+    assert "unknown evaluation protocol" in result.output
+
+
+def test_bench_runs_the_seeds_with_the_handbook_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run_benchmark(**kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs)
+        return {"seeds": list(kwargs["seeds"])}
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
+    result = runner.invoke(cli.app, ["bench", "--no-upload"])
+    assert result.exit_code == 0, result.output
+    assert (seen["seeds"], seen["protocol"], seen["upload"]) == ((1, 2, 3), "handbook", False)
+    assert json.loads(result.stdout) == {"seeds": [1, 2, 3]}
+    result = runner.invoke(cli.app, ["bench", "--seeds", "4,5", "--protocol", "window"])
+    assert result.exit_code == 0, result.output
+    assert (seen["seeds"], seen["protocol"]) == ((4, 5), "window")
+    assert runner.invoke(cli.app, ["bench", "--seeds", "4,4"]).exit_code != 0
 
 
 def test_archive_source_keeps_its_options() -> None:
@@ -85,3 +118,10 @@ def test_benchmark_arguments_follow_the_handbook_protocol() -> None:
         7,
     )
     assert args["model_name"] != "fraud"  # never moves the real champion
+    assert args["protocol"] == "handbook"
+    seeded = bench.benchmark_arguments(seed=3, protocol="window")
+    assert (json.loads(seeded["source_options"])["seed"], seeded["seed"], seeded["protocol"]) == (
+        3,
+        3,
+        "window",
+    )

@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from fraud_pipelines import steps
 from fraud_pipelines.data import (
     RawData,
     Windows,
+    _label_table,
     build_datasets,
     plan_windows,
     read_parquet,
@@ -22,6 +26,7 @@ from fraud_pipelines.data import (
     write_parquet,
 )
 from fraud_pipelines.training import prequential_folds
+from fraudcore.events import transaction_verdict
 from fraudcore.features import MODEL_FEATURES
 
 
@@ -165,3 +170,81 @@ def test_dataset_step_reads_a_labelled_handbook_file(tmp_path: Path) -> None:
     assert len(test) == len(expected)
     assert test["is_fraud"].sum() == expected["is_fraud"].sum()
     assert np.allclose(test[MODEL_FEATURES].to_numpy(), expected[MODEL_FEATURES].to_numpy())
+
+
+def _verdicts(rows: list[tuple[str, str, str | None, bool | None, int]]) -> pd.DataFrame:
+    """Labels as the archive holds them: (transaction, reported day, source, is_fraud, scenario);
+    a None source and is_fraud is a label archived before those fields existed."""
+    return pd.DataFrame(
+        {
+            "transaction_id": [r[0] for r in rows],
+            "reported_at": pd.to_datetime([r[1] for r in rows], utc=True),
+            "source": pd.Series([r[2] for r in rows], dtype=object),
+            "is_fraud": pd.Series([r[3] for r in rows], dtype=object),
+            "scenario": np.array([r[4] for r in rows], dtype=np.int8),
+        }
+    )
+
+
+def test_the_latest_verdict_decides_the_training_label_and_a_chargeback_is_final() -> None:
+    raw = _raw()
+    raw.labels = _verdicts(
+        [
+            ("t39-0", "2024-02-10", "analyst", True, 0),  # then charged back: known since the analyst said so
+            ("t39-0", "2024-02-20", "chargeback", True, 1),
+            ("t40-0", "2024-02-12", None, None, 1),  # an old chargeback: a fraud
+            ("t41-1", "2024-02-12", "analyst", False, 0),  # legitimate
+            ("t43-1", "2024-02-10", "analyst", True, 0),  # fraud, then corrected to legitimate
+            ("t43-1", "2024-02-15", "analyst", False, 0),
+            ("t44-2", "2024-02-10", "analyst", False, 0),  # legitimate until charged back after the cutoff
+            ("t44-2", "2024-03-05", "chargeback", True, 3),
+            ("t53-0", "2024-02-24", "analyst", False, 0),  # test window: the chargeback wins
+            ("t53-0", "2024-03-10", "chargeback", True, 2),
+            ("t54-1", "2024-02-25", "chargeback", True, 4),  # an analyst cannot overturn a chargeback
+            ("t54-1", "2024-02-26", "analyst", False, 0),
+            ("t55-1", "2024-02-24", "analyst", True, 0),  # fraud, then corrected
+            ("t55-1", "2024-02-25", "analyst", False, 0),
+            ("t56-2", "2024-02-26", "analyst", True, 0),  # an analyst's fraud: scenario unknown
+        ]
+    )
+    w = plan_windows("2024-01-01", "2024-03-01", train_start="2024-02-08", history_days=7, burn_in_days=30)
+    sets = build_datasets(raw, w)
+    train = sets.train.set_index("transaction_id")
+    expected = {**dict.fromkeys(train.index, 0), "t39-0": 1, "t40-0": 1}
+    assert train["is_fraud"].to_dict() == expected
+    assert train.loc["t39-0", "label_reported_at"] == _d("2024-02-10")
+    assert pd.isna(train["label_reported_at"].get("t44-2"))
+    test = sets.test.set_index("transaction_id")
+    assert test.loc[test["is_fraud"] == 1].index.tolist() == ["t53-0", "t54-1", "t56-2"]
+    assert test.loc[["t53-0", "t54-1", "t56-2"], "scenario"].tolist() == [2, 4, 0]
+    assert sets.info["test_frauds"] == 3
+
+
+_SOURCES = st.sampled_from([(None, None), ("chargeback", True), ("analyst", True), ("analyst", False)])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 9), _SOURCES), max_size=12))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_the_label_table_applies_the_contracts_rule(
+    labels: list[tuple[str, int, tuple[str | None, bool | None]]],
+) -> None:
+    frame = _verdicts([(tx, f"2024-03-0{day}", src, fraud, 1) for tx, day, (src, fraud) in labels])
+    cutoff = _d("2024-03-05")
+    for as_of in (None, cutoff):
+        table = _label_table(frame, as_of=as_of)
+        for tx in "abc":
+            records = [
+                {
+                    k: v
+                    for k, v in {
+                        "reported_at": f"2024-03-0{day}T00:00:00Z",
+                        "source": src,
+                        "is_fraud": fraud,
+                    }.items()
+                    if v is not None
+                }
+                for t, day, (src, fraud) in labels
+                if t == tx and (as_of is None or day < 5)
+            ]
+            verdict = transaction_verdict(records)
+            assert (tx in table.index) == (verdict is not None and verdict.is_fraud), (tx, as_of, records)
