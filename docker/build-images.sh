@@ -24,7 +24,7 @@ if [[ -z "$TAG" || "$TAG" == "latest" ]]; then
   exit 2
 fi
 PREFIX="${IMAGE_PREFIX:-fraud-platform}"
-read -r -a COMPONENTS <<< "${COMPONENTS:-producer quality-gate archiver feature-job transformer predictor model-monitor pipeline feast}"
+read -r -a COMPONENTS <<< "${COMPONENTS:-producer quality-gate archiver feature-job transformer predictor model-monitor console pipeline feast}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOCKERFILE="$ROOT/docker/Dockerfile"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -n 1)"

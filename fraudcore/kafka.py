@@ -117,12 +117,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
     try:
         existing = set(client.list_topics())
         new = [
-            NewTopic(
-                s.name,
-                s.partitions,
-                settings.kafka.replication_factor,
-                topic_configs={"retention.ms": str(s.retention_ms)} if s.retention_ms else {},
-            )
+            NewTopic(s.name, s.partitions, settings.kafka.replication_factor, topic_configs=topic_config(s))
             for s in specs
             if s.name not in existing
         ]
@@ -133,6 +128,14 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         return [t.name for t in new]
     finally:
         client.close()
+
+
+def topic_config(spec: TopicSpec) -> dict[str, str]:
+    """The broker-side configuration a topic is created with (its retention, its compaction)."""
+    config = {"retention.ms": str(spec.retention_ms)} if spec.retention_ms else {}
+    if spec.compacted:
+        config["cleanup.policy"] = "compact"
+    return config
 
 
 def _wait_for_leaders(client: KafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:

@@ -9,6 +9,7 @@ laptop: they are read from the environment, never from code.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,8 @@ class TopicSpec(BaseModel):
     name: str
     partitions: int = Field(ge=1)
     retention_ms: int | None = None
+    # A compacted topic keeps the latest record of each key (cleanup.policy=compact).
+    compacted: bool = False
 
 
 class TopicSettings(BaseModel):
@@ -36,6 +39,9 @@ class TopicSettings(BaseModel):
     shadow_scores: TopicSpec = TopicSpec(name="fraud-scores-shadow", partitions=6)
     dead_letter: TopicSpec = TopicSpec(name="transactions-dlq", partitions=3)
     model_events: TopicSpec = TopicSpec(name="model-events", partitions=1)
+    # The review console's cases (opened, claimed, released, closed, labelled), keyed by case
+    # id: compaction keeps each case's latest state, which carries its audit record.
+    cases: TopicSpec = TopicSpec(name="fraud-cases", partitions=1, compacted=True)
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -46,6 +52,7 @@ class TopicSettings(BaseModel):
             self.shadow_scores,
             self.dead_letter,
             self.model_events,
+            self.cases,
         ]
 
 
@@ -199,6 +206,7 @@ class MetricsPorts(BaseModel):
     transformer: int = 9106
     predictor: int = 9107
     model_monitor: int = 9108
+    console: int = 9109
 
     def items(self) -> list[tuple[str, int]]:
         return list(self.model_dump().items())
@@ -281,6 +289,58 @@ class ServingSettings(BaseModel):
         return self
 
 
+ANALYST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+
+
+class ConsoleSettings(BaseModel):
+    """The review console: who may sign in, the review queue's rules, where the live page reads.
+
+    ``users`` maps each analyst's name to an Argon2 hash of their password (``fraud console
+    hash-password``), e.g. ``FRAUD_CONSOLE__USERS='{"alice": "$argon2id$v=19$..."}'``."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected secret stays out of logs
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=1, le=65535)
+    # Signs the session cookies (at least 32 characters); the console refuses to serve without.
+    session_secret: SecretStr = SecretStr("")
+    session_max_age_s: int = Field(8 * 3600, ge=60)
+    # Mark the session cookie Secure: set it wherever the console is reached over HTTPS.
+    secure_cookie: bool = False
+    users: dict[str, str] = Field(default_factory=dict)
+    # How long a claim keeps other analysts off a case (the claimant may still decide after it).
+    claim_timeout_s: float = Field(900.0, gt=0)
+    note_max_chars: int = Field(2_000, ge=0)
+    # Share of `decline` decisions that also become cases (every `review` does), chosen by a
+    # hash of the transaction id: the same ones after a restart.
+    decline_sample_share: float = Field(0.05, ge=0, le=1)
+    # An unclaimed case older than this is dropped from the queue (its label will have come
+    # as a chargeback, if any).
+    case_expiry_s: float = Field(7 * 86_400.0, gt=0)
+    # Where a console with no committed position starts reading fraud-scores.
+    initial_offset: Literal["latest", "earliest"] = "latest"
+    # Prometheus's HTTP API (empty: the local one, http://127.0.0.1:<prometheus.port>).
+    prometheus_url: str = ""
+    refresh_s: float = Field(3.0, ge=1)
+
+    @field_validator("users")
+    @classmethod
+    def _users_are_hashed(cls, users: dict[str, str]) -> dict[str, str]:
+        for name, hashed in users.items():
+            if not ANALYST_NAME.fullmatch(name):
+                raise ValueError(f"console.users: {name[:40]!r} is not a valid analyst name")
+            if not hashed.startswith("$argon2"):
+                raise ValueError(f"console.users.{name}: not an Argon2 hash (fraud console hash-password)")
+        return users
+
+    @field_validator("session_secret")
+    @classmethod
+    def _secret_is_long_enough(cls, secret: SecretStr) -> SecretStr:
+        if 0 < len(secret.get_secret_value()) < 32:
+            raise ValueError("console.session_secret must have at least 32 characters")
+        return secret
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUD_",
@@ -304,6 +364,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     serving: ServingSettings = ServingSettings()
     monitor: MonitorSettings = MonitorSettings()
+    console: ConsoleSettings = ConsoleSettings()
     max_event_bytes: int = 64 * 1024
     # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
     metrics_host: str = "0.0.0.0"

@@ -16,7 +16,7 @@
 #   FRAUD_TOOLS_BIN   where the tools are cached (default: ~/.cache/fraud-platform/bin)
 #
 # Rendering happens in a temporary copy of kustomize/ and observability/ in which
-# base/secrets/s3.env and base/secrets/redis.env hold placeholder values, so validation
+# base/secrets/s3.env, redis.env and console.env hold placeholder values, so validation
 # never needs (or prints) real credentials and works on a fresh checkout.
 set -euo pipefail
 
@@ -76,6 +76,8 @@ workspace() {
   printf 'AWS_ACCESS_KEY_ID=placeholder-access-key\nAWS_SECRET_ACCESS_KEY=placeholder-secret-key\n' \
     > "$WORK/kustomize/base/secrets/s3.env"
   printf 'REDIS_PASSWORD=placeholder-redis-password\n' > "$WORK/kustomize/base/secrets/redis.env"
+  printf 'SESSION_SECRET=placeholder-session-secret-placeholder-session\nUSERS=placeholder-users\n' \
+    > "$WORK/kustomize/base/secrets/console.env"
 }
 
 render() {

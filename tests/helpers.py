@@ -20,7 +20,7 @@ def isolated(settings: Settings, unique: str) -> Settings:
     base = settings.topics
     topics = TopicSettings(
         **{
-            field: TopicSpec(name=f"{spec.name}-{unique}", partitions=spec.partitions)
+            field: spec.model_copy(update={"name": f"{spec.name}-{unique}"})  # compaction too
             for field, spec in base.model_dump().items()
             for spec in [TopicSpec(**spec)]
         }

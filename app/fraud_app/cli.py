@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fraud_console.cli import app as console_app
 from fraud_features.cli import app as features_app
 from fraud_monitor.cli import monitor as monitor_command
 from fraud_monitor.cli import skew as skew_command
@@ -33,6 +34,12 @@ def up() -> None:
 
     if devstack.ensure_env_file():
         console.print("wrote fresh MinIO credentials and a Redis password to .env")
+        get_settings.cache_clear()
+    if devstack.ensure_console_access(get_settings()):
+        where = devstack.console_password_file(get_settings())
+        console.print(
+            f"wrote the review console's session secret and user 'analyst' to .env (password: {where})"
+        )
         get_settings.cache_clear()
     try:
         devstack.up(get_settings(), report=console.print)
@@ -181,6 +188,7 @@ def demo(
 # Each component owns its commands; this root only mounts them.
 app.add_typer(producers_app)  # seed, backfill, replay, gate, archive at the top level
 app.add_typer(features_app, name="features")
+app.add_typer(console_app, name="console")
 app.command("train", help="Run the training pipeline locally (kfp local runner) and publish the model.")(
     pipeline_train
 )

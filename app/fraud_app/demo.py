@@ -21,7 +21,7 @@ from rich.table import Table
 
 from fraud_app import devstack
 from fraud_app.live import DecisionMonitor, Snapshot
-from fraud_app.supervisor import Platform, ingest_and_serving, wait_for_backfill
+from fraud_app.supervisor import Platform, console_configured, ingest_and_serving, wait_for_backfill
 from fraud_producers.live_stream import live_start, speed_up
 from fraud_producers.sim_config import DAY_S, SimulatorConfig
 from fraud_producers.simulator import SimulatedBatch, Simulator
@@ -230,6 +230,11 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> dict[str,
             # as live traffic has: a shorter burn-in trains on truncated 30-day counts.
             _train(console, burn_in_days=CARD_HISTORY_S // DAY_S, history_days=14)
         serving.start(report=console.print)
+        if console_configured(settings):
+            console.print(
+                f"review console: http://127.0.0.1:{settings.console.port}/ (user 'analyst', "
+                f"password in {devstack.console_password_file(settings)} unless .env names others)"
+            )
         monitor = DecisionMonitor(settings).start()
         expected = Expected.of_champion(settings)
         console.print(
@@ -245,14 +250,24 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> dict[str,
             "transformer_errors_total",
             {"kind": "feature_timeout"},
         )
-        return summary(
+        outcome = summary(
             final, produced, monitor.latency_percentiles(), expected, _watch(settings, final), int(timeouts)
         )
+        return {**outcome, **_console_figures(settings)}
     finally:
         if monitor:
             monitor.stop()
         serving.stop()
         ingest.stop()
+
+
+def _console_figures(settings: Settings) -> dict[str, Any]:
+    """The review console's address and the cases it opened during the run (None when it
+    does not run: no session secret or analyst configured)."""
+    if not console_configured(settings):
+        return {"console_url": None, "console_cases_opened": None}
+    opened = sample_sum(scrape(settings.metrics_ports.console), "console_cases_opened_total")
+    return {"console_url": f"http://127.0.0.1:{settings.console.port}/", "console_cases_opened": int(opened)}
 
 
 def _watch(settings: Settings, s: Snapshot) -> ModelWatch | None:

@@ -9,6 +9,7 @@ git-ignored state folder. Every step is idempotent.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -514,6 +515,42 @@ def ensure_env_file(path: Path = Path(".env")) -> bool:
             # URL-safe characters only: the password travels in Feast's connection string.
             f.write(f"FRAUD_REDIS__PASSWORD={secrets.token_urlsafe(24)}\n")
     return True
+
+
+CONSOLE_ANALYST = "analyst"
+
+
+def console_password_file(settings: Settings) -> Path:
+    """Where ``fraud up`` leaves the local analyst's generated password (mode 0600)."""
+    return settings.state_dir / "console-analyst.password"
+
+
+def ensure_console_access(settings: Settings, path: Path = Path(".env")) -> bool:
+    """Give a checkout's review console a session secret and one local analyst (user
+    ``analyst``, a random password in ``console_password_file``, its Argon2 hash in .env),
+    unless the environment or .env already configures them. Never printed: the demo says
+    where the password file is."""
+    from fraud_console.auth import hash_password
+
+    text = path.read_text() if path.exists() else ""
+    lines: list[str] = []
+    if not (os.environ.get("FRAUD_CONSOLE__SESSION_SECRET") or "FRAUD_CONSOLE__SESSION_SECRET" in text):
+        lines.append(f"FRAUD_CONSOLE__SESSION_SECRET={secrets.token_urlsafe(32)}")
+    if not (os.environ.get("FRAUD_CONSOLE__USERS") or "FRAUD_CONSOLE__USERS" in text):
+        password = secrets.token_urlsafe(15)
+        secret_file = console_password_file(settings)
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.unlink(missing_ok=True)
+        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(password + "\n")
+        # Single quotes: the hash's '$' signs stay literal when .env is read.
+        users = json.dumps({CONSOLE_ANALYST: hash_password(password)})
+        lines.append(f"FRAUD_CONSOLE__USERS='{users}'")
+    if lines:
+        with path.open("a") as f:
+            f.write("".join(f"{line}\n" for line in lines))
+    return bool(lines)
 
 
 def up(settings: Settings, report: Callable[[str], None] = print) -> list[ServiceStatus]:

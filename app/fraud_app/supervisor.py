@@ -208,7 +208,23 @@ def components(
         dispatch += ["--sink", sink]
     out.append(Component("dispatcher", dispatch, metrics("dispatcher")))
     out.append(Component("model-monitor", [*cli, "monitor"], metrics("model_monitor"), s3_env(settings)))
+    if console_configured(settings):
+        ready = f"http://127.0.0.1:{settings.console.port}/readyz"
+        out.append(
+            Component(
+                "console", [*cli, "console", "serve", "--group", CONSOLE_GROUP], ready, s3_env(settings)
+            )
+        )
     return out
+
+
+CONSOLE_GROUP = "console"
+
+
+def console_configured(settings: Settings) -> bool:
+    """Whether the review console can serve: a session secret and at least one analyst
+    (``fraud up`` writes both to .env for the local stack)."""
+    return bool(settings.console.session_secret.get_secret_value() and settings.console.users)
 
 
 class Platform:

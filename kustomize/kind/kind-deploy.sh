@@ -6,18 +6,22 @@
 #   SKIP_BUILD=1 kustomize/kind/kind-deploy.sh  reuse images already built
 #   CLUSTER_NAME=other kustomize/kind/kind-deploy.sh
 #
-# Credentials: the MinIO/S3 key pair comes from kustomize/base/secrets/s3.env and the Redis
-# password from kustomize/base/secrets/redis.env (both ignored by git). A file that does not
-# exist is generated with random values.
+# Credentials: the MinIO/S3 key pair comes from kustomize/base/secrets/s3.env, the Redis
+# password from kustomize/base/secrets/redis.env and the review console's session secret and
+# analysts from kustomize/base/secrets/console.env (all ignored by git). A file that does not
+# exist is generated with random values; for the console, one analyst `analyst` whose
+# password is written to kustomize/base/secrets/console-analyst.txt.
 set -euo pipefail
 
 CLUSTER_NAME="${CLUSTER_NAME:-fraud-platform}"
 TAG=dev   # the kind overlay refers to fraud-platform/<component>:dev
-COMPONENTS=(producer quality-gate archiver feature-job transformer predictor pipeline feast)
+COMPONENTS=(producer quality-gate archiver feature-job transformer predictor model-monitor console pipeline feast)
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 SECRETS_FILE="$ROOT/kustomize/base/secrets/s3.env"
 REDIS_SECRET_FILE="$ROOT/kustomize/base/secrets/redis.env"
+CONSOLE_SECRET_FILE="$ROOT/kustomize/base/secrets/console.env"
+CONSOLE_PASSWORD_FILE="$ROOT/kustomize/base/secrets/console-analyst.txt"
 
 log() { printf '\n== %s\n' "$*"; }
 die() { echo "kind-deploy.sh: $*" >&2; exit 1; }
@@ -63,6 +67,22 @@ with open(sys.argv[1], "w") as f:
 EOF
 fi
 
+if [[ ! -f "$CONSOLE_SECRET_FILE" ]]; then
+  log "generating the console's session secret and analyst in kustomize/base/secrets/console.env"
+  umask 077
+  password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
+  # The console image hashes it (Argon2id, as the console verifies it).
+  hash="$(printf '%s\n' "$password" | docker run --rm -i --entrypoint fraud \
+    "fraud-platform/console:$TAG" console hash-password --password-stdin)"
+  python3 - "$CONSOLE_SECRET_FILE" "$hash" <<'EOF'
+import json, secrets, sys
+with open(sys.argv[1], "w") as f:
+    f.write(f"SESSION_SECRET={secrets.token_urlsafe(48)}\n")
+    f.write(f"USERS={json.dumps({'analyst': sys.argv[2]})}\n")
+EOF
+  printf 'analyst\n%s\n' "$password" > "$CONSOLE_PASSWORD_FILE"
+fi
+
 log "applying kustomize/overlays/kind"
 # A Job's pod template cannot change; drop the finished one-shot Jobs so that they run
 # again with the new images and configuration.
@@ -73,7 +93,7 @@ log "waiting for Kafka and the platform"
 kubectl -n fraud wait kafka/fraud-kafka --for=condition=Ready --timeout=600s
 kubectl -n fraud rollout status statefulset/redis --timeout=300s
 kubectl -n fraud rollout status statefulset/minio --timeout=300s
-for deployment in quality-gate archiver feature-job feast-server; do
+for deployment in quality-gate archiver feature-job model-monitor console feast-server; do
   kubectl -n fraud rollout status "deployment/$deployment" --timeout=300s
 done
 
@@ -85,4 +105,6 @@ Deployed. The predictor becomes ready once a model exists at s3://models/fraud/c
   kubectl -n fraud scale deployment/producer --replicas=1     # start the simulator
   curl -s localhost:30080/v2/health/ready                      # the transformer
   Kafka from the host: localhost:30092   MinIO console: http://localhost:30901
+  Review console: kubectl -n fraud port-forward svc/console 8090, then http://localhost:8090
+    (analyst and password: kustomize/base/secrets/console-analyst.txt)
 EOF

@@ -17,6 +17,13 @@ import pytest
 from fraudcore.settings import Settings
 
 
+def _console_password(stack: Settings) -> str:
+    from fraud_app.devstack import console_password_file
+
+    path = console_password_file(stack)
+    return path.read_text().strip() if path.exists() else ""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # backfill, training and a minute and a half of live traffic
 def test_demo_runs_unattended_and_decides_as_the_evaluation_predicts(stack: Settings) -> None:
@@ -58,10 +65,18 @@ def test_demo_runs_unattended_and_decides_as_the_evaluation_predicts(stack: Sett
     assert result["live_precision"] >= 0.7 * result["expected_precision"], result
     assert result["live_recall"] >= 0.5 * result["expected_recall"], result
     assert result["psi_feature"], result  # drift is measured (its size is reported, not judged)
+    # The review console ran beside the platform and opened a case for the review decisions
+    # (it reads fraud-scores in its own group: the last moment's may still be on their way).
+    assert f"review console: {result['console_url']}" in done.stdout + done.stderr
+    reviews = result["decisions"].get("review", 0)
+    assert reviews > 0, result
+    assert result["console_cases_opened"] >= 0.9 * reviews, result
     # No credential in any log line: the demo's own output and every component's log.
     secrets = {
         "S3 secret key": stack.s3.secret_key.get_secret_value(),
         "Redis password": stack.redis.password.get_secret_value(),
+        "console session secret": stack.console.session_secret.get_secret_value(),
+        "console analyst's password": _console_password(stack),
     }
     logs = {"demo output": done.stdout + done.stderr}
     logs.update({str(p): p.read_text(errors="replace") for p in (stack.state_dir / "run").glob("*.log")})

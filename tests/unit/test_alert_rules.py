@@ -27,6 +27,7 @@ COMPONENT_SERIES = {
     "FraudTransformerDown": 'fraud_decisions_total{decision="approve"}',
     "FraudPredictorDown": 'predictor_model_info{model="fraud",version="3"}',
     "FraudModelMonitorDown": "fraud_monitor_event_time_seconds",
+    "FraudConsoleDown": 'console_cases{state="open"}',
 }
 
 

@@ -23,7 +23,7 @@ from fraudcore.settings import KafkaSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_ROOTS = ["fraudcore", "producers", "feature_store", "pipelines", "predictors", "transformers"]
-SOURCE_ROOTS += ["monitoring", "app"]
+SOURCE_ROOTS += ["monitoring", "console", "app"]
 CLIENTS_MODULE = ROOT / "fraudcore" / "kafka.py"
 PASSWORD = "s3cr3t-Pa55word"
 CA = "/etc/fraud/kafka-ca/ca.crt"

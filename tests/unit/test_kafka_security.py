@@ -18,6 +18,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -54,6 +55,7 @@ def group_ids() -> dict[str, str]:
     """The consumer group (or, for per-process groups, its fixed prefix) each component uses,
     read from the code: the CLI defaults the Deployments run with, the predictor's
     per-process group, the model monitor's tail reader."""
+    from fraud_console.cli import serve as console_serve
     from fraud_features.cli import features_stream
     from fraud_monitor.cli import monitor
     from fraud_producers.cli import archive, gate
@@ -68,6 +70,7 @@ def group_ids() -> dict[str, str]:
         "archiver": default(archive),
         "feature-job": default(features_stream),
         "model-monitor": default(monitor),
+        "console": default(console_serve),
     }
 
 
@@ -100,6 +103,35 @@ def monitor_tail_group(monkeypatch: pytest.MonkeyPatch) -> str:
     return seen[0]
 
 
+def console_reader_groups(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The group ids the console's partition readers are built with (its replay of the cases,
+    its search for a label, its transaction lookups); no broker is reached."""
+    import fraud_console.journal as journal
+
+    class Built(Exception):  # noqa: N818 - a stop signal, not an error
+        pass
+
+    seen: list[str] = []
+
+    def reader(_settings: Any, group: str, **_overrides: Any) -> None:
+        seen.append(group)
+        raise Built
+
+    settings = default_settings()
+    monkeypatch.setattr(journal, "partition_reader", reader)
+    monkeypatch.setattr(journal, "closed_since", lambda _case: datetime.now(UTC))
+    with pytest.raises(Built):
+        next(journal.replay(settings))
+    with pytest.raises(Built):
+        journal.TransactionFinder(settings)
+    log = object.__new__(journal.KafkaCaseLog)
+    log.settings = settings
+    with pytest.raises(Built):
+        log.find_label(SimpleNamespace(case_id="case"))  # type: ignore[arg-type]
+    assert len(seen) == 3, seen
+    return set(seen)
+
+
 def needs(docs: list[Doc]) -> dict[str, dict[str, set[str]]]:
     """KafkaUser -> operation -> the topics (or groups) its client uses."""
     t = default_settings().topics
@@ -122,6 +154,11 @@ def needs(docs: list[Doc]) -> dict[str, dict[str, set[str]]]:
         "fraud-model-monitor": {
             READ: {t.scores.name, t.shadow_scores.name, t.labels.name},
             GROUP: {groups["model-monitor"]},
+        },
+        "fraud-console": {
+            READ: {t.scores.name, t.cases.name, t.labels.name, t.transactions.name},
+            WRITE: {t.cases.name, t.labels.name},
+            GROUP: {groups["console"]},
         },
         "fraud-transformer": {WRITE: {t.scores.name, t.shadow_scores.name}},
         "fraud-predictor": {READ: {t.model_events.name}},
@@ -270,7 +307,8 @@ def test_every_platform_client_authenticates_as_its_own_kafka_user(target: str) 
     clients = list(kafka_clients(docs))
     found = {c.where.split(" ")[0] for c in clients}
     expected = {
-        f"Deployment/{d}" for d in ("producer", "quality-gate", "archiver", "feature-job", "model-monitor")
+        f"Deployment/{d}"
+        for d in ("producer", "quality-gate", "archiver", "feature-job", "model-monitor", "console")
     }
     assert expected | {"InferenceService/fraud"} <= found, "the scan misses Kafka clients"
 
@@ -369,9 +407,12 @@ def test_kafka_users_allow_exactly_what_their_clients_do(
     topics = {t["spec"].get("topicName", t["metadata"]["name"]) for t in objects(docs, "KafkaTopic")}
     assert topics == {t.name for t in default_settings().topics.all()}
     codes_groups = {*group_ids().values(), one(docs, "KafkaSource")["spec"]["consumerGroup"]}
+    # Groups a client only assigns partitions under (never joined nor committed): librdkafka
+    # still looks up their coordinator, which the ACLs must allow.
     per_process = {
-        "fraud-predictor": predictor_group(),
-        "fraud-model-monitor": monitor_tail_group(monkeypatch),
+        "fraud-predictor": {predictor_group()},
+        "fraud-model-monitor": {monitor_tail_group(monkeypatch)},
+        "fraud-console": console_reader_groups(monkeypatch),
     }
 
     problems = []
@@ -390,7 +431,7 @@ def test_kafka_users_allow_exactly_what_their_clients_do(
                     problems.append(f"{where}: not one existing topic")
             elif resource["type"] == "group":
                 prefix = resource.get("patternType") == "prefix"
-                ids = [*codes_groups, *per_process.values()]
+                ids = [*codes_groups, *(g for groups in per_process.values() for g in groups)]
                 if not any(g.startswith(resource["name"]) if prefix else g == resource["name"] for g in ids):
                     problems.append(f"{where}: no group the code uses")
                 if not resource.get("name"):
@@ -407,7 +448,7 @@ def test_kafka_users_allow_exactly_what_their_clients_do(
             for topic in want.get(operation, set()):
                 if not allows(user, "topic", topic, operation):
                     problems.append(f"KafkaUser {name}: cannot {operation} {topic}")
-        for group in want.get(GROUP, set()) | ({per_process[name]} if name in per_process else set()):
+        for group in want.get(GROUP, set()) | per_process.get(name, set()):
             if not allows(user, "group", group, "Read"):
                 problems.append(f"KafkaUser {name}: cannot use group {group}")
         if not want.get(GROUP) and name not in per_process and GROUP in granted(user):
@@ -415,7 +456,7 @@ def test_kafka_users_allow_exactly_what_their_clients_do(
     assert not problems, "\n".join(problems)
 
     # The Deployments use the code's default groups (no --group in their commands).
-    for name in ("quality-gate", "archiver", "feature-job", "model-monitor"):
+    for name in ("quality-gate", "archiver", "feature-job", "model-monitor", "console"):
         [container] = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         assert "--group" not in container["command"] + container.get("args", []), name
 

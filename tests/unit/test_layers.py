@@ -20,6 +20,7 @@ COMPONENTS = (
     "fraud_predictor",
     "fraud_transformer",
     "fraud_monitor",
+    "fraud_console",
 )
 APP = "fraud_app"
 # Where each importable package's sources live (plus the Feast repo, which Feast imports).
@@ -31,6 +32,7 @@ SOURCES = {
     "fraud_predictor": [ROOT / "predictors"],
     "fraud_transformer": [ROOT / "transformers"],
     "fraud_monitor": [ROOT / "monitoring"],
+    "fraud_console": [ROOT / "console"],
     APP: [ROOT / "app"],
 }
 # (importer, imported) pairs the architecture forbids beyond the layer order.
@@ -39,6 +41,9 @@ FORBIDDEN_PAIRS = {
     ("fraud_predictor", "fraud_transformer"),
     ("fraud_producers", "fraud_predictor"),
     ("fraud_producers", "fraud_transformer"),
+    # The review console reads what the platform publishes (topics, metrics, the online
+    # store) through the core alone.
+    *(("fraud_console", other) for other in COMPONENTS if other != "fraud_console"),
 }
 
 
@@ -101,6 +106,12 @@ def test_imports_follow_the_layers(package: str, path: Path) -> None:
             ["fraud_predictor imports fraud_transformer"],
         ),
         ("fraud_producers", "from fraud_features.store import apply\n", []),
+        (
+            "fraud_console",
+            "from fraud_features.store import repo_config\n",
+            ["fraud_console imports fraud_features"],
+        ),
+        ("fraud_console", "from fraudcore.events import validate\n", []),
         (
             "fraud_pipelines",
             "from fraud_app.demo import run\n",

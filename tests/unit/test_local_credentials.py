@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from fraud_app import devstack
+from fraud_console.auth import Passwords
 from fraudcore.settings import Settings
 
 
 @pytest.fixture(autouse=True)
 def no_credentials_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD"):
+    names = ("FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD")
+    for name in (*names, "FRAUD_CONSOLE__SESSION_SECRET", "FRAUD_CONSOLE__USERS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -40,6 +42,26 @@ def test_an_existing_checkout_is_left_as_it_is(tmp_path: Path) -> None:
     env_file.write_text("FRAUD_S3__ACCESS_KEY=mine\nFRAUD_S3__SECRET_KEY=also-mine\n")
     assert devstack.ensure_env_file(env_file) is False
     assert "FRAUD_REDIS__PASSWORD" not in env_file.read_text()
+
+
+def test_the_console_gets_a_session_secret_and_a_local_analyst(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("FRAUD_S3__ACCESS_KEY=mine\n")
+    settings = Settings(_env_file=env_file, state_dir=tmp_path / "state")
+    assert devstack.ensure_console_access(settings, env_file) is True
+    password_file = devstack.console_password_file(settings)
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 20
+    assert password not in env_file.read_text()  # only its hash
+    loaded = Settings(_env_file=env_file)  # .env as the settings read it: '$' kept literally
+    assert len(loaded.console.session_secret.get_secret_value()) >= 32
+    assert Passwords(loaded.console.users).verify(devstack.CONSOLE_ANALYST, password)
+    assert not Passwords(loaded.console.users).verify(devstack.CONSOLE_ANALYST, password + "x")
+    before = env_file.read_text()
+    assert devstack.ensure_console_access(settings, env_file) is False, "a second run changes nothing"
+    assert env_file.read_text() == before
+    assert password_file.read_text().strip() == password
 
 
 def test_redis_gets_its_password_from_a_private_file_not_the_command_line(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ PLATFORM_DEPLOYMENTS = {
     "quality-gate": "quality_gate",
     "archiver": "archiver",
     "feature-job": "feature_job",
+    "console": "console",
 }
 WORKLOAD_IDENTITY = ("eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account")
 KSERVE_S3_ANNOTATIONS = (
@@ -392,8 +393,10 @@ def test_inference_service_model_storage_and_credentials(target: str) -> None:
     else:
         assert not account.get("secrets"), "cloud overlays use workload identity, not a key Secret"
         assert any(a in (account["metadata"].get("annotations") or {}) for a in WORKLOAD_IDENTITY)
-        # The one Secret: the managed Redis's AUTH token (no identity replaces it there).
-        keys = [ident(s) for s in secrets if not s["metadata"]["name"].startswith("fraud-redis-")]
+        # The only Secrets: the managed Redis's AUTH token and the review console's session
+        # secret and analysts' password hashes (no identity replaces either).
+        generated = ("fraud-redis-", "fraud-console-secrets-")
+        keys = [ident(s) for s in secrets if not s["metadata"]["name"].startswith(generated)]
         assert not keys, f"cloud overlays must not ship key Secrets: {keys}"
         for sa in objects(docs, "ServiceAccount"):
             annotations = sa["metadata"].get("annotations") or {}
@@ -435,7 +438,7 @@ def test_no_secret_values_are_committed() -> None:
 
     # What gets rendered carries the values of that file (placeholders during validation).
     for secret in objects(render("base"), "Secret"):
-        assert re.fullmatch(r"fraud-(s3|redis)-[a-z0-9]{10}", secret["metadata"]["name"]), (
+        assert re.fullmatch(r"fraud-(s3|redis|console-secrets)-[a-z0-9]{10}", secret["metadata"]["name"]), (
             "not a generated Secret"
         )
         values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -506,6 +509,7 @@ def test_platform_deployments(target: str) -> None:
         "quality-gate": ["fraud", "gate"],
         "archiver": ["fraud", "archive"],
         "feature-job": ["fraud", "features", "stream"],
+        "console": ["fraud", "console", "serve"],
     }
     for name, component in PLATFORM_DEPLOYMENTS.items():
         deployment = one(docs, "Deployment", name)

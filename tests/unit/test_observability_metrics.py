@@ -21,6 +21,7 @@ SOURCES = [
     "predictors",
     "transformers",
     "monitoring",
+    "console",
     "app",
 ]
 DEFINITION = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][\w:]*)\"")

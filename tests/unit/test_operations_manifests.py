@@ -32,6 +32,7 @@ COMPONENT_SOURCES = {
     "archiver": "producers/fraud_producers/archive.py",
     "feature-job": "feature_store/fraud_features",
     "model-monitor": "monitoring/fraud_monitor",
+    "console": "console/fraud_console",
     "fraud-transformer": "transformers/fraud_transformer",
     "fraud-predictor": "predictors/fraud_predictor",
 }
@@ -172,7 +173,13 @@ def test_worker_liveness_is_the_consume_loop_health(target: str) -> None:
             assert live.get("path") == HEALTH_PATH, f"{where}: liveness is {live.get('path')}"
             assert live.get("port") in ("metrics", metrics[0]["containerPort"]), where
             ready = dig(container, "readinessProbe", "httpGet") or {}
-            assert ready.get("port") in ("metrics", metrics[0]["containerPort"]), where
+            # A worker takes no traffic: ready once its metrics server is up. A platform
+            # process that serves (the console's `http` port) is ready when that server says so.
+            served = [p for p in container.get("ports", []) if p.get("name") == "http"]
+            allowed = ("metrics", metrics[0]["containerPort"])
+            if served:
+                allowed = ("http", served[0]["containerPort"])
+            assert ready.get("port") in allowed, where
     assert workers >= 5, "the platform's workers (and producer) were not found"
 
 

@@ -41,6 +41,7 @@ FORK_HEADROOM = 1.5  # container limit over maxmemory: AOF-rewrite fork, fragmen
 REDIS_CLIENTS = {
     "Deployment/feature-job",
     "Deployment/model-monitor",
+    "Deployment/console",
     "Deployment/feast-server",
     "Job/feast-apply",
     "CronJob/feast-materialize",

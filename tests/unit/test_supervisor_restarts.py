@@ -26,7 +26,7 @@ def test_a_component_that_dies_is_started_again(tmp_path: Path, caplog: pytest.L
     platform.start(report=lambda _msg: None, timeout_s=10)
     try:
         with caplog.at_level("WARNING"):
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 40  # generous: a loaded machine starts Python slowly
             while platform.restarts.get("flaky", 0) < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
         assert platform.restarts.get("flaky", 0) >= 2
