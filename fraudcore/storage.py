@@ -63,13 +63,16 @@ def s3_client(settings: Settings, *, fail_fast: bool = False) -> Minio:
 
 def store_unavailable(exc: BaseException) -> bool:
     """Whether a request failed because the object store could not be reached or was
-    overloaded (refused or reset connections, timeouts, 5xx): a wait, unlike a 4xx."""
+    overloaded (refused or reset connections, timeouts, 5xx): a wait, unlike a 4xx. An
+    error raised from such a failure (``raise ... from``) is one too."""
     if isinstance(exc, S3Error):
         return exc.code in UNAVAILABLE_CODES
-    return isinstance(exc, urllib3.exceptions.HTTPError | ServerError | ConnectionError | TimeoutError)
+    if isinstance(exc, urllib3.exceptions.HTTPError | ServerError | ConnectionError | TimeoutError):
+        return True
+    return exc.__cause__ is not None and store_unavailable(exc.__cause__)
 
 
-def write_until_stored(
+def until_store_answers(
     write: Callable[[], T],
     *,
     component: str,
@@ -77,10 +80,10 @@ def write_until_stored(
     first_delay_s: float = 0.5,
     max_delay_s: float = 10.0,
 ) -> T:
-    """Run ``write`` until it succeeds, waiting while the object store is unavailable (the
-    delay doubles up to ``max_delay_s``; each retry is logged and counted). Any other error,
-    or ``stop`` set while waiting, is raised: the caller has not stored what it wrote and
-    must not commit past it."""
+    """Run ``write`` (a write, or a read the caller cannot go on without) until it succeeds,
+    waiting while the object store is unavailable (the delay doubles up to ``max_delay_s``;
+    each retry is logged and counted). Any other error, or ``stop`` set while waiting, is
+    raised: a writer has not stored what it wrote and must not commit past it."""
     delay = first_delay_s
     while True:
         try:
@@ -98,6 +101,18 @@ def write_until_stored(
             else:
                 time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
+
+
+def store_problem(settings: Settings) -> str | None:
+    """Why the platform's object store cannot be used right now (None: it answers), from one
+    quick request: for commands that need it to say so plainly before they start."""
+    try:
+        s3_client(settings, fail_fast=True).bucket_exists(settings.s3.models_bucket)
+    except Exception as exc:
+        if store_unavailable(exc):
+            return f"the object store at {settings.s3.endpoint} does not answer ({describe(exc)})"
+        return f"the object store at {settings.s3.endpoint} refused the request ({describe(exc)})"
+    return None
 
 
 def describe(exc: BaseException) -> str:

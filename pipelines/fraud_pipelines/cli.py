@@ -15,7 +15,7 @@ from rich.console import Console
 from fraud_pipelines.bench import DEFAULT_PROTOCOL, DEFAULT_SEEDS
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
 from fraud_pipelines.protocols import check_protocol
-from fraudcore.commands import command_group
+from fraudcore.commands import command_group, fail
 
 app = command_group("The fraud model's training pipeline (Kubeflow Pipelines).")
 console = Console()
@@ -123,10 +123,29 @@ def train(
         shadow=shadow,
         upload=upload,
     )
+    needs_store = upload or source == "archive" or source_path.startswith("s3://")
+    if needs_store:
+        _require_object_store()
     try:
         run_local(arguments, pipeline_root=output_dir, verbose=verbose, console=console)
     except RuntimeError:
+        if needs_store:
+            _require_object_store()  # the likeliest cause, said plainly if it is the one
         raise typer.Exit(1) from None
+
+
+def _require_object_store() -> None:
+    """Stop with one clear line when the object store, which training reads the archive from
+    and publishes its model to, does not answer."""
+    from fraudcore.settings import get_settings
+    from fraudcore.storage import store_problem
+
+    settings = get_settings()
+    if problem := store_problem(settings):
+        fail(
+            f"training needs the object store: {problem}. Start it (`fraud up` locally) and run "
+            "`fraud train` again."
+        )
 
 
 @app.command("compile")

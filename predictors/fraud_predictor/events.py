@@ -100,7 +100,7 @@ class ChampionWatcher(threading.Thread):
             uri, version = parsed
             uri = in_own_store(uri, self.settings.serving.model_uri)
             log.info("%s: %s version %s at %s", self.event_type, self.predictor.name, version or "?", uri)
-            self.predictor.update(uri, version)
+            self.predictor.update(uri, version, stop=self.stop_event)
 
     def run(self) -> None:
         while not self.stop_event.is_set():

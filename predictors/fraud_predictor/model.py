@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from fraud_predictor.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, MODEL_SWAPS
 from fraud_predictor.storage import ModelFiles, read_model_files
 from fraudcore.protocol import MODEL_INFO_PARAMETER, VERSION_PARAMETER, ModelInfo
 from fraudcore.settings import Settings
+from fraudcore.storage import until_store_answers
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +160,22 @@ class FraudPredictor(Model):
         log.info("serving %s version %s from %s", self.name, model.version, model.source)
         return old
 
-    def update(self, uri: str, version: str = "") -> bool:
-        """Load the version at ``uri`` beside the current one, then swap. False if it failed
-        (the current version keeps serving) or if that version is already served."""
+    def update(self, uri: str, version: str = "", stop: threading.Event | None = None) -> bool:
+        """Load the version at ``uri`` beside the current one, then swap. While the object
+        store does not answer, the load waits and retries (the current version keeps serving
+        meanwhile) until it answers or ``stop`` is set. False if it failed (the current
+        version keeps serving) or if that version is already served."""
         if version and self._model is not None and version == self._model.version:
             log.info("%s version %s is already served", self.name, version)
             return False
         try:
-            model = load_model(uri, self.settings, version)
+            model = until_store_answers(
+                partial(load_model, uri, self.settings, version),
+                component=f"predictor-{self.name}",
+                stop=stop,
+                first_delay_s=1.0,
+                max_delay_s=30.0,
+            )
         except Exception:
             MODEL_LOAD_FAILURES.labels(self.name).inc()
             log.exception("could not load %s from %s; still serving the current version", self.name, uri)

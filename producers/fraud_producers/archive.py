@@ -36,7 +36,7 @@ from prometheus_client import Counter, Histogram
 from fraudcore.kafka import OwnedPartitions, Record, commit_now
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
-from fraudcore.storage import describe, s3_client, store_unavailable, write_until_stored
+from fraudcore.storage import describe, s3_client, store_unavailable, until_store_answers
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Archiver:
                 # While the object store is away the archiver waits here: its offsets move
                 # only once a block is stored, and the names are the block's, so a retry (or
                 # the next owner, after a stop) rewrites the same object.
-                write_until_stored(partial(self._put, name, data), component="archiver", stop=self.stop)
+                until_store_answers(partial(self._put, name, data), component="archiver", stop=self.stop)
                 OBJECTS_WRITTEN.labels(kind.name).inc()
         added = len(block.records) - block.durable
         RECORDS_WRITTEN.labels(kind.name).inc(added)

@@ -1,7 +1,9 @@
 """MinIO killed for a minute while transactions stream in at 200/s: the archiver and the
 streaming feature job ride it out. Once MinIO is back, the archive holds every transaction
 exactly once, and the feature log (the offline copy of what was served) holds every
-transaction, with the values an offline recomputation gives."""
+transaction, with the values an offline recomputation gives. Meanwhile a model swap waits
+(the loaded model keeps scoring) and completes once MinIO is back, and training stops with
+one clear line."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from fraud_app import devstack
+from fraud_predictor.model import FraudPredictor, OnnxModel
+from fraud_predictor.storage import ModelFiles
 from fraud_producers.encoding import to_event_bytes
 from fraudcore import features as F
 from fraudcore.kafka import producer
@@ -27,6 +32,7 @@ from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
 from tests.helpers import env_for, isolated, simulated
 from tests.integration.test_feature_job import _assert_same_features
+from tests.serving_helpers import N_FEATURES, make_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -104,6 +110,25 @@ def _env(settings: Settings) -> dict[str, str]:
     return env
 
 
+_ROW = np.zeros((1, N_FEATURES), dtype=np.float32)
+
+
+def _predictor_with_a_swap_ready(
+    settings: Settings, prefix: str
+) -> tuple[FraudPredictor, threading.Thread, list[float]]:
+    """A predictor serving v1 from memory, v2 waiting in MinIO, and the thread that will
+    swap to it (as the predictor's model-events watcher does on champion-changed)."""
+    client = s3_client(settings)
+    data = make_model("v2", seed=2)
+    key = f"{prefix}/models/v2/model.onnx"
+    client.put_object(settings.s3.models_bucket, key, io.BytesIO(data), len(data))
+    predictor = FraudPredictor("fraud", "unused", settings)
+    predictor.install(OnnxModel.from_files(ModelFiles("memory", make_model("v1", seed=1)), "v1"))
+    uri = f"s3://{settings.s3.models_bucket}/{key}"
+    swap = threading.Thread(target=predictor.update, args=(uri, "v2"), daemon=True)
+    return predictor, swap, []
+
+
 def test_archiver_and_feature_job_ride_out_a_minute_without_minio(
     stack: Settings, unique: str, tmp_path: Path
 ) -> None:
@@ -144,6 +169,7 @@ def test_archiver_and_feature_job_ride_out_a_minute_without_minio(
     )
     archived = lambda: _objects(settings, settings.s3.raw_bucket, f"{archive_prefix}/transactions/")  # noqa: E731
     logged = lambda: _objects(settings, settings.s3.features_bucket, f"tests/{unique}/feature_log/")  # noqa: E731
+    predictor, swap, scored = _predictor_with_a_swap_ready(settings, archive_prefix)
     try:
         producing.start()
         # The outage starts once both are writing (a process takes a while to start).
@@ -151,7 +177,24 @@ def test_archiver_and_feature_job_ride_out_a_minute_without_minio(
         pid = minio.pid()
         assert pid is not None, "the local MinIO is not running"
         os.killpg(pid, signal.SIGKILL)
-        time.sleep(DOWN_S)
+        outage_started = time.monotonic()
+        swap.start()  # a champion-changed event arrives while MinIO is away
+        training = subprocess.run(
+            [*fraud, "train", "--source", "archive", "--source-path", archive_prefix],
+            env=_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        said = " ".join((training.stdout + training.stderr).split())
+        assert training.returncode == 1, said
+        assert "training needs the object store" in said, said
+        assert "Traceback" not in said
+        while time.monotonic() < outage_started + DOWN_S:
+            scored.append(predictor.current.scores(_ROW)[0])  # the loaded model keeps serving
+            assert predictor.current.version == "v1"
+            time.sleep(1)
+        assert swap.is_alive(), "the swap should still be waiting for MinIO"
         dead = [name for name, proc in workers.items() if proc.poll() is not None]
         assert not dead, f"{dead} died while MinIO was down\n{tails()}"
     finally:
@@ -160,6 +203,9 @@ def test_archiver_and_feature_job_ride_out_a_minute_without_minio(
             for proc in workers.values():
                 proc.kill()
     producing.join()
+    swap.join(timeout=60)
+    assert predictor.current.version == "v2", "the swap completed once MinIO was back"
+    assert len(scored) >= DOWN_S - 5
 
     try:
         ids = set(transactions["transaction_id"])

@@ -14,7 +14,7 @@ from minio.error import S3Error
 
 from fraud_features.feature_log import FeatureLog
 from fraudcore.settings import Settings
-from fraudcore.storage import OBJECT_STORE_RETRIES, store_unavailable, write_until_stored
+from fraudcore.storage import OBJECT_STORE_RETRIES, store_unavailable, until_store_answers
 
 REFUSED = urllib3.exceptions.MaxRetryError(None, "/bucket/key", reason=ConnectionRefusedError(111, "refused"))  # type: ignore[arg-type]
 
@@ -53,7 +53,7 @@ def test_a_write_is_retried_until_the_store_answers() -> None:
         return "stored"
 
     before = retries("unit-retry")
-    assert write_until_stored(write, component="unit-retry", first_delay_s=0.001) == "stored"
+    assert until_store_answers(write, component="unit-retry", first_delay_s=0.001) == "stored"
     assert retries("unit-retry") - before == 3
 
 
@@ -65,7 +65,7 @@ def test_a_refused_request_is_not_retried() -> None:
         raise s3_error("AccessDenied")
 
     with pytest.raises(S3Error):
-        write_until_stored(write, component="unit-denied", first_delay_s=0.001)
+        until_store_answers(write, component="unit-denied", first_delay_s=0.001)
     assert len(calls) == 1
 
 
@@ -77,7 +77,7 @@ def test_stopping_ends_the_wait_with_the_error() -> None:
         raise REFUSED
 
     with pytest.raises(urllib3.exceptions.MaxRetryError):
-        write_until_stored(write, component="unit-stop", stop=stop, first_delay_s=5.0)
+        until_store_answers(write, component="unit-stop", stop=stop, first_delay_s=5.0)
 
 
 class FlakyStore:
@@ -149,3 +149,67 @@ def test_a_partition_already_stored_is_not_written_again() -> None:
         "unit/feature_log/p000-o000000000000-000000000002.parquet": 1,
         "unit/feature_log/p001-o000000000000-000000000001.parquet": 1,
     }
+
+
+def test_an_error_raised_from_an_unreachable_store_is_one_too() -> None:
+    wrapped = RuntimeError("could not read the model")
+    wrapped.__cause__ = REFUSED  # what `raise ... from exc` sets
+    assert store_unavailable(wrapped)
+    assert not store_unavailable(RuntimeError("could not read the model"))
+
+
+def test_a_model_swap_waits_for_the_store_and_the_old_model_serves_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fraud_predictor import model as predictor_model
+    from fraud_predictor.model import FraudPredictor, OnnxModel
+    from fraud_predictor.storage import ModelFiles
+    from tests.serving_helpers import make_model
+
+    predictor = FraudPredictor("fraud", "unused")
+    predictor.install(OnnxModel.from_files(ModelFiles("memory", make_model("v1", seed=1))))
+    v2 = OnnxModel.from_files(ModelFiles("memory", make_model("v2", seed=2)))
+    served_while_waiting: list[str] = []
+
+    def load(uri: str, settings: Any, version: str) -> OnnxModel:
+        served_while_waiting.append(predictor.current.version)
+        if len(served_while_waiting) < 3:
+            raise REFUSED
+        return v2
+
+    monkeypatch.setattr(predictor_model, "load_model", load)
+    retries = OBJECT_STORE_RETRIES.labels("predictor-fraud")._value.get()
+    assert predictor.update("s3://models/fraud/v2", "v2") is True
+    assert predictor.current.version == "v2"
+    assert served_while_waiting == ["v1", "v1", "v1"]
+    assert OBJECT_STORE_RETRIES.labels("predictor-fraud")._value.get() == retries + 2
+
+    # Stopped while the store is still away: the swap gives up, the current model serves on.
+    stop = threading.Event()
+    stop.set()
+    monkeypatch.setattr(predictor_model, "load_model", lambda *args: (_ for _ in ()).throw(REFUSED))
+    assert predictor.update("s3://models/fraud/v3", "v3", stop=stop) is False
+    assert predictor.current.version == "v2"
+
+
+def test_training_says_plainly_that_the_object_store_is_away(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from fraud_pipelines.cli import app
+    from fraudcore.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRAUD_S3__ENDPOINT", "127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("FRAUD_S3__ACCESS_KEY", "unit-test")
+    monkeypatch.setenv("FRAUD_S3__SECRET_KEY", "unit-test-secret")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["train", "--source", "archive"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    said = " ".join(result.stdout.split())
+    assert "training needs the object store: the object store at 127.0.0.1:9 does not answer" in said
+    assert "Traceback" not in said
