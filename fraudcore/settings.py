@@ -366,8 +366,9 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     console: ConsoleSettings = ConsoleSettings()
     max_event_bytes: int = 64 * 1024
-    # 0.0.0.0 so a pod's metrics can be scraped; set 127.0.0.1 to keep them local.
-    metrics_host: str = "0.0.0.0"
+    # Local by default; the cluster's config (kustomize/base/config/platform.env) sets 0.0.0.0
+    # so Prometheus can scrape each pod.
+    metrics_host: str = "127.0.0.1"
     # /healthz fails once a consume loop has handled nothing for this long while records wait
     # for it (longer than any one batch may take: an archive flush, a checkpoint; and well
     # above the 5 s between the loops' lag readings).

@@ -634,3 +634,11 @@ def test_kubeconform_rejects_the_broken_fixture() -> None:
     assert proc.returncode != 0, f"the broken fixture passed validation:\n{out}"
     assert "imagePullPolice" in out, f"the misspelled field was not reported:\n{out}"
     assert "could not find schema for FraudWidget" in out, f"the unknown kind was not reported:\n{out}"
+
+
+def test_metrics_listen_locally_unless_the_cluster_config_opens_them() -> None:
+    """A laptop's components keep their metrics on 127.0.0.1; pods must open them to the
+    cluster's Prometheus, through the shared config every workload reads."""
+    assert Settings(_env_file=None).metrics_host == "127.0.0.1"
+    config = (ROOT / "kustomize" / "base" / "config" / "platform.env").read_text().splitlines()
+    assert "FRAUD_METRICS_HOST=0.0.0.0" in config
