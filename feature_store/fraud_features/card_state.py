@@ -9,6 +9,7 @@ offset it resumes from.
 from __future__ import annotations
 
 import pickle
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -20,6 +21,10 @@ from fraud_features.events import Transaction
 from fraudcore import features as F
 
 LATE = Counter("feature_job_late_events", "Transactions older than their card's latest event")
+DUPLICATES = Counter(
+    "feature_job_duplicate_events",
+    "Transactions dropped as repeats of one already seen (a re-forwarded record)",
+)
 NO_EVENT_US = -(2**62)  # the event time of a partition without events yet
 
 
@@ -44,6 +49,15 @@ class CardHistory:
             self.t_us.append(tx.t_us)
             self.cents.append(cents)
             self.terminal.append(tx.terminal_id)
+
+    def holds(self, tx: Transaction) -> bool:
+        """Whether the history already holds this very event (same time to the microsecond,
+        amount and terminal): a record forwarded twice, as an at-least-once producer does
+        after a broker failure, not a second payment."""
+        cents = round(tx.amount * 100)
+        first = bisect_left(self.t_us, tx.t_us)
+        last = bisect_right(self.t_us, tx.t_us)
+        return any(self.cents[i] == cents and self.terminal[i] == tx.terminal_id for i in range(first, last))
 
     def trim(self) -> None:
         """Drop the events no card window reaches: older than 30 days before the latest."""
@@ -74,6 +88,22 @@ class PartitionState:
     @staticmethod
     def from_checkpoint(blob: bytes) -> PartitionState:
         return cast(PartitionState, pickle.loads(blob))  # written by this job only (trusted)
+
+    def fresh(self, txs: list[Transaction]) -> list[Transaction]:
+        """The transactions that are not repeats of one already in a card's history or held
+        (``CardHistory.holds``; a repeat is counted in DUPLICATES and dropped, so neither the
+        card windows nor the terminal counts see it twice: the backfill reads one row per
+        transaction id)."""
+        pending = {(tx.transaction_id, tx.t_us) for tx in self.held}
+        out: list[Transaction] = []
+        for tx in txs:
+            history = self.cards.get(tx.card_id)
+            if (tx.transaction_id, tx.t_us) in pending or (history is not None and history.holds(tx)):
+                DUPLICATES.inc()
+                continue
+            pending.add((tx.transaction_id, tx.t_us))
+            out.append(tx)
+        return out
 
     def update_histories(self, txs: list[Transaction]) -> None:
         """Add the transactions to their cards' histories, each kept to the 30-day horizon."""

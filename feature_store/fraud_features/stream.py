@@ -152,7 +152,7 @@ class FeatureJob:
         state = self.partitions[tp]
         txs: list[Transaction] = []
         if tp.topic == self.tx_topic:
-            txs = self.dead_letters.parse_all(records, parse_transaction)
+            txs = state.fresh(self.dead_letters.parse_all(records, parse_transaction))
             increments = [self.terminals.transaction_increment(tx) for tx in txs]
             state.max_event_us = max([state.max_event_us, *(tx.t_us for tx in txs)])
             EVENTS.labels("transaction").inc(len(txs))
