@@ -71,6 +71,11 @@ class Delivery(BaseModel):
     backoff_policy: Literal["linear", "exponential"] = "exponential"
     backoff_delay_s: float = Field(0.1, ge=0)
 
+    def delay_before_retry_s(self, n: int) -> float:
+        """The wait before retry ``n`` (1, 2, ...), as Knative computes it: backoffDelay x n
+        (linear) or backoffDelay x 2^n (exponential)."""
+        return self.backoff_delay_s * (2**n if self.backoff_policy == "exponential" else n)
+
 
 class SourceSpec(BaseModel):
     """The parts of a KafkaSource spec the dispatcher honours."""
@@ -228,8 +233,7 @@ class Dispatcher:
         sink, headers = self._sink_for(record), self._headers(record)
         for attempt in range(delivery.retry + 1):
             if attempt:
-                factor = 2 ** (attempt - 1) if delivery.backoff_policy == "exponential" else attempt
-                await asyncio.sleep(delivery.backoff_delay_s * factor)
+                await asyncio.sleep(delivery.delay_before_retry_s(attempt))
                 DELIVERED.labels("retry").inc()
             try:
                 async with client.post(sink, data=record.value, headers=headers) as response:

@@ -240,3 +240,89 @@ def test_sigkill_while_events_flow_loses_no_decision(serving: Serving, victim: s
     assert retries() > retries_before, f"no delivery failed while the {victim} was down\n{context}"
     assert not dispatching.is_alive(), "the dispatcher did not stop"
     assert not producing.is_alive()
+
+
+OUTAGE_RATE = 200  # transactions per second
+OUTAGE_PRODUCE_S = 50.0
+OUTAGE_DOWN_S = 30.0
+
+
+def test_a_predictor_down_for_30_s_is_ridden_out_by_the_delivery_policy(serving: Serving) -> None:
+    """The predictor killed and kept down for 30 s while 200 transactions/s arrive, delivered
+    with the KafkaSource manifest's own delivery policy (63 s of retries, see
+    kustomize/base/serving/eventing.yaml): every transaction gets its decision once the
+    predictor is back, and nothing is dead-lettered."""
+    settings = serving.settings
+    retries_before = retries()
+    run_id = uuid.uuid4().hex[:8]
+    total = int(OUTAGE_RATE * OUTAGE_PRODUCE_S)
+    txns = [transaction(i, transaction_id=f"down-{run_id}-{i:05d}") for i in range(total)]
+    wanted = {t["transaction_id"] for t in txns}
+    spec = load_source(ROOT / DEFAULT_MANIFEST)  # its delivery policy, unchanged
+    spec = spec.model_copy(
+        update={
+            "topics": [settings.topics.transactions.name],
+            "consumer_group": f"down-{run_id}",
+            "initial_offset": "earliest",
+        }
+    )
+    dispatcher = Dispatcher(settings, spec, f"{serving.transformer.url}{spec.sink_path}")
+    stop_dispatcher = threading.Event()
+    dispatching = threading.Thread(target=dispatcher.run, args=(stop_dispatcher,), daemon=True)
+    reader = ScoresReader(settings)
+    reading = threading.Thread(target=reader.run, daemon=True)
+
+    def produce() -> None:
+        prod = producer(settings)
+        start = time.monotonic()
+        for i, txn in enumerate(txns):
+            delay = start + i / OUTAGE_RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            prod.send(settings.topics.transactions.name, key=txn["card_id"].encode(), value=dumps(txn))
+        prod.flush()
+        prod.close()
+
+    producing = threading.Thread(target=produce, daemon=True)
+    victim = serving.predictor
+    reading.start()
+    dispatching.start()
+    producing.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(reader.snapshot()) < KILL_AFTER_DECISIONS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(reader.snapshot()) >= KILL_AFTER_DECISIONS, serving.logs()
+        assert victim.proc is not None
+        killed_at = time.time()
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(timeout=10)
+        time.sleep(OUTAGE_DOWN_S)
+        with victim.log_path().open("ab") as log:
+            log.write(b"\n--- kill -9, down 30 s, restarted on the same ports ---\n")
+        victim.start()
+        victim.wait_ready(timeout_s=60)
+        ready_at = time.time()
+        deadline = time.monotonic() + 180
+        while wanted - reader.snapshot().keys() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        producing.join(timeout=10)
+        decisions = reader.snapshot()
+    finally:
+        stop_dispatcher.set()
+        reader.stop.set()
+        dispatching.join(timeout=60)
+        reading.join(timeout=10)
+
+    duplicates = sum(len(ids) - 1 for t, ids in decisions.items() if t in wanted)
+    missing = wanted - decisions.keys()
+    context = (
+        f"predictor down {ready_at - killed_at:.1f} s; delivered={dispatcher.delivered} "
+        f"dead_lettered={dispatcher.dead_lettered} retries={retries() - retries_before:.0f} "
+        f"decided={len(wanted & decisions.keys())}/{len(wanted)} duplicates={duplicates}\n{serving.logs()}"
+    )
+    print(f"\n{context.splitlines()[0]}")
+    assert not reader.problems, context
+    assert not missing, f"{len(missing)} transactions without a decision\n{context}"
+    assert dispatcher.dead_lettered == 0, context
+    assert retries() > retries_before, context

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
-from fraud_app.eventing import OffsetTracker, iso_duration_s, load_source
+from fraud_app.eventing import DEFAULT_MANIFEST, Delivery, OffsetTracker, iso_duration_s, load_source
 from fraudcore.kafka import Record
 
 
@@ -87,3 +88,14 @@ def test_durations_and_the_manifest() -> None:
     assert spec.topics == ["transactions"]
     assert spec.delivery.retry >= 1
     assert spec.sink_path.endswith(":predict")
+
+
+def test_retry_delays_follow_knatives_formula() -> None:
+    """Knative: backoffDelay x 2^n (exponential) or x n (linear) before retry n; the base
+    manifest's policy gives 63 s of waits in all."""
+    exponential = Delivery(retry=6, backoff_policy="exponential", backoff_delay_s=0.5)
+    assert [exponential.delay_before_retry_s(n) for n in range(1, 7)] == [1, 2, 4, 8, 16, 32]
+    linear = Delivery(retry=3, backoff_policy="linear", backoff_delay_s=0.5)
+    assert [linear.delay_before_retry_s(n) for n in range(1, 4)] == [0.5, 1.0, 1.5]
+    manifest = load_source(Path(__file__).resolve().parents[2] / DEFAULT_MANIFEST).delivery
+    assert sum(manifest.delay_before_retry_s(n) for n in range(1, manifest.retry + 1)) == 63

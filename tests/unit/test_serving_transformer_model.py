@@ -193,3 +193,29 @@ def test_an_empty_shadow_slot_is_looked_at_again_later_and_never_fails_the_reque
     assert transformer.shadow is not None
     assert transformer.shadow.empty_until > 0  # the second request did not even ask
     assert [topic for topic, _, _ in producer.sent] == ["fraud-scores", "fraud-scores"]
+
+
+def test_the_predictor_channel_reconnects_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC's default reconnect backoff grows to 2 minutes while the predictor is away: a
+    restarted predictor would stay unreached past the event source's retries."""
+    from kserve.model import PredictorConfig
+
+    from fraud_transformer import model as transformer_model
+
+    built: list[dict[str, Any]] = []
+
+    def client(**kwargs: Any) -> dict[str, Any]:
+        built.append(kwargs)
+        return kwargs
+
+    monkeypatch.setattr(transformer_model, "InferenceGRPCClient", client)
+    config = PredictorConfig(
+        "127.0.0.1:8081", predictor_protocol="grpc-v2", predictor_request_timeout_seconds=5
+    )
+    monkeypatch.setattr(FraudTransformer, "predictor_config", property(lambda self: config))
+    transformer = FraudTransformer("fraud", Settings())
+    assert transformer._grpc_client is transformer._grpc_client  # one channel, reused
+    assert len(built) == 1
+    assert built[0]["url"] == "127.0.0.1:8081"
+    options = dict(built[0]["channel_args"])
+    assert options["grpc.max_reconnect_backoff_ms"] <= 1_000
