@@ -83,14 +83,14 @@ def serving(stack: Settings, tmp_path: Path) -> Iterator[Serving]:
         pred.stop()
 
 
-def sigkill_and_restart(serving: Serving, server: Server) -> tuple[float, float]:
-    """kill -9 ``server``, wait DOWN_S, start the same command on the same ports; return the
-    wall-clock times of the kill and of the restarted server's readiness."""
+def sigkill_and_restart(server: Server, down_s: float = DOWN_S) -> tuple[float, float]:
+    """kill -9 ``server``, wait ``down_s``, start the same command on the same ports; return
+    the wall-clock times of the kill and of the restarted server's readiness."""
     assert server.proc is not None
     killed_at = time.time()
     os.kill(server.proc.pid, signal.SIGKILL)
     assert server.proc.wait(timeout=10) == -signal.SIGKILL
-    time.sleep(DOWN_S)
+    time.sleep(down_s)
     for port in (server.http_port, server.grpc_port):  # nothing left listening: the ports are free
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers after kill -9"
@@ -150,6 +150,75 @@ def retries() -> float:
     return REGISTRY.get_sample_value("dispatcher_deliveries_total", {"outcome": "retry"}) or 0.0
 
 
+@dataclass
+class Flow:
+    """Transactions produced at a steady rate, the dispatcher (the KafkaSource stand-in)
+    delivering them to the transformer, and fraud-scores read back, each on its own thread."""
+
+    dispatcher: Dispatcher
+    reader: ScoresReader
+    stop_dispatcher: threading.Event
+    threads: dict[str, threading.Thread]
+    started: float
+
+    @classmethod
+    def start(
+        cls, serving: Serving, txns: list[dict[str, Any]], rate: float, group: str, delivery: Delivery | None
+    ) -> Flow:
+        """``delivery``: the policy to deliver with (None: the manifest's own)."""
+        settings = serving.settings
+        update: dict[str, Any] = {
+            "topics": [settings.topics.transactions.name],
+            "consumer_group": group,
+            "initial_offset": "earliest",  # a fresh group: no record produced before it joins is skipped
+        }
+        if delivery is not None:
+            update["delivery"] = delivery
+        spec = load_source(ROOT / DEFAULT_MANIFEST).model_copy(update=update)
+        dispatcher = Dispatcher(settings, spec, f"{serving.transformer.url}{spec.sink_path}")
+        stop_dispatcher = threading.Event()
+        reader = ScoresReader(settings)
+
+        def produce() -> None:
+            prod = producer(settings)
+            start = time.monotonic()
+            for i, txn in enumerate(txns):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                prod.send(settings.topics.transactions.name, key=txn["card_id"].encode(), value=dumps(txn))
+            prod.flush()
+            prod.close()
+
+        threads = {
+            "reader": threading.Thread(target=reader.run, daemon=True),
+            "dispatcher": threading.Thread(target=dispatcher.run, args=(stop_dispatcher,), daemon=True),
+            "producer": threading.Thread(target=produce, daemon=True),
+        }
+        for thread in threads.values():
+            thread.start()
+        return cls(dispatcher, reader, stop_dispatcher, threads, time.monotonic())
+
+    def wait_for_decisions(self, count: int, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while len(self.reader.snapshot()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(self.reader.snapshot())
+
+    def decisions_once_all_in(self, wanted: set[str], timeout_s: float) -> dict[str, list[tuple[str, float]]]:
+        deadline = time.monotonic() + timeout_s
+        while wanted - self.reader.snapshot().keys() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.threads["producer"].join(timeout=10)
+        return self.reader.snapshot()
+
+    def stop(self) -> None:
+        self.stop_dispatcher.set()
+        self.reader.stop.set()
+        self.threads["dispatcher"].join(timeout=60)
+        self.threads["reader"].join(timeout=10)
+
+
 @pytest.mark.parametrize("victim", ["transformer", "predictor"])
 def test_sigkill_while_events_flow_loses_no_decision(serving: Serving, victim: str) -> None:
     settings = serving.settings
@@ -158,62 +227,22 @@ def test_sigkill_while_events_flow_loses_no_decision(serving: Serving, victim: s
     txns = [transaction(i, transaction_id=f"kill-{run_id}-{i:04d}") for i in range(N_TRANSACTIONS)]
     wanted = {t["transaction_id"] for t in txns}
 
-    spec = load_source(ROOT / DEFAULT_MANIFEST)
-    spec = spec.model_copy(
-        update={
-            "topics": [settings.topics.transactions.name],
-            "consumer_group": f"kill-{run_id}",
-            "initial_offset": "earliest",  # a fresh group: no record produced before it joins is skipped
-            "delivery": DELIVERY,
-        }
-    )
-    dispatcher = Dispatcher(settings, spec, f"{serving.transformer.url}{spec.sink_path}")
-    stop_dispatcher = threading.Event()
-    dispatching = threading.Thread(target=dispatcher.run, args=(stop_dispatcher,), daemon=True)
-    reader = ScoresReader(settings)
-    reading = threading.Thread(target=reader.run, daemon=True)
-
-    def produce() -> None:
-        prod = producer(settings)
-        start = time.monotonic()
-        for i, txn in enumerate(txns):
-            delay = start + PRODUCE_S * i / N_TRANSACTIONS - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            prod.send(settings.topics.transactions.name, key=txn["card_id"].encode(), value=dumps(txn))
-        prod.flush()
-        prod.close()
-
-    producing = threading.Thread(target=produce, daemon=True)
     victim_server = serving.transformer if victim == "transformer" else serving.predictor
-    reading.start()
-    dispatching.start()
-    started = time.monotonic()
-    producing.start()
+    flow = Flow.start(serving, txns, N_TRANSACTIONS / PRODUCE_S, f"kill-{run_id}", DELIVERY)
+    dispatcher, reader = flow.dispatcher, flow.reader
     try:
-        deadline = time.monotonic() + 30
-        while len(reader.snapshot()) < KILL_AFTER_DECISIONS and time.monotonic() < deadline:
-            time.sleep(0.02)
-        before_kill = len(reader.snapshot())
+        before_kill = flow.wait_for_decisions(KILL_AFTER_DECISIONS, timeout_s=30)
         assert before_kill >= KILL_AFTER_DECISIONS, (
             f"{before_kill} decisions in 30 s before the kill; reader: {reader.problems}\n{serving.logs()}"
         )
-        assert producing.is_alive(), (
-            f"the producer had finished before the kill ({time.monotonic() - started:.1f} s): "
+        assert flow.threads["producer"].is_alive(), (
+            f"the producer had finished before the kill ({time.monotonic() - flow.started:.1f} s): "
             "events were not flowing"
         )
-        killed_at, ready_at = sigkill_and_restart(serving, victim_server)
-
-        deadline = time.monotonic() + DEADLINE_S
-        while wanted - reader.snapshot().keys() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        producing.join(timeout=10)
-        decisions = reader.snapshot()
+        killed_at, ready_at = sigkill_and_restart(victim_server)
+        decisions = flow.decisions_once_all_in(wanted, DEADLINE_S)
     finally:
-        stop_dispatcher.set()
-        reader.stop.set()
-        dispatching.join(timeout=60)
-        reading.join(timeout=10)
+        flow.stop()
 
     missing = sorted(wanted - decisions.keys())
     context = (
@@ -238,8 +267,8 @@ def test_sigkill_while_events_flow_loses_no_decision(serving: Serving, victim: s
     assert sum(ts < killed_at for ts in first_seen) >= KILL_AFTER_DECISIONS, context
     assert sum(ts > ready_at for ts in first_seen) > 0, context
     assert retries() > retries_before, f"no delivery failed while the {victim} was down\n{context}"
-    assert not dispatching.is_alive(), "the dispatcher did not stop"
-    assert not producing.is_alive()
+    assert not flow.threads["dispatcher"].is_alive(), "the dispatcher did not stop"
+    assert not flow.threads["producer"].is_alive()
 
 
 OUTAGE_RATE = 200  # transactions per second
@@ -252,67 +281,22 @@ def test_a_predictor_down_for_30_s_is_ridden_out_by_the_delivery_policy(serving:
     with the KafkaSource manifest's own delivery policy (63 s of retries, see
     kustomize/base/serving/eventing.yaml): every transaction gets its decision once the
     predictor is back, and nothing is dead-lettered."""
-    settings = serving.settings
     retries_before = retries()
     run_id = uuid.uuid4().hex[:8]
     total = int(OUTAGE_RATE * OUTAGE_PRODUCE_S)
     txns = [transaction(i, transaction_id=f"down-{run_id}-{i:05d}") for i in range(total)]
     wanted = {t["transaction_id"] for t in txns}
-    spec = load_source(ROOT / DEFAULT_MANIFEST)  # its delivery policy, unchanged
-    spec = spec.model_copy(
-        update={
-            "topics": [settings.topics.transactions.name],
-            "consumer_group": f"down-{run_id}",
-            "initial_offset": "earliest",
-        }
-    )
-    dispatcher = Dispatcher(settings, spec, f"{serving.transformer.url}{spec.sink_path}")
-    stop_dispatcher = threading.Event()
-    dispatching = threading.Thread(target=dispatcher.run, args=(stop_dispatcher,), daemon=True)
-    reader = ScoresReader(settings)
-    reading = threading.Thread(target=reader.run, daemon=True)
-
-    def produce() -> None:
-        prod = producer(settings)
-        start = time.monotonic()
-        for i, txn in enumerate(txns):
-            delay = start + i / OUTAGE_RATE - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            prod.send(settings.topics.transactions.name, key=txn["card_id"].encode(), value=dumps(txn))
-        prod.flush()
-        prod.close()
-
-    producing = threading.Thread(target=produce, daemon=True)
-    victim = serving.predictor
-    reading.start()
-    dispatching.start()
-    producing.start()
+    # The manifest's own delivery policy, unchanged.
+    flow = Flow.start(serving, txns, OUTAGE_RATE, f"down-{run_id}", None)
+    dispatcher, reader = flow.dispatcher, flow.reader
     try:
-        deadline = time.monotonic() + 30
-        while len(reader.snapshot()) < KILL_AFTER_DECISIONS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(reader.snapshot()) >= KILL_AFTER_DECISIONS, serving.logs()
-        assert victim.proc is not None
-        killed_at = time.time()
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        victim.proc.wait(timeout=10)
-        time.sleep(OUTAGE_DOWN_S)
-        with victim.log_path().open("ab") as log:
-            log.write(b"\n--- kill -9, down 30 s, restarted on the same ports ---\n")
-        victim.start()
-        victim.wait_ready(timeout_s=60)
-        ready_at = time.time()
-        deadline = time.monotonic() + 180
-        while wanted - reader.snapshot().keys() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        producing.join(timeout=10)
-        decisions = reader.snapshot()
+        assert flow.wait_for_decisions(KILL_AFTER_DECISIONS, timeout_s=30) >= KILL_AFTER_DECISIONS, (
+            serving.logs()
+        )
+        killed_at, ready_at = sigkill_and_restart(serving.predictor, down_s=OUTAGE_DOWN_S)
+        decisions = flow.decisions_once_all_in(wanted, timeout_s=180)
     finally:
-        stop_dispatcher.set()
-        reader.stop.set()
-        dispatching.join(timeout=60)
-        reading.join(timeout=10)
+        flow.stop()
 
     duplicates = sum(len(ids) - 1 for t, ids in decisions.items() if t in wanted)
     missing = wanted - decisions.keys()
