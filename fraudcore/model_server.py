@@ -17,6 +17,10 @@ with the few things this platform changes about them.
   KServe's V1 endpoint (model ready, decode, infer, encode) on the same data plane, with the
   same exception handlers, without the router, dependency solving and per-request
   middleware around it. Every other route is KServe's, unchanged.
+* Both servers listen on ``serving.bind_host`` (this machine unless told otherwise; KServe
+  itself binds every interface) with the platform's request limits (``fraudcore.http_limits``):
+  a deadline on receiving each request, a body size cap and a connection cap on REST, the
+  same size cap on gRPC messages.
 * ``kill -USR1 <pid>`` prints every thread's stack.
 """
 
@@ -30,18 +34,28 @@ import logging
 import re
 import signal
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from typing import Any
 
+from grpc import aio
 from kserve import ModelServer, model_server
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_server import app
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.rest.server import RESTServer
 from kserve.utils.utils import strtobool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fraudcore.http_limits import BodyLimit, limit_server
+from fraudcore.settings import HttpLimits, Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +75,39 @@ def parse_args(
         type=lambda v: bool(strtobool(v)),
         help="log one line per HTTP request (uvicorn's access log)",
     )
+    parser.add_argument(
+        "--bind_host",
+        default=None,
+        help="the address both servers listen on (default FRAUD_SERVING__BIND_HOST, 127.0.0.1)",
+    )
     parser.set_defaults(enable_latency_logging=False, **defaults)
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
 
 
+class SlotNotReady(ModelNotReady):
+    """KServe's ModelNotReady with the ``reason`` that its gRPC interceptor reads (0.21's
+    class lacks it, so the interceptor itself failed and the client saw UNKNOWN)."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__(model_name)
+        self.reason = self.error_msg
+
+
 class GuardedDataPlane(DataPlane):
-    """KServe's data plane, except that a request it cannot decode is a 400, never a 500."""
+    """KServe's data plane, except that a request it cannot decode is a 400, never a 500, and
+    a request for a model that is not ready is answered "not ready" (503, gRPC UNAVAILABLE):
+    KServe would call the model's ``load()`` on the request's own path, blocking the event
+    loop on a model download and answering 500 if the slot is empty."""
+
+    async def get_model(self, name: str) -> Any:
+        model = self.model_registry.get_model(name)
+        if model is None:
+            raise ModelNotFound(name)
+        if not await self.model_registry.is_model_ready(name):
+            raise SlotNotReady(name)
+        return model
 
     def decode(
         self, body: Any, headers: Any, protocol_version: str = "v1", model_name: str | None = None
@@ -82,10 +121,13 @@ class GuardedDataPlane(DataPlane):
 
 
 class _ClientErrorsAsWarnings(logging.Filter):
+    """A request's own fault (bad input, an unknown or unready model) is one warning line, not
+    an ERROR with a traceback."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, InvalidInput):
-            record.msg, record.args = "invalid input: %s", (error,)
+        if isinstance(error, InvalidInput | ModelNotFound | ModelNotReady):
+            record.msg, record.args = "refused: %s", (error,)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
@@ -176,6 +218,63 @@ def _add_v1_predict_lane(dataplane: DataPlane) -> Callable[[], None]:
     return install
 
 
+def _add_body_limit(max_body_bytes: int) -> Callable[[], None]:
+    def install() -> None:
+        if not any(m.cls is BodyLimit for m in app.user_middleware):
+            # Outermost, ahead of the V1 lane: nothing reads a body over the limit.
+            app.user_middleware.insert(0, Middleware(BodyLimit, max_body_bytes=max_body_bytes))
+            app.middleware_stack = None
+
+    return install
+
+
+def _bind_servers(host: str, limits: HttpLimits) -> None:
+    """KServe 0.21 builds its REST server with ``host="0.0.0.0"`` and its gRPC server on
+    ``[::]`` inside ``ModelServer.start``: the two classes it builds them from are replaced by
+    ones that listen on ``host`` with the platform's limits."""
+
+    class BoundRESTServer(RESTServer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            limit_server(self.config, host, limits)
+
+    class BoundGRPCServer(GRPCServer):
+        async def start(self, max_workers: int) -> None:  # KServe's, on ``host``
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                options=[
+                    ("grpc.max_send_message_length", limits.max_body_bytes),
+                    ("grpc.max_receive_message_length", limits.max_body_bytes),
+                ],
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+            )
+            self._server.add_insecure_port(f"{host}:{self._port}")
+            log.info("gRPC server on %s:%d", host, self._port)
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    setattr(model_server, "RESTServer", BoundRESTServer)  # noqa: B010 (module attribute)
+    setattr(model_server, "GRPCServer", BoundGRPCServer)  # noqa: B010
+
+
+async def _request_validation_error(_: Request, exc: Exception) -> Response:
+    """A request body that fails FastAPI's validation: 422 naming each field and its problem.
+    FastAPI's own answer echoes the offending values, and a NaN or Infinity among them (which
+    its JSON decoder accepts) made encoding that answer fail with a 500."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    named = [
+        {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", ""))}
+        for error in errors[:20]
+    ]
+    return JSONResponse(status_code=422, content={"error": "invalid request body", "detail": named})
+
+
 def _freeze_after_startup() -> None:
     tune_gc()
     log.info("gc frozen: %d objects in the permanent generation", gc.get_freeze_count())
@@ -196,7 +295,7 @@ def use_event_loop(choice: str) -> str:
     return "uvloop"
 
 
-def model_server_for(args: argparse.Namespace) -> ModelServer:
+def model_server_for(args: argparse.Namespace, settings: Settings) -> ModelServer:
     """A KServe ModelServer configured from the command line, with the changes above; a
     transformer (``--predictor_host``) gets its predictor connection from it too."""
     predictor = (
@@ -233,9 +332,14 @@ def model_server_for(args: argparse.Namespace) -> ModelServer:
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call otherwise
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _bind_servers(args.bind_host or settings.serving.bind_host, settings.http)
+    from fastapi.exceptions import RequestValidationError
+
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
     if not args.enable_latency_logging:
         app.router.on_startup.append(_drop_latency_log_middleware)
     app.router.on_startup.append(_add_v1_predict_lane(server.dataplane))
+    app.router.on_startup.append(_add_body_limit(settings.http.max_body_bytes))
     app.router.on_startup.append(_freeze_after_startup)  # again, once routes and server exist
     tune_gc()
     return server

@@ -277,6 +277,9 @@ class ServingSettings(BaseModel):
         beside the champion, unseen by callers."""
         return f"{self.model_name}-shadow"
 
+    # Where the KServe servers listen: this machine only, unless told otherwise (the cluster's
+    # config, kustomize/base/config/platform.env, sets 0.0.0.0).
+    bind_host: str = "127.0.0.1"
     predictor_http_port: int = 8085
     predictor_grpc_port: int = 8095
     transformer_http_port: int = 8086
@@ -287,6 +290,18 @@ class ServingSettings(BaseModel):
         if self.review_threshold > self.decline_threshold:
             raise ValueError("serving.review_threshold must not exceed serving.decline_threshold")
         return self
+
+
+class HttpLimits(BaseModel):
+    """What every HTTP server of the platform accepts from a client (fraudcore.http_limits)."""
+
+    # A request body past this is answered 413 (the transformer's largest batch of
+    # transactions and the predictor's largest V2 request fit well within it).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # A request's headers and body must arrive within this of its first byte.
+    read_timeout_s: float = Field(10.0, gt=0)
+    # Open connections at once; more are answered 503.
+    max_connections: int = Field(1_000, ge=1)
 
 
 ANALYST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
@@ -365,6 +380,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     monitor: MonitorSettings = MonitorSettings()
     console: ConsoleSettings = ConsoleSettings()
+    http: HttpLimits = HttpLimits()
     max_event_bytes: int = 64 * 1024
     # Local by default; the cluster's config (kustomize/base/config/platform.env) sets 0.0.0.0
     # so Prometheus can scrape each pod.

@@ -19,6 +19,7 @@ from fraud_console.intake import Intake
 from fraud_console.journal import KafkaCaseLog, TransactionFinder, replay
 from fraud_console.live import PrometheusReader
 from fraud_console.web import Console, create_app
+from fraudcore.http_limits import BodyLimit, limit_server
 from fraudcore.kafka import ensure_topics
 from fraudcore.settings import Settings
 
@@ -92,9 +93,12 @@ def serve(settings: Settings, group: str) -> None:
             not_ready,
         )
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=config.host, port=config.port, access_log=False, log_level="info")
+    limits = settings.http
+    served = uvicorn.Config(
+        BodyLimit(app, limits.max_body_bytes), port=config.port, access_log=False, log_level="info"
     )
+    limit_server(served, config.host, limits)
+    server = uvicorn.Server(served)
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:

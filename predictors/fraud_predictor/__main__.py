@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Model metadata beyond V2's tensor descriptions: version, feature order, baselines.
     app.add_api_route("/v2/models/{model_name}/properties", properties, methods=["GET"])
-    server = model_server_for(args)
+    server = model_server_for(args, settings)
     for model in models:
         if not model.ready:  # KServe registers ready models only: an empty slot answers 503 until filled
             server.register_model(model)

@@ -224,8 +224,8 @@ class FraudPredictor(Model):
         tensor = _input(payload, model.info.input_name)
         try:
             data = tensor.as_numpy()
-        except (ValueError, TypeError, InvalidInput) as exc:
-            raise InvalidInput(f"{tensor.name}: {exc}") from None
+        except Exception as exc:  # overflow, short raw bytes...: all about the request's tensor
+            raise InvalidInput(f"{tensor.name}: {type(exc).__name__}: {exc}") from None
         x = _matrix(data, model.n_features, tensor.name)
         wanted = [o.name for o in payload.request_outputs or []] or list(model.outputs)
         unknown = sorted(set(wanted) - set(model.outputs))
@@ -273,7 +273,7 @@ def _matrix(data: Any, n_features: int, where: str) -> npt.NDArray[np.float32]:
         raise InvalidInput(f"{where}: is required")
     try:
         x = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{where}: must be a matrix of numbers") from None
     if x.ndim != 2 or x.shape[1] != n_features:
         raise InvalidInput(f"{where}: expected shape [N, {n_features}], got {list(x.shape)}")

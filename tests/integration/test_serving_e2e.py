@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +427,119 @@ def test_fuzzed_requests_never_get_a_5xx(served: Served, request: tuple[str, byt
     path, body, headers = request
     response = served.client.post(path, content=body, headers=headers)
     assert response.status_code < 500, (path, body[:300], headers, response.status_code, response.text[:300])
+
+
+v2_tensors = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "x", ""]),
+        "shape": st.lists(st.integers(-2, 30), max_size=3),
+        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BYTES", "BOOL", "FP16", "XYZ"]),
+        "data": st.lists(st.floats(allow_nan=True) | st.integers() | st.text(max_size=4), max_size=50)
+        | json_values,
+    }
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tensors=st.lists(v2_tensors, max_size=2), outputs=st.none() | st.lists(st.text(max_size=8), max_size=2)
+)
+def test_fuzzed_predictor_requests_never_get_a_5xx(
+    served: Served, tensors: list[dict[str, Any]], outputs: list[str] | None
+) -> None:
+    body: dict[str, Any] = {"inputs": tensors}
+    if outputs is not None:
+        body["outputs"] = [{"name": name} for name in outputs]
+    content = json.dumps(body)  # NaN and Infinity written as such: JSON that a strict decoder refuses
+    response = httpx.post(
+        f"{served.predictor.url}{INFER}",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code < 500, (content[:300], response.status_code, response.text[:300])
+
+
+GRPC_DATATYPES = ["FP32", "FP64", "INT64", "INT8", "BYTES", "BOOL", "XYZ", ""]
+
+
+@st.composite
+def grpc_requests(draw: st.DrawFn) -> Any:
+    """A V2 ModelInferRequest whose tensors disagree with themselves: shapes that do not match
+    the bytes, unknown datatypes, raw bytes of any length, typed contents of the wrong kind."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=draw(st.sampled_from(["fraud", "fraud-shadow", "nope"])))
+    raw = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 2))):
+        tensor = request.inputs.add()
+        tensor.name = draw(st.sampled_from(["input", "transactions", "x"]))
+        tensor.datatype = draw(st.sampled_from(GRPC_DATATYPES))
+        tensor.shape.extend(draw(st.lists(st.integers(-1, 40), max_size=3)))
+        if raw:
+            request.raw_input_contents.append(draw(st.binary(max_size=400)))
+        else:
+            contents = draw(
+                st.sampled_from(["fp32_contents", "int64_contents", "bytes_contents", "bool_contents"])
+            )
+            values: Any = {
+                "fp32_contents": st.lists(st.floats(width=32), max_size=60),
+                "int64_contents": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=10),
+                "bytes_contents": st.lists(st.binary(max_size=40), max_size=4),
+                "bool_contents": st.lists(st.booleans(), max_size=10),
+            }[contents]
+            getattr(tensor.contents, contents).extend(draw(values))
+    return request
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(request=grpc_requests(), to_transformer=st.booleans())
+def test_fuzzed_grpc_tensors_get_a_client_error_never_a_server_error(
+    served: Served, request: Any, to_transformer: bool
+) -> None:
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    server = served.transformer if to_transformer else served.predictor
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        try:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+            return
+        except grpc.RpcError as error:
+            failure: Any = error
+    code, details = failure.code(), str(failure.details())
+    refused = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+    if "not ready" in details:  # an empty shadow slot
+        refused.add(grpc.StatusCode.UNAVAILABLE)
+    assert code in refused, (server.name, request, code, details)
+
+
+def test_the_servers_listen_on_this_machine_only_and_cap_request_bodies(served: Served) -> None:
+    import psutil
+
+    too_big = b"{" + b" " * served.settings.http.max_body_bytes + b"}"
+    for server in (served.predictor, served.transformer):
+        assert server.proc is not None
+        process = psutil.Process(server.proc.pid)
+        listening = {c.laddr for c in process.connections("inet") if c.status == psutil.CONN_LISTEN}
+        # gRPC listens on a dual-stack socket: 127.0.0.1 shows as ::ffff:127.0.0.1.
+        ips = {ip_address(address.ip) for address in listening}
+        ipv4 = {ip.ipv4_mapped if isinstance(ip, IPv6Address) and ip.ipv4_mapped else ip for ip in ips}
+        assert ipv4 == {ip_address("127.0.0.1")}, (server.name, listening)
+        assert {server.http_port, server.grpc_port} <= {address.port for address in listening}
+        response = httpx.post(
+            f"{server.url}{INFER}", content=too_big, headers={"content-type": "application/json"}, timeout=10
+        )
+        assert response.status_code == 413, (server.name, response.status_code, response.text[:200])
+        assert server.proc.poll() is None
 
 
 # --------------------------------------------------------------------------- model swap (last: it changes the model)

@@ -636,9 +636,12 @@ def test_kubeconform_rejects_the_broken_fixture() -> None:
     assert "could not find schema for FraudWidget" in out, f"the unknown kind was not reported:\n{out}"
 
 
-def test_metrics_listen_locally_unless_the_cluster_config_opens_them() -> None:
-    """A laptop's components keep their metrics on 127.0.0.1; pods must open them to the
-    cluster's Prometheus, through the shared config every workload reads."""
-    assert Settings(_env_file=None).metrics_host == "127.0.0.1"
+def test_servers_listen_locally_unless_the_cluster_config_opens_them() -> None:
+    """A laptop's components keep their metrics and the KServe servers on 127.0.0.1; pods
+    must open them to the cluster (Prometheus, KServe's ingress), through the shared config
+    every workload reads."""
+    defaults = Settings(_env_file=None)
+    assert (defaults.metrics_host, defaults.serving.bind_host) == ("127.0.0.1", "127.0.0.1")
     config = (ROOT / "kustomize" / "base" / "config" / "platform.env").read_text().splitlines()
     assert "FRAUD_METRICS_HOST=0.0.0.0" in config
+    assert "FRAUD_SERVING__BIND_HOST=0.0.0.0" in config

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 
 import kserve.model_server as kserve_model_server
+import kserve.protocol.grpc.server as kserve_grpc_server
 import kserve.protocol.rest.server as kserve_rest_server
 import pytest
 from kserve import ModelServer
@@ -16,15 +17,18 @@ from kserve.protocol.dataplane import DataPlane
 
 from fraudcore.model_server import (
     GuardedDataPlane,
+    _add_body_limit,
     _drop_latency_log_middleware,
     _freeze_after_startup,
     model_server_for,
     parse_args,
 )
+from fraudcore.settings import Settings
 
 
 def _server(*argv: str) -> ModelServer:
-    return model_server_for(parse_args(["--http_port", "0", "--enable_grpc", "false", *argv], "test"))
+    args = parse_args(["--http_port", "0", "--enable_grpc", "false", *argv], "test")
+    return model_server_for(args, Settings(_env_file=None))
 
 
 def test_kserve_still_has_what_the_changes_replace() -> None:
@@ -68,6 +72,23 @@ def test_the_server_gets_the_guarded_data_plane_and_the_start_up_hooks() -> None
     hooks = kserve_model_server.app.router.on_startup
     assert _drop_latency_log_middleware in hooks
     assert _freeze_after_startup in hooks
+    assert any(getattr(h, "__qualname__", "").startswith(_add_body_limit.__name__) for h in hooks)
+    # Both servers KServe builds in start() are the platform's bound ones, on 127.0.0.1.
+    rest = kserve_model_server.RESTServer
+    assert rest.__name__ == "BoundRESTServer"
+    assert issubclass(kserve_model_server.GRPCServer, kserve_grpc_server.GRPCServer)
+    built = rest("kserve.model_server:app", server.dataplane, server.model_repository_extension, 0)
+    assert built.config.host == "127.0.0.1"
+    assert built.config.limit_concurrency == Settings.model_fields["http"].default.max_connections
+
+
+def test_kserve_still_builds_its_servers_from_the_names_the_platform_replaces() -> None:
+    source = inspect.getsource(kserve_model_server.ModelServer.start)
+    assert "RESTServer(" in source
+    assert "GRPCServer(" in source
+    grpc_source = inspect.getsource(kserve_grpc_server.GRPCServer.start)
+    assert 'listen_addr = f"[::]:{self._port}"' in grpc_source  # the bind the platform replaces
+    assert "InferenceServicer(" in grpc_source
 
 
 @pytest.mark.parametrize(

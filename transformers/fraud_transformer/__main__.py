@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--predictor_host is required (KServe adds it on a cluster)")
     model = FraudTransformer(args.model_name, settings)
     model.load()
-    server = model_server_for(args)
+    server = model_server_for(args, settings)
     server.start([model])
 
 
