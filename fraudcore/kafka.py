@@ -92,8 +92,30 @@ def admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
         bootstrap_servers=settings.kafka.bootstrap_servers,
         client_id=f"{settings.kafka.client_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        # Within the same budget: a broker refusing the credentials is an answer, not 30 s.
+        bootstrap_timeout_ms=int(timeout_s * 1000),
         **kafka_python_security(settings.kafka),
     )
+
+
+def upsert_scram_user(settings: Settings, username: str, password: str, iterations: int = 8192) -> None:
+    """Create or update a SCRAM-SHA-512 user on the brokers (KRaft keeps it in the cluster's
+    metadata); the password never leaves this call but to the broker."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    client = AdminClient(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, **librdkafka_security(settings.kafka)}
+    )
+    upsert = UserScramCredentialUpsertion(
+        username, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, iterations), password.encode()
+    )
+    for future in client.alter_user_scram_credentials([upsert], request_timeout=15).values():
+        future.result()
 
 
 def broker_ready(settings: Settings, timeout_s: float = 2.0) -> bool:

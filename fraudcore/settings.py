@@ -83,6 +83,13 @@ class KafkaSettings(BaseModel):
     ssl_ca_file: str = ""
     ssl_cert_file: str = ""
     ssl_key_file: str = ""
+    # The local broker (`fraud up`) listens on bootstrap_servers (PLAINTEXT) and, beside it,
+    # on this port with SASL_PLAINTEXT and SCRAM-SHA-512 for one user, whose password `fraud
+    # up` generates into .env: connect there with security_protocol SASL_PLAINTEXT and these
+    # credentials to run the code path an authenticated cluster takes.
+    local_sasl_port: int = Field(19094, ge=1, le=65535)
+    local_scram_username: str = "fraud-local"
+    local_scram_password: SecretStr = SecretStr("")
 
     @property
     def uses_sasl(self) -> bool:

@@ -33,7 +33,7 @@ def up() -> None:
     from fraud_app import devstack
 
     if devstack.ensure_env_file():
-        console.print("wrote fresh MinIO credentials and a Redis password to .env")
+        console.print("wrote fresh local credentials (MinIO, Redis, Kafka SCRAM) to .env")
         get_settings.cache_clear()
     if devstack.ensure_console_access(get_settings()):
         where = devstack.console_password_file(get_settings())

@@ -236,6 +236,7 @@ class Kafka(Service):
     def _config(self) -> Path:
         host, port = _split_hostport(self.settings.kafka.bootstrap_servers)
         ctl = self.settings.kafka.controller_port
+        sasl = self.settings.kafka.local_sasl_port
         cfg = self.home / "server.properties"
         cfg.write_text(
             "\n".join(
@@ -243,11 +244,18 @@ class Kafka(Service):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{host}:{ctl}",
-                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{port}",
+                    f"listeners=PLAINTEXT://{host}:{port},SASL_PLAINTEXT://{host}:{sasl},"
+                    f"CONTROLLER://{host}:{ctl}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{port},SASL_PLAINTEXT://{host}:{sasl}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
+                    "CONTROLLER:PLAINTEXT",
+                    # The authenticated listener: SCRAM users live in the cluster metadata
+                    # (after_start creates the local one), so the config holds no secret.
+                    "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                    "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
                     f"log.dirs={self.home / 'data'}",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
@@ -318,9 +326,14 @@ class Kafka(Service):
         return broker_ready(self.settings, timeout_s=2.0)
 
     def after_start(self) -> None:
-        from fraudcore.kafka import ensure_topics
+        from fraudcore.kafka import ensure_topics, upsert_scram_user
 
         ensure_topics(self.settings)
+        kafka = self.settings.kafka
+        if kafka.local_scram_password.get_secret_value():
+            upsert_scram_user(
+                self.settings, kafka.local_scram_username, kafka.local_scram_password.get_secret_value()
+            )
 
     def version(self) -> str:
         return f"Apache Kafka {KAFKA_VERSION} (KRaft)"
@@ -500,14 +513,20 @@ def services(settings: Settings) -> list[Service]:
 
 
 def ensure_env_file(path: Path = Path(".env")) -> bool:
-    """Give a fresh checkout its own random MinIO credentials and Redis password (never
-    committed). A checkout that already has its credentials is left as it is: a Redis
-    already running without a password would refuse a client that sends one (add
-    FRAUD_REDIS__PASSWORD by hand, then `make down && make up`)."""
-    if os.environ.get("FRAUD_S3__ACCESS_KEY") or (
-        path.exists() and "FRAUD_S3__ACCESS_KEY" in path.read_text()
-    ):
-        return False
+    """Give a fresh checkout its own random MinIO credentials, Redis password and local
+    Kafka SCRAM password (never committed). A checkout that already has its MinIO and Redis
+    credentials keeps them: a Redis already running without a password would refuse a client
+    that sends one (add FRAUD_REDIS__PASSWORD by hand, then `make down && make up`). The
+    SCRAM password is added wherever it is missing: the broker takes it at its next start."""
+    text = path.read_text() if path.exists() else ""
+    wrote = False
+    scram = "FRAUD_KAFKA__LOCAL_SCRAM_PASSWORD"
+    if not (os.environ.get(scram) or scram in text):
+        with path.open("a") as f:
+            f.write(f"{scram}={secrets.token_urlsafe(24)}\n")
+        wrote = True
+    if os.environ.get("FRAUD_S3__ACCESS_KEY") or "FRAUD_S3__ACCESS_KEY" in text:
+        return wrote
     with path.open("a") as f:
         f.write(f"FRAUD_S3__ACCESS_KEY=fraud-{secrets.token_hex(4)}\n")
         f.write(f"FRAUD_S3__SECRET_KEY={secrets.token_urlsafe(24)}\n")

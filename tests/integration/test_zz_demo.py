@@ -75,6 +75,7 @@ def test_demo_runs_unattended_and_decides_as_the_evaluation_predicts(stack: Sett
     secrets = {
         "S3 secret key": stack.s3.secret_key.get_secret_value(),
         "Redis password": stack.redis.password.get_secret_value(),
+        "Kafka SCRAM password": stack.kafka.local_scram_password.get_secret_value(),
         "console session secret": stack.console.session_secret.get_secret_value(),
         "console analyst's password": _console_password(stack),
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 import certifi
 import confluent_kafka
+import confluent_kafka.admin
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from pydantic import SecretStr, ValidationError
@@ -246,6 +247,7 @@ HELPERS: dict[str, Callable[[Settings], Any]] = {
     "librdkafka_consumer": lambda s: fk.librdkafka_consumer(s, "g", ["transactions"]),
     "partition_reader": lambda s: fk.partition_reader(s, "g"),
     "consumer": lambda s: fk.consumer(s, "g", "model-events"),
+    "upsert_scram_user": lambda s: fk.upsert_scram_user(s, "fraud-local", "p"),
 }
 # Helpers that build theirs through one of the above.
 INDIRECT: dict[str, Callable[[Settings], Any]] = {
@@ -260,6 +262,7 @@ INDIRECT: dict[str, Callable[[Settings], Any]] = {
 def stand_in_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fk.confluent_kafka, "Producer", _librdkafka_client)
     monkeypatch.setattr(fk.confluent_kafka, "Consumer", _librdkafka_client)
+    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", _librdkafka_client)
     for name in ("KafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
         monkeypatch.setattr(fk, name, _kafka_python_client)
 

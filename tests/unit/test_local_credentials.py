@@ -12,10 +12,12 @@ from fraud_app import devstack
 from fraud_console.auth import Passwords
 from fraudcore.settings import Settings
 
+SCRAM = "FRAUD_KAFKA__LOCAL_SCRAM_PASSWORD"
+
 
 @pytest.fixture(autouse=True)
 def no_credentials_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = ("FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD")
+    names = ("FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD", SCRAM)
     for name in (*names, "FRAUD_CONSOLE__SESSION_SECRET", "FRAUD_CONSOLE__USERS"):
         monkeypatch.delenv(name, raising=False)
 
@@ -28,20 +30,26 @@ def test_a_fresh_checkout_gets_keys_and_a_redis_password(tmp_path: Path) -> None
     env_file = tmp_path / ".env"
     assert devstack.ensure_env_file(env_file) is True
     values = read_env(env_file)
-    assert set(values) == {"FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD"}
+    assert set(values) == {"FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", "FRAUD_REDIS__PASSWORD", SCRAM}
     assert len(values["FRAUD_REDIS__PASSWORD"]) >= 24
+    assert len(values[SCRAM]) >= 24
+    assert values[SCRAM] != values["FRAUD_REDIS__PASSWORD"]
     # What the settings accept (Feast's connection string refuses ',' and JSON values).
     settings = Settings(_env_file=env_file)
     assert settings.redis.password.get_secret_value() == values["FRAUD_REDIS__PASSWORD"]
+    assert settings.kafka.local_scram_password.get_secret_value() == values[SCRAM]
     assert devstack.ensure_env_file(env_file) is False, "a second run changes nothing"
     assert read_env(env_file) == values
 
 
-def test_an_existing_checkout_is_left_as_it_is(tmp_path: Path) -> None:
+def test_an_existing_checkout_keeps_its_credentials_and_gains_a_scram_password(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("FRAUD_S3__ACCESS_KEY=mine\nFRAUD_S3__SECRET_KEY=also-mine\n")
+    assert devstack.ensure_env_file(env_file) is True
+    values = read_env(env_file)
+    assert set(values) == {"FRAUD_S3__ACCESS_KEY", "FRAUD_S3__SECRET_KEY", SCRAM}
+    assert values["FRAUD_S3__ACCESS_KEY"] == "mine"
     assert devstack.ensure_env_file(env_file) is False
-    assert "FRAUD_REDIS__PASSWORD" not in env_file.read_text()
 
 
 def test_the_console_gets_a_session_secret_and_a_local_analyst(tmp_path: Path) -> None:
