@@ -200,6 +200,9 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None, env: dict[str, str]
     return out.stdout
 
 
+LOCAL_PARTITION_RETENTION_BYTES = 512 * 1024 * 1024
+
+
 class Kafka(Service):
     name = "kafka"
 
@@ -267,8 +270,12 @@ class Kafka(Service):
                     "share.coordinator.state.topic.min.isr=1",
                     # A test's consumer group should not wait 3 s for more members.
                     "group.initial.rebalance.delay.ms=0",
+                    # Bounded disk whatever runs (a soak, a long demo): a partition keeps
+                    # 7 days or 512 MiB, whichever ends first, deleted a 64 MiB segment at a
+                    # time. A topic's own retention.ms (TopicSpec) still applies within that.
                     "log.retention.hours=168",
-                    "log.segment.bytes=268435456",
+                    f"log.retention.bytes={LOCAL_PARTITION_RETENTION_BYTES}",
+                    "log.segment.bytes=67108864",
                     "",
                 ]
             )
@@ -491,6 +498,7 @@ class Prometheus(Service):
             f"--storage.tsdb.path={self.home / 'data'}",
             f"--web.listen-address={self.address()}",
             "--storage.tsdb.retention.time=2d",
+            "--storage.tsdb.retention.size=1GB",
             "--web.enable-lifecycle",
         ]
 
