@@ -27,9 +27,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import confluent_kafka
+import orjson
 from confluent_kafka import TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -579,3 +580,46 @@ def dead_letter_headers(
         ("dlq-source-partition", str(partition).encode()),
         ("dlq-source-offset", str(offset).encode()),
     ]
+
+
+def rejection_reason(exc: Exception) -> str:
+    """Why a record was rejected, as ``<field>: <problem>`` where a field is to blame."""
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]}: is required"
+    if isinstance(exc, orjson.JSONDecodeError):
+        return "payload: not valid UTF-8 JSON"
+    return str(exc) or type(exc).__name__
+
+
+Event = TypeVar("Event")
+
+
+class DeadLetters:
+    """Quarantines the records a consumer cannot take on the dead-letter topic, with the
+    reason: bad input never crashes a consumer or stalls its partition."""
+
+    def __init__(self, settings: Settings, component: str) -> None:
+        self.settings = settings
+        self.component = component
+        # Room for any record the broker accepted (its default limit is about 1 MiB).
+        self.producer = producer(settings, max_request_size=2 * 1024 * 1024)
+
+    def parse_all(self, records: list[Any], parse: Callable[[bytes, int], Event]) -> list[Event]:
+        """The events of ``records`` in their order; each bad one goes to the dead-letter topic."""
+        events = []
+        for record in records:
+            try:
+                events.append(parse(record.value, record.offset))
+            except Exception as exc:  # bad input: quarantine, never crash
+                self.send(record, rejection_reason(exc))
+        return events
+
+    def send(self, record: Any, reason: str) -> None:
+        label = reason.split(":")[0] if ":" in reason else "payload"
+        dead_letter(self.producer.send, self.settings, self.component, label, reason, record)
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()

@@ -1,19 +1,16 @@
-"""The feature job's input: transactions and fraud labels parsed from Kafka records, and the
-dead-letter topic for records that cannot be parsed (with the reason, never a crash)."""
+"""The feature job's input: transactions and fraud labels parsed from Kafka records (a record
+that cannot be parsed raises ValueError naming the field; ``fraudcore.kafka.DeadLetters``
+quarantines it with that reason)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from fraudcore import features as F
 from fraudcore.events import label_is_fraud, parse_timestamp
-from fraudcore.kafka import dead_letter
-from fraudcore.kafka import producer as make_producer
-from fraudcore.settings import Settings
 
 _TX_FIELDS = ("transaction_id", "card_id", "terminal_id", "amount", "timestamp")
 _LABEL_FIELDS = ("transaction_id", "terminal_id", "transaction_timestamp", "reported_at")
@@ -64,7 +61,10 @@ def _require(event: Any, fields: tuple[str, ...]) -> None:
 def parse_transaction(value: bytes, offset: int) -> Transaction:
     event = orjson.loads(value)
     _require(event, _TX_FIELDS)
-    amount = float(event["amount"])
+    try:
+        amount = float(event["amount"])
+    except (TypeError, ValueError):
+        raise ValueError(f"amount: must be a number, got {type(event['amount']).__name__}") from None
     if not amount > 0:
         raise ValueError("amount: must be > 0")
     t_us = to_us(event["timestamp"])
@@ -85,44 +85,3 @@ def parse_label(value: bytes, offset: int) -> Label:
         raise ValueError("transaction_id: must be a non-empty string")
     # The contract's rule (source, is_fraud); a breach raises ValueError naming the field.
     return Label(offset, transaction_id, terminal, t_us, reported_us, label_is_fraud(event))
-
-
-def rejection_reason(exc: Exception) -> str:
-    """Why a record was rejected, as ``<field>: <problem>`` where a field is to blame."""
-    if isinstance(exc, KeyError):
-        return f"{exc.args[0]}: is required"
-    if isinstance(exc, orjson.JSONDecodeError):
-        return "payload: not valid UTF-8 JSON"
-    return str(exc) or type(exc).__name__
-
-
-Event = TypeVar("Event")
-
-
-class DeadLetters:
-    """Quarantines the records that cannot be parsed on the dead-letter topic."""
-
-    def __init__(self, settings: Settings, component: str) -> None:
-        self.settings = settings
-        self.component = component
-        self.producer = make_producer(settings)
-
-    def parse_all(self, records: list[Any], parse: Callable[[bytes, int], Event]) -> list[Event]:
-        """The events of ``records`` in their order; each bad one goes to the dead-letter topic."""
-        events = []
-        for record in records:
-            try:
-                events.append(parse(record.value, record.offset))
-            except Exception as exc:  # bad input: quarantine, never crash
-                self.send(record, rejection_reason(exc))
-        return events
-
-    def send(self, record: Any, reason: str) -> None:
-        label = reason.split(":")[0] if ":" in reason else "payload"
-        dead_letter(self.producer.send, self.settings, self.component, label, reason, record)
-
-    def flush(self) -> None:
-        self.producer.flush()
-
-    def close(self) -> None:
-        self.producer.close()

@@ -53,12 +53,12 @@ from prometheus_client import Counter, Histogram
 # Checkpoints are pickled PartitionState and CardHistory objects, and those written by
 # earlier versions name this module: both stay importable from here.
 from fraud_features.card_state import CardFeatureBatch, CardHistory, PartitionState
-from fraud_features.events import DeadLetters, Transaction, parse_label, parse_transaction
+from fraud_features.events import Transaction, parse_label, parse_transaction
 from fraud_features.feature_log import FeatureLog
 from fraud_features.redis_keys import RedisKeys
 from fraud_features.terminals import Increment, TerminalCounters
 from fraud_features.watermarks import Progress, Watermark
-from fraudcore.kafka import OwnedPartitions, Record, commit_now
+from fraudcore.kafka import DeadLetters, OwnedPartitions, Record, commit_now
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
 

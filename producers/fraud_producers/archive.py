@@ -33,12 +33,14 @@ from confluent_kafka import TopicPartition
 from minio import Minio
 from prometheus_client import Counter, Histogram
 
-from fraudcore.kafka import OwnedPartitions, Record, commit_now
+from fraudcore.kafka import DeadLetters, OwnedPartitions, Record, commit_now
 from fraudcore.service import Commit, Records, consume_loop
 from fraudcore.settings import Settings
 from fraudcore.storage import describe, s3_client, store_unavailable, until_store_answers
 
 log = logging.getLogger(__name__)
+
+COMPONENT = "archiver"
 
 RECORDS_WRITTEN = Counter("archiver_records_written", "Records made durable in the archive", ["kind"])
 OBJECTS_WRITTEN = Counter(
@@ -96,10 +98,18 @@ class Block:
     durable: int = 0  # how many of `records` are already in the archive
     opened: float = field(default_factory=time.monotonic)
     table: pa.Table | None = None  # the durable records, converted once
+    # The offset after the last record taken, dead-lettered ones included (they are not
+    # in `records`): where the partition resumes once this block is durable.
+    next_offset: int = 0
+    settled: int = 0  # next_offset when the block was last made durable
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+        self.next_offset = record.offset + 1
 
     @property
-    def next_offset(self) -> int:
-        return self.records[-1].offset + 1
+    def pending(self) -> bool:
+        return self.next_offset > self.settled
 
 
 def to_table(kind: ArchiveKind, records: list[Record]) -> pa.Table:
@@ -119,6 +129,31 @@ def to_table(kind: ArchiveKind, records: list[Record]) -> pa.Table:
         else:
             arrays.append(pa.array(columns[f.name], f.type))
     return pa.Table.from_arrays(arrays, schema=kind.schema)
+
+
+def record_problem(kind: ArchiveKind, record: Record) -> str | None:
+    """Why ``record`` cannot be archived as a ``kind`` (``<field>: <problem>``), or None."""
+    if not record.value:
+        return "payload: empty"
+    try:
+        event = orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        return "payload: not valid UTF-8 JSON"
+    if not isinstance(event, dict):
+        return "payload: must be a JSON object"
+    if event.get(kind.time_column) is None:
+        return f"{kind.time_column}: is required"
+    for column in kind.schema:
+        if column.name in ("kafka_partition", "kafka_offset"):
+            continue
+        try:
+            if pa.types.is_timestamp(column.type):
+                pc.cast(pa.array([event.get(column.name)], pa.string()), column.type)
+            else:
+                pa.array([event.get(column.name)], column.type)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            return f"{column.name}: {str(exc).splitlines()[0][:200]}"
+    return None
 
 
 def _hour_keys(kind: ArchiveKind, table: pa.Table) -> pa.Array:
@@ -171,11 +206,20 @@ class Archiver:
         self.consumer: confluent_kafka.Consumer | None = None
         self.stop: threading.Event | None = None  # the run's: ends a wait for the object store
         self.written = 0
+        self.dead_letters = DeadLetters(settings, COMPONENT)
+        self.settled_below: dict[TopicPartition, int] = {}
 
     # --- rebalance (librdkafka runs these between batches, on the loop's thread) -----------
     def _resume_at(self, tp: TopicPartition, committed: int | None) -> int | None:
         """The start of the block holding the committed offset (its objects are rewritten whole)."""
+        # Records below the committed offset are read again only to rebuild their block:
+        # the bad ones among them were dead-lettered before that commit, not again now.
+        self.settled_below[tp] = committed or 0
         return None if committed is None else (committed // self.block_size) * self.block_size
+
+    def _quarantine(self, tp: TopicPartition, record: Record, reason: str) -> None:
+        if record.offset >= self.settled_below.get(tp, 0):
+            self.dead_letters.send(record, reason)
 
     def _release(self, revoked: list[TopicPartition]) -> Commit:
         """Before partitions move: write out what their blocks hold (OwnedPartitions commits
@@ -187,6 +231,7 @@ class Archiver:
         # the partition next reads them again from the start of their block.
         for tp in revoked:
             self.blocks.pop(tp, None)
+            self.settled_below.pop(tp, None)
 
     # --- batches -----------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
@@ -199,7 +244,13 @@ class Archiver:
                     if current is not None:
                         offsets.update(self._flush([tp], force=True))
                     self.blocks[tp] = Block(block_start)
-                self.blocks[tp].records.append(r)
+                size = len(r.value or b"")
+                if size > self.settings.max_event_bytes:  # never a valid event: not converted
+                    reason = f"payload: {size} bytes exceeds the limit of {self.settings.max_event_bytes}"
+                    self._quarantine(tp, r, reason)
+                    self.blocks[tp].next_offset = r.offset + 1
+                else:
+                    self.blocks[tp].add(r)
         offsets.update(self._flush(list(self.blocks), force=False))
         return offsets
 
@@ -211,7 +262,7 @@ class Archiver:
         now = time.monotonic()
         for tp in tps:
             block = self.blocks[tp]
-            if block.durable == len(block.records):
+            if not block.pending:
                 continue
             full = block.next_offset >= block.start + self.block_size
             if not (force or full or now - block.opened >= self.flush_interval_s):
@@ -219,6 +270,8 @@ class Archiver:
             self._write(tp, block)
             offsets[tp] = block.next_offset
             block.opened = now
+        if offsets:
+            self.dead_letters.flush()  # durable before the offsets past them are committed
         return offsets
 
     def _write(self, tp: TopicPartition, block: Block) -> None:
@@ -227,7 +280,7 @@ class Archiver:
             # Only the pieces (event hours) that got new records are rewritten: the others
             # already hold exactly their rows. A history backfill leaves blocks spanning
             # weeks of event time, and live records then touch one hour of them.
-            new = to_table(kind, block.records[block.durable :])
+            new = self._convert(tp, kind, block)
             table = new if block.table is None else pa.concat_tables([block.table, new])
             pieces = object_names(
                 kind, table, tp.partition, block.start // self.block_size, self.prefix, only=new
@@ -245,7 +298,30 @@ class Archiver:
         RECORDS_WRITTEN.labels(kind.name).inc(added)
         self.written += added
         block.durable = len(block.records)
+        block.settled = block.next_offset
         block.table = table
+
+    def _convert(self, tp: TopicPartition, kind: ArchiveKind, block: Block) -> pa.Table:
+        """The block's new records as a table. A record that cannot be archived (not JSON, a
+        field of the wrong type, no event time) is dead-lettered with the reason and left
+        out; the dead letters are durable before the block's offset is committed."""
+        fresh = block.records[block.durable :]
+        try:
+            table = to_table(kind, fresh)
+            if table[kind.time_column].null_count == 0:
+                return table
+        except Exception:  # one record spoils the batch: found one by one below
+            pass
+        kept = []
+        for record in fresh:
+            problem = record_problem(kind, record)
+            if problem is None:
+                kept.append(record)
+            else:
+                self._quarantine(tp, record, problem)
+        block.records[block.durable :] = kept
+        self.dead_letters.flush()
+        return to_table(kind, kept)
 
     def _put(self, name: str, data: bytes) -> None:
         self.s3.put_object(
@@ -284,3 +360,4 @@ class Archiver:
                     "archiver: stopped with blocks not stored (%s); they will be read again", describe(exc)
                 )
             self.consumer.close()
+            self.dead_letters.close()
