@@ -10,7 +10,7 @@ PYTEST := $(BIN)/pytest
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
 	images k8s-tools k8s-validate k8s-schemas kind-up kind-deploy bench-ingest bench-features \
-	train pipeline bench-model bench
+	train pipeline bench-model bench audit
 TAG ?= dev
 
 help: ## list the targets
@@ -99,6 +99,9 @@ k8s-tools: ## install the pinned kustomize and kubeconform (cached)
 
 k8s-validate: ## render base and every overlay, validate offline with kubeconform
 	kustomize/validate.sh
+
+audit: setup ## secret scan (gitleaks, cached) of the git history, the manifests and the images' build context; JSON out
+	PYTHON=$(BIN)/python infra/audit.sh
 
 k8s-schemas: $(VENV)/.synced ## refresh the vendored Kubernetes and CRD JSON schemas from upstream (needs network)
 	$(BIN)/python kustomize/schemas/refresh.py
