@@ -39,7 +39,7 @@ import aiohttp
 import confluent_kafka
 import uvloop
 import yaml
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
 from fraudcore.health import LIVENESS
@@ -62,7 +62,11 @@ DELIVERY_SECONDS = Histogram(
     "Time from the record's timestamp to the sink's 2xx answer",
     buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+PENDING = Gauge("dispatcher_pending_records", "Records read and not yet delivered or dead-lettered")
 RETRYABLE = {404, 408, 409, 429}
+# librdkafka prefetches up to this much per consumer (its default is 64 MiB): with
+# max_pending, what bounds the dispatcher's memory while the sink does not answer.
+PREFETCH_KBYTES = 8 * 1024
 DEFAULT_MANIFEST = Path("kustomize/base/serving/eventing.yaml")
 
 
@@ -180,7 +184,12 @@ class Dispatcher:
     """Records are delivered as they arrive: each key's records one after another (``ordered``),
     different keys concurrently up to ``max_in_flight``; consumption pauses while
     ``max_pending`` records are unfinished; finished positions are committed every
-    ``commit_interval_s``."""
+    ``commit_interval_s``.
+
+    Backpressure: at ``max_pending`` unfinished records the assigned partitions are paused
+    (the consumer keeps polling, so it stays in its group however long the sink is away)
+    and resumed once deliveries catch up; memory stays within ``max_pending`` records plus
+    librdkafka's prefetch (``PREFETCH_KBYTES``)."""
 
     def __init__(
         self,
@@ -204,6 +213,8 @@ class Dispatcher:
         self.commit_interval_s = commit_interval_s
         self.delivered = 0
         self.dead_lettered = 0
+        self.pending_high_water = 0  # the most unfinished records at once
+        self.pauses = 0  # times consumption paused for backpressure
         self.dlq = make_producer(settings)
         self._source = f"/apis/v1/namespaces/{spec.namespace}/kafkasources/{spec.name}#"
 
@@ -279,7 +290,10 @@ class Dispatcher:
 
     async def run_async(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:
         tracker = OffsetTracker()
-        reset: dict[str, Any] = {"auto.offset.reset": self.spec.initial_offset}
+        reset: dict[str, Any] = {
+            "auto.offset.reset": self.spec.initial_offset,
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
+        }
         consumer = librdkafka_consumer(
             self.settings,
             self.spec.consumer_group,
@@ -320,12 +334,18 @@ class Dispatcher:
         last_event = last_commit = last_lag = time.monotonic()
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+                paused: set[tuple[str, int]] = set()
                 while not stop.is_set():
+                    PENDING.set(tracker.outstanding)
+                    self.pending_high_water = max(self.pending_high_water, tracker.outstanding)
                     if tracker.outstanding >= self.max_pending:
-                        await asyncio.sleep(0.005)
-                        messages = []
-                    else:
-                        messages = await asyncio.to_thread(consume_ready, consumer, 500, 0.02)
+                        paused |= self._pause(consumer, paused)
+                    elif paused:
+                        consumer.resume([confluent_kafka.TopicPartition(t, p) for t, p in paused])
+                        paused.clear()
+                    # While paused this returns nothing but still serves the group (and its
+                    # rebalances): the consumer is never dropped for not polling.
+                    messages = await asyncio.to_thread(consume_ready, consumer, 500, 0.02)
                     for message in messages:
                         if message.error():
                             log.warning("consumer: %s", message.error())
@@ -351,6 +371,21 @@ class Dispatcher:
             self._commit(consumer, tracker, asynchronous=False)
             consumer.close()
             self.dlq.flush()
+
+    def _pause(
+        self, consumer: confluent_kafka.Consumer, paused: set[tuple[str, int]]
+    ) -> set[tuple[str, int]]:
+        """Pause the assigned partitions not paused yet (a rebalance may have added some)."""
+        fresh = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in paused]
+        if fresh:
+            consumer.pause(fresh)
+            if not paused:
+                self.pauses += 1
+                log.warning(
+                    "%d records waiting for the sink: reading paused until deliveries catch up",
+                    self.max_pending,
+                )
+        return {(tp.topic, tp.partition) for tp in fresh}
 
     @staticmethod
     def _commit(consumer: confluent_kafka.Consumer, tracker: OffsetTracker, asynchronous: bool) -> None:

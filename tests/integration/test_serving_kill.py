@@ -163,7 +163,13 @@ class Flow:
 
     @classmethod
     def start(
-        cls, serving: Serving, txns: list[dict[str, Any]], rate: float, group: str, delivery: Delivery | None
+        cls,
+        serving: Serving,
+        txns: list[dict[str, Any]],
+        rate: float,
+        group: str,
+        delivery: Delivery | None,
+        **dispatcher_options: Any,
     ) -> Flow:
         """``delivery``: the policy to deliver with (None: the manifest's own)."""
         settings = serving.settings
@@ -175,7 +181,9 @@ class Flow:
         if delivery is not None:
             update["delivery"] = delivery
         spec = load_source(ROOT / DEFAULT_MANIFEST).model_copy(update=update)
-        dispatcher = Dispatcher(settings, spec, f"{serving.transformer.url}{spec.sink_path}")
+        dispatcher = Dispatcher(
+            settings, spec, f"{serving.transformer.url}{spec.sink_path}", **dispatcher_options
+        )
         stop_dispatcher = threading.Event()
         reader = ScoresReader(settings)
 
@@ -310,3 +318,65 @@ def test_a_predictor_down_for_30_s_is_ridden_out_by_the_delivery_policy(serving:
     assert not missing, f"{len(missing)} transactions without a decision\n{context}"
     assert dispatcher.dead_lettered == 0, context
     assert retries() > retries_before, context
+
+
+PAUSED_S = 30.0
+MAX_PENDING = 1_000  # the dispatcher's cap on unfinished records, small enough to be reached
+
+
+def test_a_transformer_paused_for_30_s_holds_the_dispatcher_to_its_cap_and_loses_nothing(
+    serving: Serving,
+) -> None:
+    """SIGSTOP the transformer for 30 s while 200 transactions/s arrive: the dispatcher
+    pauses its partitions at ``max_pending`` unfinished records (so its memory stays bounded
+    whatever the backlog), resumes once the transformer answers again, and every transaction
+    gets its decision, none dead-lettered, with the manifest's own delivery policy."""
+    import psutil
+
+    transformer = serving.transformer
+    assert transformer.proc is not None
+    retries_before = retries()
+    run_id = uuid.uuid4().hex[:8]
+    total = int(OUTAGE_RATE * (PAUSED_S + 15))
+    txns = [transaction(i, transaction_id=f"stop-{run_id}-{i:05d}") for i in range(total)]
+    wanted = {t["transaction_id"] for t in txns}
+    me = psutil.Process()
+    flow = Flow.start(serving, txns, OUTAGE_RATE, f"stop-{run_id}", None, max_pending=MAX_PENDING)
+    dispatcher, reader = flow.dispatcher, flow.reader
+    try:
+        assert flow.wait_for_decisions(KILL_AFTER_DECISIONS, timeout_s=30) >= KILL_AFTER_DECISIONS, (
+            serving.logs()
+        )
+        rss_before = me.memory_info().rss
+        os.kill(transformer.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            time.sleep(PAUSED_S)
+            rss_paused = me.memory_info().rss
+            high_water_paused = dispatcher.pending_high_water
+        finally:
+            os.kill(transformer.proc.pid, signal.SIGCONT)
+        resumed_after = time.monotonic() - stopped_at
+        decisions = flow.decisions_once_all_in(wanted, timeout_s=180)
+    finally:
+        flow.stop()
+
+    duplicates = sum(len(ids) - 1 for t, ids in decisions.items() if t in wanted)
+    missing = wanted - decisions.keys()
+    context = (
+        f"transformer stopped {resumed_after:.1f} s; pending high water {dispatcher.pending_high_water} "
+        f"(cap {MAX_PENDING}), pauses {dispatcher.pauses}; test process RSS "
+        f"{rss_before / 2**20:.0f} -> {rss_paused / 2**20:.0f} MiB while stopped; "
+        f"delivered={dispatcher.delivered} dead_lettered={dispatcher.dead_lettered} "
+        f"retries={retries() - retries_before:.0f} decided={len(wanted & decisions.keys())}/{len(wanted)} "
+        f"duplicates={duplicates}\n{serving.logs()}"
+    )
+    print(f"\n{context.splitlines()[0]}")
+    assert not reader.problems, context
+    assert not missing, f"{len(missing)} transactions without a decision\n{context}"
+    assert dispatcher.dead_lettered == 0, context
+    # The cap was reached and held: reading paused instead of piling records up. One
+    # consume batch (500) may land on top of the cap before the pause takes effect.
+    assert dispatcher.pauses >= 1, context
+    assert MAX_PENDING <= high_water_paused <= MAX_PENDING + 500, context
+    assert rss_paused - rss_before < 100 * 2**20, context
