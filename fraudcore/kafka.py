@@ -372,6 +372,16 @@ class OwnedPartitions:
             self.next.pop(tp, None)
         client.unassign()
 
+    def rewind(self, tp: TopicPartition, offset: int | None) -> None:
+        """Read an owned partition again from ``offset`` (None: its first retained record);
+        records of it already in hand are dropped by ``take`` (they come again)."""
+        if self._client is None or tp not in self.next:
+            return
+        low, _high = self._client.get_watermark_offsets(tp, timeout=10)
+        position = max(low, offset if offset is not None else low)
+        self._client.seek(TopicPartition(tp.topic, tp.partition, position))
+        self.next[tp] = position
+
     def take(self, records: list[Record]) -> dict[TopicPartition, list[Record]]:
         """``records`` by partition, less those this consumer must not use (see above)."""
         taken: dict[TopicPartition, list[Record]] = {}

@@ -37,3 +37,9 @@ class RedisKeys:
     def checkpoint(self, tp: TopicPartition) -> str:
         """A transaction partition's card histories and the offset they resume from."""
         return self._key("ckpt", tp.topic, tp.partition)
+
+    def state_mark(self, tp: TopicPartition) -> str:
+        """The sequence number of the partition's last checkpoint, written with it: a value
+        other than the one the job wrote last (or none, once written) means Redis lost
+        the partition's state, or its newest part (a restart from an older snapshot)."""
+        return self._key("mark", tp.topic, tp.partition)

@@ -174,6 +174,7 @@ def measure(
 
         def count(ids: list[str]) -> None:
             offset = 0
+            mark: int | None = None
             for part in _batches(len(ids)):
                 increments: list[Increment] = []
                 for terminal in ids[part]:
@@ -184,7 +185,7 @@ def measure(
                     for key, field in fields:
                         increments.append((offset, key, field, ""))
                         offset += 1
-                counters.apply(TopicPartition("transactions", 0), increments)
+                mark = counters.apply(TopicPartition("transactions", 0), increments, mark)
 
         # One batch of each first, then everything removed: the scripts' one-off memory (the
         # script cache, the Lua client's buffers at their batch size) is not counted per key.

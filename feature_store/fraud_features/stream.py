@@ -41,6 +41,7 @@ runs them in order:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, cast
@@ -56,7 +57,7 @@ from fraud_features.card_state import CardFeatureBatch, CardHistory, PartitionSt
 from fraud_features.events import Transaction, parse_label, parse_transaction
 from fraud_features.feature_log import FeatureLog
 from fraud_features.redis_keys import RedisKeys
-from fraud_features.terminals import Increment, TerminalCounters
+from fraud_features.terminals import Increment, StateLostError, TerminalCounters
 from fraud_features.watermarks import Progress, Watermark
 from fraudcore.kafka import DeadLetters, OwnedPartitions, Record, commit_now
 from fraudcore.service import Commit, Records, consume_loop
@@ -65,6 +66,7 @@ from fraudcore.settings import Settings
 __all__ = ["CardHistory", "FeatureJob", "PartitionState"]
 
 COMPONENT = "feature-job"
+log = logging.getLogger(__name__)
 
 EVENTS = Counter("feature_job_events", "Events applied by the feature job", ["kind"])
 BATCH_SECONDS = Histogram(
@@ -73,6 +75,11 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 HELD = Counter("feature_job_held_events", "Transactions held back until the terminal watermark allowed them")
+STATE_LOST = Counter(
+    "feature_job_state_lost",
+    "Partitions whose state Redis lost (in whole or its newest part), rebuilt by replaying them",
+    ["when"],
+)
 
 
 class FeatureJob:
@@ -109,17 +116,66 @@ class FeatureJob:
         self.last_checkpoint = time.monotonic()
         self.consumer: confluent_kafka.Consumer | None = None
         self.processed = 0
+        # Per partition, the state mark this job wrote with its last checkpoint.
+        self.marks: dict[TopicPartition, int] = {}
+        self.rebuilds = 0
 
     # --- rebalance (librdkafka runs these between batches, on the loop's thread) -----------
     def _resume_at(self, tp: TopicPartition, committed: int | None) -> int | None:
-        """Load a newly assigned partition's checkpoint; where its records resume."""
+        """Load a newly assigned partition's checkpoint; where its records resume. A
+        partition the group has read before (``committed``) whose state Redis no longer
+        holds (no state mark) is rebuilt from the topic's retention instead of resuming
+        with empty state."""
+        known = self.redis.exists(self.keys.state_mark(tp))
+        if not known and committed is not None:
+            self._state_lost([tp], "at assignment")
+        return self._load(tp, committed if known else None)
+
+    def _load(self, tp: TopicPartition, committed: int | None) -> int | None:
+        """Take the partition's state and mark from Redis; return where its records resume
+        (None: the beginning). Transactions resume at their checkpoint; labels where their
+        counters stand, or earlier (a replayed increment is skipped, a lost one applied)."""
         state = PartitionState()
+        resume = None
         if tp.topic == self.tx_topic:
             blob = self.redis.get(self.keys.checkpoint(tp))
             if blob:
                 state = PartitionState.from_checkpoint(cast(bytes, blob))
+                resume = state.next_offset
+        else:
+            applied = cast(bytes | None, self.redis.get(self.keys.applied(tp)))
+            if applied is not None and int(applied) >= 0:
+                resume = int(applied) if committed is None else min(int(applied), committed)
+            else:
+                resume = committed
+        mark = cast(bytes | None, self.redis.get(self.keys.state_mark(tp)))
+        if mark is None:
+            self.marks.pop(tp, None)
+        else:
+            self.marks[tp] = int(mark)
         self.partitions[tp] = state
-        return state.next_offset if state.next_offset is not None else committed
+        return resume
+
+    def _state_lost(self, tps: list[TopicPartition], when: str) -> None:
+        STATE_LOST.labels(when).inc(len(tps))
+        self.rebuilds += len(tps)
+        log.error(
+            "Redis no longer holds the feature job's state for %s (%s): rebuilding by replaying "
+            "from what Redis still has, else from the start of the topic's retention",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
+            when,
+        )
+
+    def _rebuild(self) -> None:
+        """Redis lost state (emptied, or restarted from an older snapshot) while this job ran
+        (a state mark is not the one last written or read). Such a loss takes the whole
+        instance, so every owned partition is reloaded from what Redis still holds and its
+        records are replayed from there; the terminal values computed so far are dropped."""
+        owned = list(self.partitions)
+        self._state_lost(owned, "while running")
+        self.terminals.forget_computed()
+        for tp in owned:
+            self.owned.rewind(tp, self._load(tp, None))
 
     def _release(self, _revoked: list[TopicPartition]) -> Commit:
         """Before partitions move: checkpoint, so their next owner resumes where this
@@ -129,6 +185,7 @@ class FeatureJob:
     def _forget(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.partitions.pop(tp, None)
+            self.marks.pop(tp, None)
 
     # --- the batch --------------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
@@ -138,7 +195,13 @@ class FeatureJob:
         # failure part-way (Redis away) never lets a checkpoint commit past unapplied records.
         for tp, recs in self.owned.take(records).items():
             txs, increments = self._read(tp, recs)
-            self.terminals.apply(tp, increments)
+            try:
+                mark = self.terminals.apply(tp, increments, self.marks.get(tp))
+            except StateLostError:
+                self._rebuild()  # this batch's records come again, from the rebuilt positions
+                return {}
+            if mark is not None:
+                self.marks[tp] = mark
             state = self.partitions[tp]
             state.held.extend(txs)
             state.next_offset = recs[-1].offset + 1
@@ -233,15 +296,35 @@ class FeatureJob:
         if not self.feature_log.flush():
             return {}
         offsets: Commit = {}
-        pipe = self.redis.pipeline(transaction=True)
-        for tp, state in self.partitions.items():
-            resume = state.resume_offset
-            if resume is None:
-                continue
-            if tp.topic == self.tx_topic:
-                pipe.set(self.keys.checkpoint(tp), state.checkpoint())
-            offsets[tp] = resume
-        pipe.execute()
+        marks: dict[TopicPartition, int] = {}
+        marked = [tp for tp in self.partitions if tp in self.marks]
+        watched = [self.keys.state_mark(tp) for tp in marked]
+        with self.redis.pipeline(transaction=True) as pipe:
+            # The checkpoint is written only over the state this job last saw (WATCH): if a
+            # mark moved or went, Redis lost state meanwhile and the partitions are rebuilt.
+            if watched:
+                pipe.watch(*watched)
+                found = cast(list[bytes | None], pipe.mget(watched))
+                if any(m is None or int(m) != self.marks[tp] for tp, m in zip(marked, found, strict=True)):
+                    pipe.unwatch()
+                    self._rebuild()
+                    return {}
+            pipe.multi()
+            for tp, state in self.partitions.items():
+                resume = state.resume_offset
+                if resume is None:
+                    continue
+                if tp.topic == self.tx_topic:
+                    pipe.set(self.keys.checkpoint(tp), state.checkpoint())
+                marks[tp] = self.marks.get(tp, 0) + 1
+                pipe.set(self.keys.state_mark(tp), marks[tp])
+                offsets[tp] = resume
+            try:
+                pipe.execute()
+            except redis.WatchError:
+                self._rebuild()
+                return {}
+        self.marks.update(marks)
         self.last_checkpoint = time.monotonic()
         return offsets
 

@@ -29,10 +29,22 @@ from fraudcore import features as F
 # Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field,
 # once-key) quadruples in offset order; those below the partition's applied offset were applied
 # before. A non-empty once-key counts its increment only the first time that key is seen.
+#
+# KEYS[2] is the partition's state mark (see RedisKeys.state_mark) and ARGV[1] the value the job
+# last wrote or read ("" for none yet): a different value means Redis lost the job's state
+# since, and nothing is applied (-2). Without one yet, the first apply writes mark 0.
 APPLY_LUA = """
+local mark = redis.call('GET', KEYS[2])
+if ARGV[1] == '' then
+  if mark then return {-2, mark} end
+  mark = '0'
+  redis.call('SET', KEYS[2], mark)
+elseif mark ~= ARGV[1] then
+  return {-2, mark or ''}
+end
 local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local last = applied
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   local offset = tonumber(ARGV[i])
   if offset >= applied then
     local once = ARGV[i + 3]
@@ -44,7 +56,7 @@ for i = 1, #ARGV, 4 do
   end
 end
 if last > applied then redis.call('SET', KEYS[1], last) end
-return last
+return {last, mark}
 """
 
 # Every counter hash of a batch's terminals in one reply (parsed in C by hiredis).
@@ -72,6 +84,10 @@ class CountedEvents:
     fraud_reported_us: F.I64
 
 
+class StateLostError(Exception):
+    """Redis no longer holds (all of) the feature job's state for a partition."""
+
+
 class TerminalCounters:
     def __init__(self, client: redis.Redis, keys: RedisKeys, delay_days: int, writer: Any) -> None:
         self.keys = keys
@@ -81,6 +97,11 @@ class TerminalCounters:
         self._fetch = client.register_script(FETCH_LUA)
         self.cache: dict[TerminalDay, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
         self.latest_day = -(2**62)  # the latest UTC day computed: the stream's "today"
+
+    def forget_computed(self) -> None:
+        """Drop the terminal values computed so far (their counters are being rebuilt)."""
+        self.cache.clear()
+        self.latest_day = -(2**62)
 
     # --- counters ---------------------------------------------------------------------------
     def transaction_increment(self, tx: Transaction) -> Increment:
@@ -94,11 +115,20 @@ class TerminalCounters:
         once = self.keys.counted_fraud(label.transaction_id)
         return label.offset, self.keys.fraud_counts(label.terminal_id), field, once
 
-    def apply(self, tp: TopicPartition, increments: list[Increment]) -> None:
-        """Apply a partition's increments (in offset order), skipping those applied before."""
-        if increments:
-            args = [arg for offset, *rest in increments for arg in (str(offset), *rest)]
-            self._apply(keys=[self.keys.applied(tp)], args=args)
+    def apply(self, tp: TopicPartition, increments: list[Increment], mark: int | None) -> int | None:
+        """Apply a partition's increments (in offset order), skipping those applied before,
+        provided the partition's state mark is still ``mark``; return the mark now held.
+        Raises StateLostError (and applies nothing) if Redis lost the state since."""
+        if not increments:
+            return mark
+        args = [arg for offset, *rest in increments for arg in (str(offset), *rest)]
+        expected = "" if mark is None else str(mark)
+        last, held = self._apply(
+            keys=[self.keys.applied(tp), self.keys.state_mark(tp)], args=[expected, *args]
+        )
+        if int(last) == -2:
+            raise StateLostError(tp)
+        return int(held)
 
     # --- values -----------------------------------------------------------------------------
     def final(self, terminal_day: TerminalDay, watermark: Watermark) -> bool:

@@ -325,3 +325,85 @@ def test_events_missing_fields_go_to_dead_letter_and_the_job_continues(
         "terminal_id: is required; amount: is required; timestamp: is required",
         "terminal_id: is required; transaction_timestamp: is required; reported_at: is required",
     ]
+
+
+def _wipe_redis(settings: Settings) -> int:
+    """Delete every Redis key of this test's job and Feast project (as a Redis that lost its
+    data would have them): card checkpoints, marks, counters, online features."""
+    import redis
+
+    tag = settings.features.namespace.encode()
+    with redis.Redis(**settings.redis.client_kwargs()) as db:
+        keys = [key for key in db.scan_iter(count=5_000) if tag in key]
+        for start in range(0, len(keys), 5_000):
+            db.delete(*keys[start : start + 5_000])
+    return len(keys)
+
+
+def _assert_online_equals_offline(settings: Settings, transactions: pd.DataFrame) -> None:
+    from fraud_features.store import feature_store
+
+    last = transactions.sort_values("timestamp").groupby("card_id").tail(1)
+    online = (
+        feature_store(settings)
+        .get_online_features(
+            features=[f"card_features:{n}" for n in F.CARD_FEATURES],
+            entity_rows=[{"card_id": c} for c in last["card_id"]],
+        )
+        .to_df()
+    )
+    state = F.card_features(
+        F.codes(transactions["card_id"]),
+        F.to_us(transactions["timestamp"]),
+        F.to_cents(transactions["amount"]),
+        F.codes(transactions["terminal_id"]),
+    ).state
+    positions = np.array([transactions.index.get_loc(idx) for idx in last.index], dtype=np.int64)
+    for name in F.CARD_FEATURES:
+        np.testing.assert_allclose(
+            online[name].to_numpy(dtype=float), state[name][positions], rtol=0, atol=1e-6, err_msg=name
+        )
+
+
+class SlowJob(FeatureJob):
+    """Small, slowed batches: the job is still running when its Redis state goes."""
+
+    def __init__(self, settings: Settings, **kwargs: object) -> None:
+        super().__init__(settings, batch_records=200, **kwargs)  # type: ignore[arg-type]
+
+    def handle(self, records: Records) -> Commit:
+        time.sleep(0.03)
+        return super().handle(records)
+
+
+def test_redis_losing_the_job_state_is_detected_and_rebuilt_not_served_as_zeros(
+    stack: Settings, unique: str, tmp_path: Path, history
+) -> None:
+    """The job's Redis state (checkpoints, counters, online features) deleted twice: while
+    the job runs, and while it is stopped. Both times the job notices (its state marks are
+    gone), replays its partitions from the topics' retention, and ends with the online
+    features and the feature log equal to the offline recomputation."""
+    transactions, labels, offline = history
+    settings = _settings(stack, unique, tmp_path)
+    produce_history(settings, transactions, labels)
+
+    job = SlowJob(settings, group=f"fj-{unique}")
+    thread = threading.Thread(target=job.run, args=(threading.Event(),), kwargs={"idle_exit_s": 3})
+    thread.start()
+    _wait_for(lambda: job.processed >= len(transactions) // 3, "a third of the transactions")
+    assert job.processed < len(transactions), "the job finished before its state was taken away"
+    assert _wipe_redis(settings) > 0
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert job.rebuilds > 0, "the loss went unnoticed"
+    served = _feature_log(settings).drop_duplicates("transaction_id", keep="last")
+    _assert_same_features(served, offline)
+    _assert_online_equals_offline(settings, transactions)
+
+    # Lost while the job is down: the next start sees committed offsets without state.
+    assert _wipe_redis(settings) > 0
+    again = FeatureJob(settings, group=f"fj-{unique}")
+    again.run(threading.Event(), idle_exit_s=3)
+    assert again.rebuilds > 0
+    assert again.processed == len(transactions)  # everything replayed, from the start
+    _assert_online_equals_offline(settings, transactions)
