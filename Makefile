@@ -10,7 +10,7 @@ PYTEST := $(BIN)/pytest
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages lock up down status lint test test-unit test-integration demo clean \
 	images k8s-tools k8s-validate k8s-schemas kind-up kind-deploy bench-ingest bench-features \
-	train pipeline bench-model bench audit
+	train pipeline bench-model bench audit soak
 TAG ?= dev
 
 help: ## list the targets
@@ -99,6 +99,11 @@ k8s-tools: ## install the pinned kustomize and kubeconform (cached)
 
 k8s-validate: ## render base and every overlay, validate offline with kubeconform
 	kustomize/validate.sh
+
+DURATION ?= 1800
+RATE ?= 300
+soak: up ## steady live traffic for DURATION s at RATE/s; JSON: loss, latency per 5-min window, memory per process, lag
+	$(FRAUD) soak --duration $(DURATION) --rate $(RATE)
 
 audit: setup ## secret scan (gitleaks, cached) of the git history, the manifests and the images' build context; JSON out
 	PYTHON=$(BIN)/python infra/audit.sh

@@ -40,7 +40,8 @@ from rich.console import Console
 from fraud_app import devstack
 from fraud_app.cpu import cpu_seconds, ms_per_event, snapshot
 from fraud_app.live import DecisionMonitor
-from fraud_app.supervisor import Platform, ingest_and_serving, wait_for_backfill
+from fraud_app.soak import platform_pids
+from fraud_app.supervisor import ingest_and_serving, wait_for_backfill
 from fraud_producers.live_stream import live_start
 from fraud_producers.modes import LiveTraffic
 from fraud_producers.sim_config import SimulatorConfig
@@ -171,16 +172,6 @@ async def _paced_requests(
         "p99": round(float(np.percentile(ms, 99)), 3),
         "achieved": round(len(latencies) / elapsed, 1),
     }
-
-
-def _platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
-    """Every platform process by name: the local services and each running component."""
-    pids = {s.name: s.pid for s in devstack.status(settings) if s.pid}
-    for platform in platforms:
-        pids.update(
-            {p.name: p.proc.pid for p in platform.parts if p.proc is not None and p.proc.poll() is None}
-        )
-    return pids
 
 
 DEAD_LETTER_COUNTER = "dead_letter_messages"
@@ -342,7 +333,7 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         time.sleep(2)
         # The backfill went through the same producer: its burst is not the ladder's ack time.
         acks_before = histogram_buckets([settings.metrics_ports.producer], "producer_send_latency_seconds")
-        ladder = Ladder(settings, traffic, seconds, monitor, _platform_pids(settings, ingest, serving))
+        ladder = Ladder(settings, traffic, seconds, monitor, platform_pids(settings, ingest, serving))
         steps: list[dict[str, Any]] = []
         for rate in rates:
             steps.append(ladder.step(rate))

@@ -156,6 +156,7 @@ def demo(
         "7d", help="How late fraud labels arrive, in simulated time (the history's and the features' delay)."
     ),
     train: bool = typer.Option(True, help="Train a model first (off: serve the current champion)."),
+    window: float = typer.Option(300, help="Seconds per latency window of the soak figures."),
     json_: bool = typer.Option(
         False,
         "--json",
@@ -177,12 +178,46 @@ def demo(
         terminals=terminals,
         label_delay=parse_duration(label_delay),
         train=train,
+        window_s=window,
     )
     result = run_demo(get_settings(), options, Console(stderr=True) if json_ else console)
     if json_:
         print(json.dumps(result))
     if result["decided"] == 0:
         fail("no decisions were produced")
+
+
+@app.command()
+def soak(
+    duration: float = typer.Option(1800, help="Seconds of live traffic."),
+    rate: float = typer.Option(300, help="Live transactions per second (the bench's sustained rate)."),
+    window: float = typer.Option(300, help="Seconds per latency window."),
+    days: int = typer.Option(75, help="Days of simulated history first (as the demo)."),
+    customers: int = typer.Option(1_000),
+    terminals: int = typer.Option(2_000),
+    train: bool = typer.Option(True, help="Train a model first (off: serve the current champion)."),
+) -> None:
+    """Steady live traffic for a long time; one JSON object on what drifted (latency per
+    window, memory per process, consumer lag, loss). Exits 1 when a soak check fails."""
+    import json
+
+    from fraud_app.demo import DemoOptions
+    from fraud_app.demo import run as run_demo
+
+    options = DemoOptions(
+        duration_s=duration,
+        rate=rate,
+        days=days,
+        customers=customers,
+        terminals=terminals,
+        train=train,
+        window_s=window,
+    )
+    result = run_demo(get_settings(), options, Console(stderr=True))
+    print(json.dumps(result["soak"]))
+    if not result["soak"]["ok"]:
+        failed = [name for name, held in result["soak"]["checks"].items() if not held]
+        fail(f"soak checks failed: {', '.join(failed)}")
 
 
 # Each component owns its commands; this root only mounts them.

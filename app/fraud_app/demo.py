@@ -21,6 +21,8 @@ from rich.table import Table
 
 from fraud_app import devstack
 from fraud_app.live import DecisionMonitor, Snapshot
+from fraud_app.soak import SoakRecorder, consumer_groups, lags, platform_pids
+from fraud_app.soak import report as soak_report
 from fraud_app.supervisor import Platform, console_configured, ingest_and_serving, wait_for_backfill
 from fraud_producers.live_stream import live_start, speed_up
 from fraud_producers.sim_config import DAY_S, SimulatorConfig
@@ -42,6 +44,7 @@ class DemoOptions:
     seed: int = 7
     label_delay: timedelta = timedelta(days=7)  # simulated time, like every event time
     train: bool = True
+    window_s: float = 300.0  # the soak figures' latency windows (fraud_app.soak)
 
     @property
     def live_horizon_s(self) -> float:
@@ -236,14 +239,17 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> dict[str,
                 f"password in {devstack.console_password_file(settings)} unless .env names others)"
             )
         monitor = DecisionMonitor(settings).start()
+        recorder = SoakRecorder(monitor, platform_pids(settings, ingest, serving), options.window_s)
         expected = Expected.of_champion(settings)
         console.print(
             f"live traffic continues the simulated history from {live_from:%Y-%m-%d}: at "
             f"{options.rate:,.0f}/s a simulated day lasts {DAY_S / speed_up(simulator, options.rate):,.1f} s"
         )
+        recorder.start()
         produced = _stream_live(
             settings, options, config, live_from, history, console, monitor, [ingest, serving], expected
         )
+        recorder.stop()
         final = monitor.snapshot()
         timeouts = sample_sum(
             scrape(settings.serving.transformer_http_port),
@@ -253,7 +259,14 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> dict[str,
         outcome = summary(
             final, produced, monitor.latency_percentiles(), expected, _watch(settings, final), int(timeouts)
         )
-        return {**outcome, **_console_figures(settings)}
+        soak = soak_report(
+            recorder,
+            produced,
+            final.decisions,
+            monitor.duplicates,
+            lags(settings, consumer_groups(settings, ingest, serving)),
+        )
+        return {**outcome, **_console_figures(settings), "soak": soak}
     finally:
         if monitor:
             monitor.stop()

@@ -168,10 +168,10 @@ class Service:
             version = self.version() if healthy or self.name != "prometheus" else "?"
         except Exception as exc:  # status must report, not crash
             version = f"unknown ({type(exc).__name__})"
-        return ServiceStatus(self.name, version, self.address(), healthy, pid, _tree_rss_mib(pid))
+        return ServiceStatus(self.name, version, self.address(), healthy, pid, tree_rss_mib(pid))
 
 
-def _tree_rss_mib(pid: int | None) -> float:
+def tree_rss_mib(pid: int | None) -> float:
     """Resident memory of a process and its children, in MiB."""
     if pid is None:
         return 0.0

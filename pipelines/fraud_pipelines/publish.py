@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -142,7 +143,10 @@ class ModelStore:
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def put_json(self, key: str, value: Any) -> None:
-        self.put(key, json.dumps(value, indent=2, sort_keys=True, default=str).encode(), "application/json")
+        """Strict JSON: a NaN or infinity (an empty calibration bin, a metric without
+        positives) is written as null, which every reader parses (NaN is not JSON)."""
+        text = json.dumps(_finite(value), indent=2, sort_keys=True, default=str, allow_nan=False)
+        self.put(key, text.encode(), "application/json")
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -435,3 +439,14 @@ def install_shadow(
     }
     send_event(settings, store.name, event)
     return event
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

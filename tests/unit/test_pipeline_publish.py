@@ -255,3 +255,17 @@ def test_a_promotion_whose_champion_moved_meanwhile_decides_again(
     assert mine["decision"]["champion_version"] == "other"
     assert json.loads(client.objects[("models", "fraud/champion.json")])["version"] == "other"
     assert [e["version"] for _, e in events if e["type"] == "champion-changed"] == ["other"]
+
+
+def test_metadata_is_strict_json_an_empty_calibration_bin_included() -> None:
+    """NaN is not JSON: a reader with a strict parser (the monitor's orjson) refused a
+    model's metadata whose top calibration bin was empty."""
+    import orjson
+
+    client = FakeMinio()
+    store = pub.ModelStore(client, "models", "fraud")  # type: ignore[arg-type]
+    store.put_json(
+        "m.json", {"bins": [{"count": 0, "observed_rate": float("nan")}], "auc": 0.9, "x": [float("inf")]}
+    )
+    written = orjson.loads(client.objects[("models", "m.json")])
+    assert written == {"auc": 0.9, "bins": [{"count": 0, "observed_rate": None}], "x": [None]}
