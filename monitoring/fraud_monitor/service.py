@@ -44,7 +44,14 @@ from fraud_monitor.store import OutcomeStore
 from fraudcore.events import label_is_fraud, parse_timestamp
 from fraudcore.features import DAY_US
 from fraudcore.health import LIVENESS
-from fraudcore.kafka import consume_ready, librdkafka_consumer, partition_reader
+from fraudcore.kafka import (
+    DeadLetters,
+    Record,
+    consume_ready,
+    librdkafka_consumer,
+    partition_reader,
+    rejection_reason,
+)
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
 
@@ -96,6 +103,13 @@ class ModelMonitor:
         self._published = 0.0
         self._label_clock_us = 0  # the latest report time among the labels read
         self._labels_checked = 0.0
+        self.dead_letters = DeadLetters(s, "model-monitor")
+
+    def _quarantine(self, message: Any, exc: Exception) -> None:
+        """An unreadable record goes to the dead-letter topic with the reason, durably
+        (before any offset past it is stored), and is counted as nothing."""
+        self.dead_letters.send(Record.of(message), rejection_reason(exc))
+        self.dead_letters.flush()
 
     # ------------------------------------------------------------------ readers
     def _outcome_reader(self) -> confluent_kafka.Consumer:
@@ -162,9 +176,10 @@ class ModelMonitor:
                     label_offsets[f"{m.topic()}:{m.partition()}"] = m.offset() + 1
                     continue
                 t_us = _us(event["transaction_timestamp"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("skipping an unreadable record at %s:%d@%d", m.topic(), m.partition(), m.offset())
-                continue
+            except (ValueError, KeyError, TypeError) as exc:
+                if m.topic() == self.settings.topics.labels.name:
+                    self._quarantine(m, exc)
+                continue  # a bad decision: the outcome reader dead-letters it (once)
             self.clock_us = max(self.clock_us, t_us)
             window = self.drift.setdefault(
                 event["model_version"], DriftWindow(self.settings.monitor.drift_window)
@@ -199,7 +214,8 @@ class ModelMonitor:
             try:
                 event = orjson.loads(m.value())
                 waiting = Waiting(m.offset(), _us(event["transaction_timestamp"]), event)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError) as exc:
+                self._quarantine(m, exc)
                 waiting = Waiting(m.offset(), 0, {})  # counted as nothing, but its offset passes
             self.waiting.setdefault((m.topic(), m.partition()), deque()).append(waiting)
         self._count_due()
@@ -361,4 +377,5 @@ class ModelMonitor:
             LIVENESS.forget(progress)
             tail.close()
             reader.close()
+            self.dead_letters.close()
             log.info("stopped at event time %s", datetime.fromtimestamp(self.clock_us / 1e6, UTC))

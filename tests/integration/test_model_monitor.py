@@ -22,7 +22,7 @@ from fraudcore.features import DAY_US
 from fraudcore.kafka import producer
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
-from tests.helpers import env_for, isolated
+from tests.helpers import env_for, isolated, read_topic
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 24  # of decisions; with the 7-day delay and a day's margin, the first 16 get counted
@@ -122,6 +122,17 @@ def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings
     decisions = _decisions(np.random.default_rng(7))
     messages = _messages(settings, decisions)
     half = len(messages) // 2
+    # Poison among the first half: unreadable decisions and labels are dead-lettered with
+    # the reason and counted as nothing; everything after them is counted.
+    poison = [
+        (settings.topics.scores.name, b"p1", b"not json"),
+        (settings.topics.scores.name, b"p2", b"[1, 2]"),
+        (settings.topics.scores.name, b"p3", orjson.dumps({"transaction_id": "p3"})),
+        (settings.topics.labels.name, b"p4", b"\xff\xfe"),
+        (settings.topics.labels.name, b"p5", orjson.dumps({"transaction_id": "p5", "is_fraud": True})),
+    ]
+    messages[half // 2 : half // 2] = poison
+    half += len(poison)
     _produce(settings, messages[:half])
     monitor = _start(settings, group)
     try:
@@ -182,6 +193,14 @@ def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings
             == window.decisions
         )
         assert sample_sum(families, "fraud_label_backlog_decisions") == len(decisions) - len(due)
+        dead = read_topic(settings, settings.topics.dead_letter.name, len(poison))
+        # At least once: a restart may read a record it had dead-lettered before its offset
+        # was stored.
+        assert {r.value for r in dead} == {value for _, _, value in poison}
+        for record in dead:
+            headers = {k: v.decode() for k, v in record.headers}
+            assert headers["dlq-component"] == "model-monitor"
+            assert ": " in headers["dlq-reason"], headers
     finally:
         monitor.send_signal(signal.SIGTERM)
         monitor.wait(20)
