@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
@@ -20,7 +20,7 @@ from fraud_console.desk import ReviewDesk
 from fraud_console.journal import TransactionFinder
 from fraud_console.metrics import CASES_NOT_OPENED
 from fraudcore.events import EventKind, validate
-from fraudcore.kafka import Record, librdkafka_consumer
+from fraudcore.kafka import DeadLetters, Record, librdkafka_consumer
 from fraudcore.service import commit_before_handover, consume_loop
 from fraudcore.settings import Settings
 
@@ -41,32 +41,45 @@ def opens_case(decision: dict[str, Any], decline_share: float) -> bool:
     return decision["decision"] == "decline" and sampled(decision["transaction_id"], decline_share)
 
 
+class Quarantine(Protocol):
+    def send(self, record: Any, reason: str) -> None: ...
+    def flush(self) -> None: ...
+
+
 class Intake:
-    def __init__(self, settings: Settings, desk: ReviewDesk, finder: TransactionFinder, group: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        desk: ReviewDesk,
+        finder: TransactionFinder,
+        group: str,
+        dead_letters: Quarantine | None = None,
+    ) -> None:
         self.settings = settings
         self.desk = desk
         self.finder = finder
         self.group = group
         self.assigned = threading.Event()  # readiness: the consumer owns its partitions
+        self.dead_letters = dead_letters or DeadLetters(settings, "console")
 
     def handle(self, records: list[Record]) -> None:
+        """Open the cases of a batch; a record that is not a decision goes to the dead-letter
+        topic with the reason (durably: the batch is committed when this returns)."""
         share = self.settings.console.decline_sample_share
+        rejected = False
         for record in records:
             checked = validate(EventKind.DECISION, record.value, self.settings.max_event_bytes)
             if checked.event is None:
                 CASES_NOT_OPENED.labels("invalid_decision").inc()
-                log.warning(
-                    "%s[%d]@%d: not a decision (%s)",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    checked.reason,
-                )
+                self.dead_letters.send(record, checked.reason)
+                rejected = True
                 continue
             decision = checked.event
             if not opens_case(decision, share):
                 continue
             self.open(decision)
+        if rejected:
+            self.dead_letters.flush()
 
     def open(self, decision: dict[str, Any]) -> bool:
         if self.desk.knows(case_id_of(decision["transaction_id"])):

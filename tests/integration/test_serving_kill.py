@@ -279,6 +279,32 @@ def test_sigkill_while_events_flow_loses_no_decision(serving: Serving, victim: s
     assert not flow.threads["producer"].is_alive()
 
 
+def every_transaction_decided(
+    flow: Flow,
+    decisions: dict[str, list[tuple[str, float]]],
+    wanted: set[str],
+    retries_before: float,
+    what: str,
+    serving: Serving,
+) -> str:
+    """After an outage: every transaction decided, none dead-lettered, the reader content;
+    prints the counts (duplicates: redeliveries, deduplicated by decision id) and returns
+    them with the servers' logs, for the caller's own assertions."""
+    dispatcher = flow.dispatcher
+    duplicates = sum(len(ids) - 1 for t, ids in decisions.items() if t in wanted)
+    missing = wanted - decisions.keys()
+    context = (
+        f"{what}; delivered={dispatcher.delivered} dead_lettered={dispatcher.dead_lettered} "
+        f"retries={retries() - retries_before:.0f} decided={len(wanted & decisions.keys())}/{len(wanted)} "
+        f"duplicates={duplicates}\n{serving.logs()}"
+    )
+    print(f"\n{context.splitlines()[0]}")
+    assert not flow.reader.problems, context
+    assert not missing, f"{len(missing)} transactions without a decision\n{context}"
+    assert dispatcher.dead_lettered == 0, context
+    return context
+
+
 OUTAGE_RATE = 200  # transactions per second
 OUTAGE_PRODUCE_S = 50.0
 OUTAGE_DOWN_S = 30.0
@@ -296,7 +322,6 @@ def test_a_predictor_down_for_30_s_is_ridden_out_by_the_delivery_policy(serving:
     wanted = {t["transaction_id"] for t in txns}
     # The manifest's own delivery policy, unchanged.
     flow = Flow.start(serving, txns, OUTAGE_RATE, f"down-{run_id}", None)
-    dispatcher, reader = flow.dispatcher, flow.reader
     try:
         assert flow.wait_for_decisions(KILL_AFTER_DECISIONS, timeout_s=30) >= KILL_AFTER_DECISIONS, (
             serving.logs()
@@ -306,17 +331,9 @@ def test_a_predictor_down_for_30_s_is_ridden_out_by_the_delivery_policy(serving:
     finally:
         flow.stop()
 
-    duplicates = sum(len(ids) - 1 for t, ids in decisions.items() if t in wanted)
-    missing = wanted - decisions.keys()
-    context = (
-        f"predictor down {ready_at - killed_at:.1f} s; delivered={dispatcher.delivered} "
-        f"dead_lettered={dispatcher.dead_lettered} retries={retries() - retries_before:.0f} "
-        f"decided={len(wanted & decisions.keys())}/{len(wanted)} duplicates={duplicates}\n{serving.logs()}"
+    context = every_transaction_decided(
+        flow, decisions, wanted, retries_before, f"predictor down {ready_at - killed_at:.1f} s", serving
     )
-    print(f"\n{context.splitlines()[0]}")
-    assert not reader.problems, context
-    assert not missing, f"{len(missing)} transactions without a decision\n{context}"
-    assert dispatcher.dead_lettered == 0, context
     assert retries() > retries_before, context
 
 
@@ -342,7 +359,7 @@ def test_a_transformer_paused_for_30_s_holds_the_dispatcher_to_its_cap_and_loses
     wanted = {t["transaction_id"] for t in txns}
     me = psutil.Process()
     flow = Flow.start(serving, txns, OUTAGE_RATE, f"stop-{run_id}", None, max_pending=MAX_PENDING)
-    dispatcher, reader = flow.dispatcher, flow.reader
+    dispatcher = flow.dispatcher
     try:
         assert flow.wait_for_decisions(KILL_AFTER_DECISIONS, timeout_s=30) >= KILL_AFTER_DECISIONS, (
             serving.logs()
@@ -361,20 +378,12 @@ def test_a_transformer_paused_for_30_s_holds_the_dispatcher_to_its_cap_and_loses
     finally:
         flow.stop()
 
-    duplicates = sum(len(ids) - 1 for t, ids in decisions.items() if t in wanted)
-    missing = wanted - decisions.keys()
-    context = (
+    what = (
         f"transformer stopped {resumed_after:.1f} s; pending high water {dispatcher.pending_high_water} "
         f"(cap {MAX_PENDING}), pauses {dispatcher.pauses}; test process RSS "
-        f"{rss_before / 2**20:.0f} -> {rss_paused / 2**20:.0f} MiB while stopped; "
-        f"delivered={dispatcher.delivered} dead_lettered={dispatcher.dead_lettered} "
-        f"retries={retries() - retries_before:.0f} decided={len(wanted & decisions.keys())}/{len(wanted)} "
-        f"duplicates={duplicates}\n{serving.logs()}"
+        f"{rss_before / 2**20:.0f} -> {rss_paused / 2**20:.0f} MiB while stopped"
     )
-    print(f"\n{context.splitlines()[0]}")
-    assert not reader.problems, context
-    assert not missing, f"{len(missing)} transactions without a decision\n{context}"
-    assert dispatcher.dead_lettered == 0, context
+    context = every_transaction_decided(flow, decisions, wanted, retries_before, what, serving)
     # The cap was reached and held: reading paused instead of piling records up. One
     # consume batch (500) may land on top of the cap before the pause takes effect.
     assert dispatcher.pauses >= 1, context

@@ -145,7 +145,11 @@ def needs(docs: list[Doc]) -> dict[str, dict[str, set[str]]]:
             WRITE: {t.transactions.name, t.dead_letter.name},
             GROUP: {groups["quality-gate"]},
         },
-        "fraud-archiver": {READ: {t.transactions.name, t.labels.name}, GROUP: {groups["archiver"]}},
+        "fraud-archiver": {
+            READ: {t.transactions.name, t.labels.name},
+            WRITE: {t.dead_letter.name},
+            GROUP: {groups["archiver"]},
+        },
         "fraud-feature-job": {
             READ: {t.transactions.name, t.labels.name},
             WRITE: {t.dead_letter.name},
@@ -153,11 +157,12 @@ def needs(docs: list[Doc]) -> dict[str, dict[str, set[str]]]:
         },
         "fraud-model-monitor": {
             READ: {t.scores.name, t.shadow_scores.name, t.labels.name},
+            WRITE: {t.dead_letter.name},
             GROUP: {groups["model-monitor"]},
         },
         "fraud-console": {
             READ: {t.scores.name, t.cases.name, t.labels.name, t.transactions.name},
-            WRITE: {t.cases.name, t.labels.name},
+            WRITE: {t.cases.name, t.labels.name, t.dead_letter.name},
             GROUP: {groups["console"]},
         },
         "fraud-transformer": {WRITE: {t.scores.name, t.shadow_scores.name}},
