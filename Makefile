@@ -59,7 +59,7 @@ lint: setup ## ruff and mypy
 
 test: up k8s-tools ## all tests: unit, then integration against the running stack
 	$(PYTEST) -m "not integration"
-	$(PYTEST) -m integration
+	$(PYTEST) -m integration --durations=25
 
 test-unit: setup k8s-tools ## fast tests, no services
 	$(PYTEST) -m "not integration"
