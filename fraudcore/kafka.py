@@ -613,6 +613,7 @@ class DeadLetters:
         self.component = component
         # Room for any record the broker accepted (its default limit is about 1 MiB).
         self.producer = producer(settings, max_request_size=2 * 1024 * 1024)
+        self._sent: list[Any] = []  # delivery futures not confirmed yet
 
     def parse_all(self, records: list[Any], parse: Callable[[bytes, int], Event]) -> list[Event]:
         """The events of ``records`` in their order; each bad one goes to the dead-letter topic."""
@@ -626,10 +627,18 @@ class DeadLetters:
 
     def send(self, record: Any, reason: str) -> None:
         label = reason.split(":")[0] if ":" in reason else "payload"
-        dead_letter(self.producer.send, self.settings, self.component, label, reason, record)
+        self._sent.append(
+            dead_letter(self.producer.send, self.settings, self.component, label, reason, record)
+        )
 
-    def flush(self) -> None:
-        self.producer.flush()
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every dead letter sent is acknowledged; raises if one was refused (no
+        permission, too large...), so the caller does not commit past a record that is
+        neither taken nor quarantined: it is read again."""
+        self.producer.flush(timeout=timeout_s)
+        sent, self._sent = self._sent, []
+        for future in sent:
+            future.get(timeout=timeout_s)
 
     def close(self) -> None:
         self.producer.close()

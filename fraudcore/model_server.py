@@ -251,7 +251,9 @@ def _bind_servers(host: str, limits: HttpLimits) -> None:
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
                 InferenceServicer(self._data_plane, self._model_repository_extension), self._server
             )
-            self._server.add_insecure_port(f"{host}:{self._port}")
+            self._server.add_insecure_port(
+                f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+            )
             log.info("gRPC server on %s:%d", host, self._port)
             await self._server.start()
             await self._server.wait_for_termination()

@@ -23,12 +23,19 @@ from fraud_app import devstack
 from fraud_app.live import DecisionMonitor, Snapshot
 from fraud_app.soak import SoakRecorder, consumer_groups, lags, platform_pids
 from fraud_app.soak import report as soak_report
-from fraud_app.supervisor import Platform, console_configured, ingest_and_serving, wait_for_backfill
+from fraud_app.supervisor import (
+    CONSOLE_GROUP,
+    Platform,
+    console_configured,
+    ingest_and_serving,
+    wait_for_backfill,
+)
 from fraud_producers.live_stream import live_start, speed_up
 from fraud_producers.sim_config import DAY_S, SimulatorConfig
 from fraud_producers.simulator import SimulatedBatch, Simulator
 from fraudcore.drift import ScoreHistogram
 from fraudcore.features import CARD_HISTORY_S
+from fraudcore.kafka import group_lag
 from fraudcore.metrics import sample_sum, scrape
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
@@ -279,6 +286,13 @@ def _console_figures(settings: Settings) -> dict[str, Any]:
     does not run: no session secret or analyst configured)."""
     if not console_configured(settings):
         return {"console_url": None, "console_cases_opened": None}
+    # The console reads fraud-scores in its own group, opening cases one by one (each looks
+    # up its transaction): give it up to a minute to read the run's last decisions.
+    deadline = time.monotonic() + 60
+    while sum(group_lag(settings, CONSOLE_GROUP, [settings.topics.scores.name]).values()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
     opened = sample_sum(scrape(settings.metrics_ports.console), "console_cases_opened_total")
     return {"console_url": f"http://127.0.0.1:{settings.console.port}/", "console_cases_opened": int(opened)}
 

@@ -126,7 +126,9 @@ class FeatureJob:
         partition the group has read before (``committed``) whose state Redis no longer
         holds (no state mark) is rebuilt from the topic's retention instead of resuming
         with empty state."""
-        known = self.redis.exists(self.keys.state_mark(tp))
+        # Any of the partition's own keys says Redis holds its state (a checkpoint or applied
+        # counters written before state marks existed included).
+        known = self.redis.exists(self.keys.state_mark(tp), self.keys.checkpoint(tp), self.keys.applied(tp))
         if not known and committed is not None:
             self._state_lost([tp], "at assignment")
         return self._load(tp, committed if known else None)

@@ -32,13 +32,12 @@ from fraudcore import features as F
 #
 # KEYS[2] is the partition's state mark (see RedisKeys.state_mark) and ARGV[1] the value the job
 # last wrote or read ("" for none yet): a different value means Redis lost the job's state
-# since, and nothing is applied (-2). Without one yet, the first apply writes mark 0.
+# since (emptied, or restarted from a snapshot older than its last write), and nothing is
+# applied (-2). Every apply moves the mark on, so losing even the newest write shows.
 APPLY_LUA = """
 local mark = redis.call('GET', KEYS[2])
 if ARGV[1] == '' then
   if mark then return {-2, mark} end
-  mark = '0'
-  redis.call('SET', KEYS[2], mark)
 elseif mark ~= ARGV[1] then
   return {-2, mark or ''}
 end
@@ -56,7 +55,7 @@ for i = 2, #ARGV, 4 do
   end
 end
 if last > applied then redis.call('SET', KEYS[1], last) end
-return {last, mark}
+return {last, redis.call('INCR', KEYS[2])}
 """
 
 # Every counter hash of a batch's terminals in one reply (parsed in C by hiredis).

@@ -41,7 +41,7 @@ from fraud_monitor import metrics as M
 from fraud_monitor.drift import DriftWindow, Reference
 from fraud_monitor.outcomes import Outcome, WindowMetrics
 from fraud_monitor.store import OutcomeStore
-from fraudcore.events import label_is_fraud, parse_timestamp
+from fraudcore.events import EventKind, label_is_fraud, parse_timestamp, validate
 from fraudcore.features import DAY_US
 from fraudcore.health import LIVENESS
 from fraudcore.kafka import (
@@ -50,7 +50,6 @@ from fraudcore.kafka import (
     consume_ready,
     librdkafka_consumer,
     partition_reader,
-    rejection_reason,
 )
 from fraudcore.settings import Settings
 from fraudcore.storage import s3_client
@@ -105,11 +104,16 @@ class ModelMonitor:
         self._labels_checked = 0.0
         self.dead_letters = DeadLetters(s, "model-monitor")
 
-    def _quarantine(self, message: Any, exc: Exception) -> None:
+    def _quarantine(self, message: Any, reason: str) -> None:
         """An unreadable record goes to the dead-letter topic with the reason, durably
         (before any offset past it is stored), and is counted as nothing."""
-        self.dead_letters.send(Record.of(message), rejection_reason(exc))
+        self.dead_letters.send(Record.of(message), reason)
         self.dead_letters.flush()
+
+    def _checked(self, message: Any, kind: EventKind) -> tuple[dict[str, Any] | None, str]:
+        """The record's event if it keeps the contract (``fraudcore.events``), else None and why."""
+        checked = validate(kind, message.value() or b"", self.settings.max_event_bytes)
+        return checked.event, checked.reason
 
     # ------------------------------------------------------------------ readers
     def _outcome_reader(self) -> confluent_kafka.Consumer:
@@ -165,21 +169,21 @@ class ModelMonitor:
         for m in messages:
             if m.error():
                 continue
-            try:
-                event = orjson.loads(m.value())
-                if m.topic() == self.settings.topics.labels.name:
-                    # A fraud verdict counts; an analyst's "legitimate" adds nothing, as for
-                    # the terminal features (fraudcore.features: counted frauds only grow).
-                    if label_is_fraud(event):
-                        labels[event["transaction_id"]] = _us(event["transaction_timestamp"])
-                    self._label_clock_us = max(self._label_clock_us, _us(event["reported_at"]))
-                    label_offsets[f"{m.topic()}:{m.partition()}"] = m.offset() + 1
-                    continue
-                t_us = _us(event["transaction_timestamp"])
-            except (ValueError, KeyError, TypeError) as exc:
-                if m.topic() == self.settings.topics.labels.name:
-                    self._quarantine(m, exc)
+            is_label = m.topic() == self.settings.topics.labels.name
+            event, reason = self._checked(m, EventKind.FRAUD_LABEL if is_label else EventKind.DECISION)
+            if event is None:
+                if is_label:
+                    self._quarantine(m, reason)
                 continue  # a bad decision: the outcome reader dead-letters it (once)
+            if is_label:
+                # A fraud verdict counts; an analyst's "legitimate" adds nothing, as for the
+                # terminal features (fraudcore.features: counted frauds only grow).
+                if label_is_fraud(event):
+                    labels[event["transaction_id"]] = _us(event["transaction_timestamp"])
+                self._label_clock_us = max(self._label_clock_us, _us(event["reported_at"]))
+                label_offsets[f"{m.topic()}:{m.partition()}"] = m.offset() + 1
+                continue
+            t_us = _us(event["transaction_timestamp"])
             self.clock_us = max(self.clock_us, t_us)
             window = self.drift.setdefault(
                 event["model_version"], DriftWindow(self.settings.monitor.drift_window)
@@ -211,12 +215,12 @@ class ModelMonitor:
         for m in messages:
             if m.error():
                 continue
-            try:
-                event = orjson.loads(m.value())
-                waiting = Waiting(m.offset(), _us(event["transaction_timestamp"]), event)
-            except (ValueError, KeyError, TypeError) as exc:
-                self._quarantine(m, exc)
+            event, reason = self._checked(m, EventKind.DECISION)
+            if event is None:
+                self._quarantine(m, reason)
                 waiting = Waiting(m.offset(), 0, {})  # counted as nothing, but its offset passes
+            else:
+                waiting = Waiting(m.offset(), _us(event["transaction_timestamp"]), event)
             self.waiting.setdefault((m.topic(), m.partition()), deque()).append(waiting)
         self._count_due()
         self._pace(client)

@@ -12,6 +12,12 @@ the offset after it. After a restart or a
 rebalance the archiver seeks back to the start of the block that holds the committed
 offset, so the rewritten objects are supersets of what was there: a crash between the
 write and the commit just rewrites the same objects.
+
+A record that cannot be archived (not JSON, a field of the wrong type, no event time, over
+the size limit) goes to the dead-letter topic with the reason, confirmed before the offset
+past it is committed. Records re-read below the committed offset to rebuild a block are
+not dead-lettered again; a crash between a dead letter and its commit sends it again
+(at-least-once, like everything else here).
 """
 
 from __future__ import annotations

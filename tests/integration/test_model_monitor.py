@@ -130,6 +130,13 @@ def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings
         (settings.topics.scores.name, b"p3", orjson.dumps({"transaction_id": "p3"})),
         (settings.topics.labels.name, b"p4", b"\xff\xfe"),
         (settings.topics.labels.name, b"p5", orjson.dumps({"transaction_id": "p5", "is_fraud": True})),
+        (settings.topics.labels.name, b"p6", b"[1, 2]"),
+        # A decision with its time but a score that is not a number.
+        (
+            settings.topics.scores.name,
+            b"p7",
+            orjson.dumps({**decisions[0], "transaction_id": "p7", "score": "high"}),
+        ),
     ]
     messages[half // 2 : half // 2] = poison
     half += len(poison)
