@@ -21,7 +21,7 @@ from kafka.partitioner.default import murmur2
 from fraud_console.cases import Case, CaseEvent
 from fraud_console.desk import closed_since
 from fraudcore.events import parse_timestamp
-from fraudcore.kafka import DeliveryReports, librdkafka_producer, partition_reader
+from fraudcore.kafka import DeliveryReports, consume_ready, librdkafka_producer, partition_reader
 from fraudcore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ def _read_to_end(
     client.assign([tp for tp in starts if tp.partition in ends])
     try:
         while ends:
-            for message in client.consume(500, 1.0):
+            # As soon as records arrive: librdkafka's consume(500, ...) would wait the whole
+            # second for 500 records that a lookup near the partition's end never gets.
+            for message in consume_ready(client, 500, 1.0):
                 error, partition = message.error(), int(message.partition() or 0)
                 if error is not None and error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
                     ends.pop(partition, None)
