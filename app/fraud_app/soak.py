@@ -25,7 +25,7 @@ from typing import Any
 
 from fraud_app import devstack
 from fraud_app.live import DecisionMonitor
-from fraud_app.supervisor import INGEST_GROUP, Platform
+from fraud_app.supervisor import Platform, ingest_reads
 from fraudcore.kafka import group_lag
 from fraudcore.settings import Settings
 
@@ -46,11 +46,7 @@ def platform_pids(settings: Settings, *platforms: Platform) -> dict[str, int]:
 def consumer_groups(settings: Settings, *platforms: Platform) -> dict[str, list[str]]:
     """The consumer groups of the running platform and the topics each reads."""
     topics = settings.topics
-    groups = {
-        INGEST_GROUP["quality-gate"]: [topics.raw.name],
-        INGEST_GROUP["archiver"]: [topics.transactions.name, topics.labels.name],
-        INGEST_GROUP["feature-job"]: [topics.transactions.name, topics.labels.name],
-    }
+    groups = ingest_reads(settings)
     for platform in platforms:
         for part in platform.parts:
             if "--group" in part.argv and part.name in ("dispatcher", "console"):

@@ -307,13 +307,22 @@ def ingest_and_serving(settings: Settings, *, transformers: int = 1) -> tuple[Pl
     )
 
 
+def ingest_reads(settings: Settings) -> dict[str, list[str]]:
+    """Each ingest component's consumer group and the topics it reads."""
+    topics = settings.topics
+    return {
+        INGEST_GROUP["quality-gate"]: [topics.raw.name],
+        INGEST_GROUP["archiver"]: [topics.transactions.name, topics.labels.name],
+        INGEST_GROUP["feature-job"]: [topics.transactions.name, topics.labels.name],
+    }
+
+
 def wait_for_backfill(settings: Settings, transactions: int, timeout_s: float = 600) -> None:
     """Until the archiver and the feature job have both processed ``transactions``
     transactions (as their counters say), and then until every ingest group has committed
     its topics to the end (labels, held transactions and block rewrites included), so what
     follows does not compete with the backfill's tail."""
     ports = settings.metrics_ports
-    topics = settings.topics
     deadline = time.monotonic() + timeout_s
     while True:
         archived = sample_sum(
@@ -333,11 +342,7 @@ def wait_for_backfill(settings: Settings, transactions: int, timeout_s: float = 
                 f"{featured:.0f} of the backfill's {transactions} transactions"
             )
         time.sleep(0.5)
-    reads = {
-        INGEST_GROUP["quality-gate"]: [topics.raw.name],
-        INGEST_GROUP["archiver"]: [topics.transactions.name, topics.labels.name],
-        INGEST_GROUP["feature-job"]: [topics.transactions.name, topics.labels.name],
-    }
+    reads = ingest_reads(settings)
     while behind := {g: n for g, ts in reads.items() if (n := sum(group_lag(settings, g, ts).values()))}:
         if time.monotonic() > deadline:
             raise TimeoutError(f"after {timeout_s:.0f}s the ingest groups were still behind: {behind}")
