@@ -237,6 +237,13 @@ class FeatureSettings(BaseModel):
     # about this much), and each batch's fixed cost (Redis scripts, an online write) is
     # shared by more events. 50 ms: ~20 batches/s at any live rate.
     stream_max_wait_ms: int = Field(250, ge=1, le=5_000)
+    # The quality gate's consumer group (the gate forwards transactions-raw to transactions):
+    # a transactions partition read to its end counts as complete for the terminal watermark
+    # only up to where it ended at a moment this group had committed transactions-raw to its
+    # end ("" trusts the end alone; see fraud_features.watermarks).
+    gate_group: str = "quality-gate"
+    # How often the streaming job asks the broker whether the gate has caught up.
+    gate_check_interval_s: float = Field(1.0, gt=0)
 
 
 class MonitorSettings(BaseModel):

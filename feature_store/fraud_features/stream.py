@@ -15,7 +15,8 @@ Scaling out: run more replicas of the same consumer group.
 * Terminal values for a UTC day ``d`` only read counters of days before ``d - D`` and labels
   reported before ``d``. They are computed once the watermark allows it: every transaction
   partition has progressed past day ``d - D`` and every label partition past the start of
-  ``d`` (a caught-up partition counts as complete). So two replicas compute the same values
+  ``d`` (a partition read completely counts as complete: see `fraud_features.watermarks`
+  for what that takes behind the quality gate). So two replicas compute the same values
   as one, in any interleaving.
 
 Late and out-of-order events: a transaction older than its card's latest is applied at its
@@ -360,4 +361,5 @@ class FeatureJob:
         finally:
             commit_now(self.consumer, self.checkpoint())
             self.consumer.close()
+            self.progress.close()
             self.dead_letters.close()

@@ -43,6 +43,8 @@ from tests.unit.test_manifests import (
 # What each platform client does with Kafka, from the code: topic names from the settings,
 # consumer groups from the code (see group_ids), the Knative objects from their spec.
 READ, WRITE, GROUP = "Read", "Write", "Group"
+# Only looked at: a topic's end offsets, a group's committed offsets (never joined).
+DESCRIBE, DESCRIBE_GROUP = "Describe", "DescribeGroup"
 OPERATIONS = {"Read", "Write", "Describe"}  # all any client needs
 EXTERNAL_USERS = {  # users of clients outside these manifests
     "fraud-model-publisher": "the training pipeline's publish step and `fraud promote`",
@@ -154,6 +156,9 @@ def needs(docs: list[Doc]) -> dict[str, dict[str, set[str]]]:
             READ: {t.transactions.name, t.labels.name},
             WRITE: {t.dead_letter.name},
             GROUP: {groups["feature-job"]},
+            # Whether the quality gate has forwarded all of the ingress topic (watermarks).
+            DESCRIBE: {t.raw.name},
+            DESCRIBE_GROUP: {default_settings().features.gate_group},
         },
         "fraud-model-monitor": {
             READ: {t.scores.name, t.shadow_scores.name, t.labels.name},
@@ -198,15 +203,20 @@ def allows(user: Doc, resource: str, name: str, operation: str) -> bool:
 
 
 def granted(user: Doc) -> dict[str, set[str]]:
-    """Operation -> resource names its ACLs list (topics for Read/Write, groups for Group)."""
+    """Operation -> resource names its ACLs list (topics for Read/Write/Describe, groups for
+    Group and, where the group is only described, DescribeGroup)."""
     out: dict[str, set[str]] = {}
     for acl in dig(user, "spec", "authorization", "acls") or []:
         target = acl["resource"]
+        operations = set(acl["operations"])
+        looks_only = not operations & {READ, WRITE}
         if target["type"] == "group":
-            out.setdefault(GROUP, set()).add(target["name"])
-        for operation in set(acl["operations"]) & {READ, WRITE}:
+            out.setdefault(DESCRIBE_GROUP if looks_only else GROUP, set()).add(target["name"])
+        for operation in operations & {READ, WRITE}:
             if target["type"] == "topic":
                 out.setdefault(operation, set()).add(target["name"])
+        if target["type"] == "topic" and looks_only:
+            out.setdefault(DESCRIBE, set()).add(target["name"])
     return out
 
 
@@ -445,17 +455,20 @@ def test_kafka_users_allow_exactly_what_their_clients_do(
                 problems.append(f"{where}: not a topic or a group")
         # Least privilege: the topics and groups its client uses, no more, no less.
         want = wanted[name]
-        for operation in (READ, WRITE):
+        for operation in (READ, WRITE, DESCRIBE, DESCRIBE_GROUP):
             if granted(user).get(operation, set()) != want.get(operation, set()):
                 problems.append(
                     f"KafkaUser {name}: {operation} on {granted(user).get(operation)}, needs {want.get(operation)}"
                 )
-            for topic in want.get(operation, set()):
+            for topic in want.get(operation, set()) if operation != DESCRIBE_GROUP else ():
                 if not allows(user, "topic", topic, operation):
                     problems.append(f"KafkaUser {name}: cannot {operation} {topic}")
         for group in want.get(GROUP, set()) | per_process.get(name, set()):
             if not allows(user, "group", group, "Read"):
                 problems.append(f"KafkaUser {name}: cannot use group {group}")
+        for group in want.get(DESCRIBE_GROUP, set()):
+            if not allows(user, "group", group, "Describe") or allows(user, "group", group, "Read"):
+                problems.append(f"KafkaUser {name}: must describe group {group}, and no more")
         if not want.get(GROUP) and name not in per_process and GROUP in granted(user):
             problems.append(f"KafkaUser {name}: a group, but its client consumes none")
     assert not problems, "\n".join(problems)
@@ -464,6 +477,10 @@ def test_kafka_users_allow_exactly_what_their_clients_do(
     for name in ("quality-gate", "archiver", "feature-job", "model-monitor", "console"):
         [container] = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         assert "--group" not in container["command"] + container.get("args", []), name
+
+
+def test_the_feature_job_watches_the_group_the_gate_joins() -> None:
+    assert default_settings().features.gate_group == group_ids()["quality-gate"]
 
 
 @pytest.mark.parametrize("target", CLOUD)
