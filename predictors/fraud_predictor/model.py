@@ -44,6 +44,10 @@ def _session(data: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
+class ModelLoadError(Exception):
+    """A model version that could not be loaded (missing, unreadable, not a valid model)."""
+
+
 @dataclass(frozen=True)
 class OnnxModel:
     session: ort.InferenceSession
@@ -163,8 +167,9 @@ class FraudPredictor(Model):
     def update(self, uri: str, version: str = "", stop: threading.Event | None = None) -> bool:
         """Load the version at ``uri`` beside the current one, then swap. While the object
         store does not answer, the load waits and retries (the current version keeps serving
-        meanwhile) until it answers or ``stop`` is set. False if it failed (the current
-        version keeps serving) or if that version is already served."""
+        meanwhile) until it answers or ``stop`` is set. False if that version is already
+        served; raises ModelLoadError if it cannot be loaded (the current version keeps
+        serving)."""
         if version and self._model is not None and version == self._model.version:
             log.info("%s version %s is already served", self.name, version)
             return False
@@ -176,10 +181,11 @@ class FraudPredictor(Model):
                 first_delay_s=1.0,
                 max_delay_s=30.0,
             )
-        except Exception:
+        except Exception as exc:  # a missing or broken model: the current one keeps serving
             MODEL_LOAD_FAILURES.labels(self.name).inc()
-            log.exception("could not load %s from %s; still serving the current version", self.name, uri)
-            return False
+            problem = f"could not load {self.name} version {version or '?'} from {uri}: {exc}"
+            log.warning("%s; still serving the current version", problem)
+            raise ModelLoadError(problem) from exc
         self.install(model)
         return True
 

@@ -28,6 +28,7 @@ from fraudcore.events import EventKind, validate
 from fraudcore.features import TERMINAL_FEATURES
 from fraudcore.kafka import consumer, producer
 from fraudcore.settings import Settings
+from tests.helpers import read_topic
 from tests.serving_helpers import (
     Server,
     expected_row,
@@ -579,6 +580,18 @@ def test_a_shadow_challenger_scores_beside_the_champion_on_its_own_topic(served:
     assert abs(decision["score"] - expected) < 1e-6
 
 
+# What a broken or hostile publisher can put on model-events: (key, value).
+MODEL_EVENT_POISON = [
+    (b"fraud", b"\x00\xff garbage"),
+    (b"fraud", b""),
+    (b"fraud", b"[1, 2]"),
+    (b"fraud", b'{"model": "fraud", "uri": "s3://models/x"}'),
+    (b"fraud", b'{"type": "champion-changed", "model": "fraud", "version": "v-no-uri"}'),
+    (None, b'{"type": "champion-changed", "uri": "s3://models/no-model"}'),
+    (b"fraud", b'{"type": "champion-changed", "pad": "' + b"x" * 1_000_000 + b'"}'),
+]
+
+
 def test_model_swap_under_load_fails_no_request(served: Served) -> None:
     new_version = "v-e2e-2"
     new_model = make_model(new_version, seed=11, baselines=[0.5] * 22)
@@ -619,11 +632,33 @@ def test_model_swap_under_load_fails_no_request(served: Served) -> None:
     client.start()
     try:
         wait_for(lambda: len(results) >= 20)
-        # A champion that cannot be loaded: the current version keeps serving.
+        # Records no reader could use, then a champion that cannot be loaded: each is
+        # dead-lettered, the current version keeps serving, and the next event is taken.
+        prod = producer(served.settings, max_request_size=2 * 1024 * 1024)
+        for key, value in MODEL_EVENT_POISON:
+            prod.send(served.settings.topics.model_events.name, key=key, value=value)
+        prod.flush()
+        prod.close()
         publish(
             {"type": "champion-changed", "model": "fraud", "version": "v-missing", "uri": uri + "-missing"}
         )
         wait_for(lambda: served.predictor.metric("predictor_model_load_failures_total", model="fraud") == 1.0)
+        dead = [
+            r
+            for r in read_topic(
+                served.settings, served.settings.topics.dead_letter.name, len(MODEL_EVENT_POISON) + 1
+            )
+            if dict(r.headers).get("dlq-component") == b"predictor"
+        ]
+        reasons = {r.value: dict(r.headers)["dlq-reason"].decode() for r in dead}
+        assert len(dead) == len(MODEL_EVENT_POISON) + 1, reasons  # once each, though two slots read them
+        assert {value for _, value in MODEL_EVENT_POISON} <= set(reasons)
+        for value, reason in reasons.items():
+            field, _, problem = reason.partition(": ")
+            assert field in {"payload", "type", "model", "uri"}, (value[:60], reason)
+            assert problem, (value[:60], reason)
+        [missing] = [r for v, r in reasons.items() if b"v-missing" in v]
+        assert missing.startswith("uri: could not load fraud version v-missing"), missing
         publish({"type": "champion-changed", "model": "fraud", "version": new_version, "uri": uri, "ap": 0.7})
         wait_for(lambda: any(v == new_version for _, v in results))
         seen = len(results)

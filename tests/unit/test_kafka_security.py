@@ -171,7 +171,7 @@ def needs(docs: list[Doc]) -> dict[str, dict[str, set[str]]]:
             GROUP: {groups["console"]},
         },
         "fraud-transformer": {WRITE: {t.scores.name, t.shadow_scores.name}},
-        "fraud-predictor": {READ: {t.model_events.name}},
+        "fraud-predictor": {READ: {t.model_events.name}, WRITE: {t.dead_letter.name}},
         "fraud-model-publisher": {WRITE: {t.model_events.name}},
         "fraud-scoring-source": {READ: set(source["topics"]), GROUP: {source["consumerGroup"]}},
         "fraud-dlq-sink": {WRITE: {sink["topic"]}},

@@ -12,7 +12,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 
 from fraud_predictor.events import SHADOW_CHANGED, parse_event
-from fraud_predictor.model import FraudPredictor, OnnxModel
+from fraud_predictor.model import FraudPredictor, ModelLoadError, OnnxModel
 from fraud_predictor.storage import ModelFiles, ModelFilesError, S3Config, read_local
 from fraudcore.features import MODEL_FEATURES
 from fraudcore.protocol import MODEL_INFO_PARAMETER, ModelInfo
@@ -137,7 +137,8 @@ def test_bad_v2_input(model_v1: bytes) -> None:
 def test_install_swaps_atomically_and_update_keeps_serving_on_failure(model_v1: bytes) -> None:
     predictor = _predictor(model_v1)
     before = predictor.current
-    assert predictor.update("s3-nowhere/missing", "v2") is False  # cannot load: v1 stays
+    with pytest.raises(ModelLoadError, match="could not load fraud version v2 from s3-nowhere/missing"):
+        predictor.update("s3-nowhere/missing", "v2")  # v1 stays
     assert predictor.current is before
     assert predictor.update("unused", "v1") is False  # already served
     old = predictor.install(OnnxModel.from_files(ModelFiles("memory", make_model("v2", seed=2))))
@@ -161,7 +162,6 @@ def test_champion_events_for_this_model_only() -> None:
     assert parse_event(b"fraud", json.dumps(event).encode(), "fraud") == ("s3://models/fraud/v9", "v9")
     assert parse_event(b"other", json.dumps(dict(event, model="other")).encode(), "fraud") is None
     assert parse_event(b"fraud", json.dumps(dict(event, type="trained")).encode(), "fraud") is None
-    assert parse_event(b"fraud", b"\x00garbage", "fraud") is None
     # The shadow slot follows shadow-changed of the champion's model; the champion ignores it.
     shadow = dict(event, type=SHADOW_CHANGED)
     assert parse_event(b"fraud", json.dumps(shadow).encode(), "fraud", SHADOW_CHANGED) == (
@@ -169,6 +169,33 @@ def test_champion_events_for_this_model_only() -> None:
         "v9",
     )
     assert parse_event(b"fraud", json.dumps(shadow).encode(), "fraud") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "field"),
+    [
+        (b"\x00garbage", b"fraud", "payload"),
+        (b"", b"fraud", "payload"),
+        (b"[1, 2]", b"fraud", "payload"),
+        (b'{"model": "fraud", "uri": "s3://m/v1"}', b"fraud", "type"),
+        (b'{"type": 7, "uri": "s3://m/v1"}', b"fraud", "type"),
+        (b'{"type": "champion-changed", "model": "fraud"}', b"fraud", "uri"),
+        (b'{"type": "shadow-changed", "model": "fraud", "uri": 3}', b"fraud", "uri"),
+        (b'{"type": "champion-changed", "uri": "s3://m/v1"}', None, "model"),
+        (
+            b'{"type": "champion-changed", "model": "fraud", "uri": "s3://m/v1", "version": []}',
+            b"fraud",
+            "version",
+        ),
+    ],
+)
+def test_a_model_event_no_reader_could_use_is_refused_naming_the_field(
+    value: bytes, key: bytes | None, field: str
+) -> None:
+    """Refused whichever slot reads it, so the predictor dead-letters it (ChampionWatcher)."""
+    for event_type in ("champion-changed", SHADOW_CHANGED):
+        with pytest.raises(ValueError, match=f"^{field}: "):
+            parse_event(key, value, "fraud", event_type)
 
 
 def test_an_empty_shadow_slot_is_not_ready_until_a_model_is_installed(model_v1: bytes) -> None:
