@@ -30,6 +30,12 @@ from there. Replayed counter updates are skipped by the applied-offset guard, an
 features it recomputes are the same, so there is no double counting and no gap. The
 feature log may hold a replayed row twice; readers keep one row per transaction_id.
 
+Redis away (restarting, failing over): the job waits for it without exiting, then does what
+a restart does, in process: every owned partition resumes from its checkpoint in Redis
+(`_resume_after_redis_outage`). Redis runs with an append-only file, so it comes back with
+its state up to about the last second, consistent with itself; state it lost entirely is
+detected and rebuilt (state marks, below).
+
 The parts, one job each; `FeatureJob` here consumes, positions partitions, checkpoints and
 runs them in order:
 * `fraud_features.events`: parsing transactions and labels; dead letters for the rest.
@@ -76,6 +82,11 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 HELD = Counter("feature_job_held_events", "Transactions held back until the terminal watermark allowed them")
+REDIS_OUTAGES = Counter(
+    "feature_job_redis_outages",
+    "Times Redis stopped answering: the job waited for it, then resumed from its checkpoints",
+)
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError)  # "loading the dataset" included
 STATE_LOST = Counter(
     "feature_job_state_lost",
     "Partitions whose state Redis lost (in whole or its newest part), rebuilt by replaying them",
@@ -120,11 +131,20 @@ class FeatureJob:
         # Per partition, the state mark this job wrote with its last checkpoint.
         self.marks: dict[TopicPartition, int] = {}
         self.rebuilds = 0
+        self.stop = threading.Event()  # run's
 
     # --- rebalance (librdkafka runs these between batches, on the loop's thread) -----------
     def _resume_at(self, tp: TopicPartition, committed: int | None) -> int | None:
-        """Load a newly assigned partition's checkpoint; where its records resume. A
-        partition the group has read before (``committed``) whose state Redis no longer
+        """Load a newly assigned partition's checkpoint; where its records resume (waiting
+        for Redis if it is away)."""
+        while True:
+            try:
+                return self._resume_from_redis(tp, committed)
+            except REDIS_AWAY as error:
+                self._wait_for_redis(error)
+
+    def _resume_from_redis(self, tp: TopicPartition, committed: int | None) -> int | None:
+        """A partition the group has read before (``committed``) whose state Redis no longer
         holds (no state mark) is rebuilt from the topic's retention instead of resuming
         with empty state."""
         # Any of the partition's own keys says Redis holds its state (a checkpoint or applied
@@ -169,6 +189,38 @@ class FeatureJob:
             when,
         )
 
+    def _wait_for_redis(self, error: Exception) -> None:
+        """Until Redis answers again (the consumer is not polled meanwhile); re-raises
+        ``error`` if the job is stopped first (nothing more is checkpointed or committed)."""
+        REDIS_OUTAGES.inc()
+        log.warning("Redis is not answering (%s): waiting for it", error)
+        started, delay = time.monotonic(), 0.25
+        while not self.stop.is_set():
+            try:
+                self.redis.ping()
+                log.info("Redis answers again after %.1f s", time.monotonic() - started)
+                return
+            except REDIS_AWAY:
+                self.stop.wait(delay)
+                delay = min(2 * delay, 5.0)
+        raise error
+
+    def _resume_after_redis_outage(self, error: Exception) -> None:
+        """Redis stopped answering part-way through a batch: once it answers, reload every
+        owned partition from what Redis holds and read it again from there, as a restart
+        would. Whatever was applied before the outage is skipped on the replay (applied
+        offsets), whatever was not is applied; if Redis came back without the partition's
+        state (no AOF), it is rebuilt from the topic."""
+        self._wait_for_redis(error)
+        self.terminals.forget_computed()
+        for tp in list(self.partitions):
+            held = self.redis.exists(
+                self.keys.state_mark(tp), self.keys.checkpoint(tp), self.keys.applied(tp)
+            )
+            if tp in self.marks and not held:  # it had state before the outage
+                self._state_lost([tp], "after an outage")
+            self.owned.rewind(tp, self._load(tp, None))
+
     def _rebuild(self) -> None:
         """Redis lost state (emptied, or restarted from an older snapshot) while this job ran
         (a state mark is not the one last written or read). Such a loss takes the whole
@@ -192,6 +244,22 @@ class FeatureJob:
 
     # --- the batch --------------------------------------------------------------------------
     def handle(self, records: Records) -> Commit:
+        try:
+            return self._handle(records)
+        except REDIS_AWAY as error:
+            self._resume_after_redis_outage(error)  # this batch's records come again
+            return {}
+
+    def _idle(self) -> Commit:
+        try:
+            self._publish_progress()
+            self.drain()
+            return self._checkpoint_if_due()
+        except REDIS_AWAY as error:
+            self._resume_after_redis_outage(error)
+            return {}
+
+    def _handle(self, records: Records) -> Commit:
         t0 = time.perf_counter()
         # Counters first (exactly once per record), then progress, then features. A partition's
         # position moves only once its counters are applied and its transactions held, so a
@@ -332,6 +400,7 @@ class FeatureJob:
         return offsets
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> int:
+        self.stop = stop
         # Each batch has a fixed cost (Redis scripts, watermarks, an online write), so a
         # trickle of single-record batches costs far more per event than a stream does:
         # the fetch waits for 256 KiB or ``stream_max_wait_ms`` (see FeatureSettings).
@@ -342,11 +411,6 @@ class FeatureJob:
             **{"fetch.min.bytes": 256 * 1024, "fetch.wait.max.ms": self.settings.features.stream_max_wait_ms},
         )
 
-        def idle() -> Commit:
-            self._publish_progress()
-            self.drain()
-            return self._checkpoint_if_due()
-
         try:
             return consume_loop(
                 self.consumer,
@@ -355,7 +419,7 @@ class FeatureJob:
                 stop=stop,
                 max_records=self.batch_records,
                 idle_exit_s=idle_exit_s,
-                on_idle=idle,
+                on_idle=self._idle,
                 busy=self.busy,
             )
         finally:

@@ -108,6 +108,7 @@ class ScoresReader:
 
     settings: Settings
     decisions: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    fallback: dict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))  # features_fallback
     problems: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -139,6 +140,7 @@ class ScoresReader:
         if record.key is None or record.key.decode() != tx:
             self.problems.append(f"decision of {tx} keyed {record.key!r}")
         self.decisions[tx].append((decision_id, record.timestamp / 1000))
+        self.fallback[tx].append(decision.get("features_fallback") is True)
 
     def snapshot(self) -> dict[str, list[tuple[str, float]]]:
         with self.lock:

@@ -40,6 +40,7 @@ CARD_VIEW = "card_features"
 TERMINAL_VIEW = "terminal_features"
 FEATURE_REFS = [f"{CARD_VIEW}:{n}" for n in CARD_STATE] + [f"{TERMINAL_VIEW}:{n}" for n in TERMINAL_FEATURES]
 CARD_VALUES = [n for n in CARD_STATE if n != "card_last_tx_time"]
+STORE_FAILURE_LOG_EVERY_S = 10.0
 StoreRow = tuple[datetime | None, dict[str, ValueProto] | None]  # one entity, as the store reads it
 
 
@@ -161,6 +162,8 @@ class OnlineFeatures:
     def __init__(self, store: FeatureStore, timeout_s: float, coalesce_max: int = 512) -> None:
         self.store = store
         self.timeout_s = timeout_s
+        self._store_failures = 0
+        self._store_failure_logged_at = -STORE_FAILURE_LOG_EVERY_S
         self._views: tuple[FeatureView, FeatureView] | None = None
         self._keys: dict[tuple[str, str], EntityKeyProto] = {}
         self._shared: Coalescer[EntityIds, Features, Features] = Coalescer(
@@ -217,6 +220,19 @@ class OnlineFeatures:
         )
         return Features.from_rows(card_rows, terminal_rows)
 
+    def _failed(self, why: str) -> None:
+        """Log a failed lookup: one line per interval, not one per request, for the length of
+        an outage (each is counted in ``transformer_errors_total``)."""
+        self._store_failures += 1
+        now = time.monotonic()
+        if now - self._store_failure_logged_at >= STORE_FAILURE_LOG_EVERY_S:
+            log.warning(
+                "online feature lookups falling back to defaults (%d since the last report); last: %s",
+                self._store_failures,
+                why,
+            )
+            self._store_failure_logged_at, self._store_failures = now, 0
+
     async def _lookup_together(self, parts: list[EntityIds]) -> Features:
         cards = [c for part_cards, _ in parts for c in part_cards]
         terminals = [t for _, part_terminals in parts for t in part_terminals]
@@ -226,10 +242,10 @@ class OnlineFeatures:
             return await asyncio.wait_for(self._read(cards, terminals), timeout=self.timeout_s)
         except TimeoutError:
             ERRORS.labels("feature_timeout").inc()
-            log.warning("online features took over %.0f ms; using defaults", self.timeout_s * 1000)
-        except Exception:
+            self._failed(f"took over {self.timeout_s * 1000:.0f} ms")
+        except Exception as exc:  # the store away (Redis restarting): every decision flagged
             ERRORS.labels("feature_store").inc()
-            log.exception("online feature lookup failed; using defaults")
+            self._failed(str(exc))
         finally:
             FEATURE_LOOKUP.observe(time.perf_counter() - start)
         return Features.defaults(n)
