@@ -211,7 +211,15 @@ class FeatureJob:
         would. Whatever was applied before the outage is skipped on the replay (applied
         offsets), whatever was not is applied; if Redis came back without the partition's
         state (no AOF), it is rebuilt from the topic."""
-        self._wait_for_redis(error)
+        while True:
+            self._wait_for_redis(error)
+            try:
+                self._reload_all()
+                return
+            except REDIS_AWAY as again:  # away again before the reload finished
+                error = again
+
+    def _reload_all(self) -> None:
         self.terminals.forget_computed()
         for tp in list(self.partitions):
             held = self.redis.exists(
@@ -318,8 +326,9 @@ class FeatureJob:
             state = self.partitions[tp]
             ready = self._ready(state.held, watermark)
             if ready:
-                batch, state.held = state.held[:ready], state.held[ready:]
+                batch = state.held[:ready]
                 self._features(tp, batch)
+                state.held = state.held[ready:]  # only once their features are out
                 self.processed += len(batch)
             if state.held and not ready:
                 HELD.inc(len(state.held))
@@ -411,6 +420,7 @@ class FeatureJob:
             **{"fetch.min.bytes": 256 * 1024, "fetch.wait.max.ms": self.settings.features.stream_max_wait_ms},
         )
 
+        redis_failed = False
         try:
             return consume_loop(
                 self.consumer,
@@ -422,8 +432,14 @@ class FeatureJob:
                 on_idle=self._idle,
                 busy=self.busy,
             )
+        except REDIS_AWAY:
+            redis_failed = True  # stopped while Redis was away: what is in memory is not saved
+            raise
         finally:
-            commit_now(self.consumer, self.checkpoint())
-            self.consumer.close()
-            self.progress.close()
-            self.dead_letters.close()
+            try:
+                if not redis_failed:
+                    commit_now(self.consumer, self.checkpoint())
+            finally:
+                self.consumer.close()
+                self.progress.close()
+                self.dead_letters.close()

@@ -12,7 +12,9 @@ partition read to its end may still have older records to come. A transactions p
 therefore counts as complete only up to where it ended at a moment the gate's consumer group
 had committed all of ``transactions-raw`` (`GateCheck`): the gate forwards before it commits,
 so everything it had taken by then was already in those ends. While the broker cannot be
-asked, or the gate is behind, such a partition counts at its own latest event time.
+asked, or the gate is behind, such a partition counts at its own latest event time. (With
+several replicas, a "complete" that another replica published stands until that replica
+publishes again, within about ``gate_check_interval_s``.)
 Labels come straight from their producers: a label partition read to its end is complete.
 """
 
@@ -53,7 +55,11 @@ class Watermark:
 class GateCheck:
     """Where the transactions partitions ended the last time the quality gate was seen to
     have forwarded everything in ``transactions-raw``; asked of the broker at most once per
-    ``gate_check_interval_s``, never joining the gate's group."""
+    ``gate_check_interval_s``, never joining the gate's group.
+
+    An answer covers only the records that were in the partitions when it was given: once
+    the job has read past one of those ends, records forwarded since are in hand (perhaps a
+    backlog the gate had just started on), so the answer no longer counts until the next."""
 
     def __init__(self, settings: Settings) -> None:
         topics = settings.topics
@@ -66,20 +72,26 @@ class GateCheck:
         self.reader = partition_reader(settings, self.group)
         self.checked_at = -INF
         self.ends: dict[int, int] | None = None
+        self.unanswered_since: float | None = None  # the broker or its ACLs refusing the check
 
-    def transaction_ends(self, timeout_s: float = 0.5) -> dict[int, int] | None:
+    def transaction_ends(self, reads: Mapping[int, int], timeout_s: float = 0.5) -> dict[int, int] | None:
         """Each transactions partition's end offset at a moment the gate had caught up, or
-        None: the gate is behind, or the broker cannot be asked."""
+        None: the gate is behind, the broker cannot be asked, or this job has read (``reads``:
+        next offset per owned partition) past an end since the last answer."""
+        if self.ends is not None and any(read > self.ends.get(p, 0) for p, read in reads.items()):
+            self.ends = None
         now = time.monotonic()
         if now - self.checked_at < self.interval_s:
             return self.ends
         self.checked_at = now
         try:
             for tp in self.reader.committed(self.raw, timeout=timeout_s):
+                if tp.error is not None:
+                    raise confluent_kafka.KafkaException(tp.error)
                 low, high = self.reader.get_watermark_offsets(tp, timeout=timeout_s)
                 done = tp.offset if tp.offset >= 0 else low  # nothing committed: from the start
                 if done < high:
-                    self._behind(f"the gate has {high - done} records of {tp.topic}[{tp.partition}] to go")
+                    self.ends, self.unanswered_since = None, None
                     return None
             # Asked after the commits were seen: every record the gate had taken is in them.
             ends = {
@@ -87,14 +99,28 @@ class GateCheck:
                 for tp in self.transactions
             }
         except confluent_kafka.KafkaException as exc:
-            self._behind(f"the broker cannot be asked ({exc.args[0] if exc.args else exc})")
+            self._unanswered(exc)
             return None
-        self.ends = ends
+        self.ends, self.unanswered_since = ends, None
         return ends
 
-    def _behind(self, reason: str) -> None:
-        log.debug("transactions partitions read to their end do not count as complete: %s", reason)
+    def _unanswered(self, exc: confluent_kafka.KafkaException) -> None:
+        """Partitions read to their end count at their own progress meanwhile. A minute of
+        this is said (a missing Describe ACL on the gate's group or the ingress topic, a gate
+        group that does not exist under that name): held transactions then wait for every
+        partition's own progress."""
         self.ends = None
+        now = time.monotonic()
+        if self.unanswered_since is None:
+            self.unanswered_since = now
+        elif now - self.unanswered_since >= 60:
+            log.warning(
+                "cannot tell for %.0f s whether the quality gate (group %r) has caught up: %s",
+                now - self.unanswered_since,
+                self.group,
+                exc.args[0] if exc.args else exc,
+            )
+            self.unanswered_since = now
 
     def close(self) -> None:
         self.reader.close()
@@ -111,7 +137,14 @@ class Progress:
         self, consumer: confluent_kafka.Consumer, partitions: Mapping[TopicPartition, PartitionState]
     ) -> None:
         """Publish the progress of this replica's assigned partitions."""
-        gated_ends = self.gate.transaction_ends() if self.gate is not None else None
+        gated_ends = None
+        if self.gate is not None:
+            reads = {
+                tp.partition: state.next_offset
+                for tp, state in partitions.items()
+                if tp.topic == self.topics.transactions.name and state.next_offset is not None
+            }
+            gated_ends = self.gate.transaction_ends(reads)
         mapping: dict[str, str] = {}
         unknown: list[str] = []
         for tp in consumer.assignment():

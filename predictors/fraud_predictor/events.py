@@ -134,7 +134,10 @@ class ChampionWatcher(threading.Thread):
             except ModelLoadError as exc:
                 self._reject(record, f"uri: {exc}")
         if self.dead_letters is not None:
-            self.dead_letters.flush()
+            try:
+                self.dead_letters.flush()
+            except Exception as exc:  # refused (no ACL?): said, and the events go on being read
+                log.warning("model-events: a dead letter was not delivered: %s: %s", type(exc).__name__, exc)
 
     def _reject(self, record: Any, reason: str) -> None:
         assert self.dead_letters is not None  # made before the first poll

@@ -168,7 +168,7 @@ class FraudPredictor(Model):
         """Load the version at ``uri`` beside the current one, then swap. While the object
         store does not answer, the load waits and retries (the current version keeps serving
         meanwhile) until it answers or ``stop`` is set. False if that version is already
-        served; raises ModelLoadError if it cannot be loaded (the current version keeps
+        served or ``stop`` was set first; raises ModelLoadError if it cannot be loaded (the current version keeps
         serving)."""
         if version and self._model is not None and version == self._model.version:
             log.info("%s version %s is already served", self.name, version)
@@ -182,6 +182,9 @@ class FraudPredictor(Model):
                 max_delay_s=30.0,
             )
         except Exception as exc:  # a missing or broken model: the current one keeps serving
+            if stop is not None and stop.is_set():
+                log.info("stopping: gave up loading %s version %s", self.name, version or "?")
+                return False  # the store was away when the process stopped: not the event's fault
             MODEL_LOAD_FAILURES.labels(self.name).inc()
             problem = f"could not load {self.name} version {version or '?'} from {uri}: {exc}"
             log.warning("%s; still serving the current version", problem)

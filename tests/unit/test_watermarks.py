@@ -6,6 +6,7 @@ integration test runs the same rule against the real ones."""
 from __future__ import annotations
 
 import confluent_kafka
+import pytest
 from confluent_kafka import TopicPartition
 
 from fraud_features.card_state import PartitionState
@@ -164,15 +165,46 @@ def test_an_empty_partition_is_complete_only_once_the_gate_caught_up() -> None:
     assert progress.watermark().transactions == INF
 
 
-def test_the_gate_is_asked_at_most_once_per_interval() -> None:
-    reader = FakeGateReader(committed={0: 5, 1: 5}, raw_ends={0: 5, 1: 5}, tx_ends={0: 1, 1: 1})
+def gate_check(reader: FakeGateReader) -> GateCheck:
+    """A GateCheck with the default interval (1 s) asking ``reader``."""
     gate = GateCheck(two_partitions().model_copy(update={"features": Settings().features}))
     gate.close()
     gate.reader = reader  # type: ignore[assignment]
-    assert gate.transaction_ends() == {0: 1, 1: 1}
+    return gate
+
+
+def test_the_gate_is_asked_at_most_once_per_interval() -> None:
+    reader = FakeGateReader(committed={0: 5, 1: 5}, raw_ends={0: 5, 1: 5}, tx_ends={0: 1, 1: 1})
+    gate = gate_check(reader)
+    assert gate.transaction_ends({0: 1, 1: 0}) == {0: 1, 1: 1}
     reader.down = True
-    assert gate.transaction_ends() == {0: 1, 1: 1}  # within the interval: the last answer
+    assert gate.transaction_ends({0: 1, 1: 1}) == {0: 1, 1: 1}  # within the interval: the last answer
     assert reader.asked == 1
+
+
+def test_an_answer_stops_counting_once_the_job_reads_past_its_ends() -> None:
+    """The gate looked caught up just before a backlog reached the ingress topic (the broker
+    back, the producers flushing); the job then reads partition 0's share of it: within the
+    interval the old answer must not make partition 1 complete."""
+    reader = FakeGateReader(committed={0: 5, 1: 5}, raw_ends={0: 5, 1: 5}, tx_ends={0: 100, 1: 40})
+    gate = gate_check(reader)
+    assert gate.transaction_ends({0: 100, 1: 40}) == {0: 100, 1: 40}
+    assert gate.transaction_ends({0: 3100, 1: 40}) is None
+    assert gate.transaction_ends({0: 3100, 1: 40}) is None  # not back until asked again
+    assert reader.asked == 1
+
+
+def test_a_gate_group_the_broker_refuses_is_said_after_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    reader = FakeGateReader(committed={}, raw_ends={0: 5, 1: 5}, tx_ends={0: 1, 1: 1})
+    reader.down = True
+    gate = gate_check(reader)
+    gate.interval_s = 0.0
+    assert gate.transaction_ends({}) is None
+    assert not caplog.records
+    assert gate.unanswered_since is not None
+    gate.unanswered_since -= 61
+    assert gate.transaction_ends({}) is None
+    assert "cannot tell for 61 s whether the quality gate (group 'quality-gate') has caught up" in caplog.text
 
 
 def test_without_a_gate_group_the_end_the_job_saw_is_complete() -> None:

@@ -245,7 +245,7 @@ class OnlineFeatures:
             self._failed(f"took over {self.timeout_s * 1000:.0f} ms")
         except Exception as exc:  # the store away (Redis restarting): every decision flagged
             ERRORS.labels("feature_store").inc()
-            self._failed(str(exc))
+            self._failed(f"{type(exc).__name__}: {exc}")
         finally:
             FEATURE_LOOKUP.observe(time.perf_counter() - start)
         return Features.defaults(n)
