@@ -1,8 +1,10 @@
 """The Kafka broker killed with -9 for 40 s while `fraud seed` sends 200 transactions/s through
-the quality gate, the archiver and the streaming feature job, each a real process. The broker
-comes back on the same data directory; nobody restarts the components. Then every
-transaction the producer had acknowledged on `transactions-raw` is on `transactions` (the
-duplicates the at-least-once gate adds are counted and reported), every record of
+the quality gate, the archiver and the streaming feature job, each a real process, and the
+scoring path (the dispatcher delivering `transactions` to the transformer, which publishes
+to `fraud-scores`). The broker comes back on the same data directory; nobody restarts the
+components. Then every transaction the producer had acknowledged on `transactions-raw` is on
+`transactions` (the duplicates the at-least-once gate adds are counted and reported) and has
+exactly one decision on `fraud-scores` once deduplicated by decision id, every record of
 `transactions` is in the archive exactly once, and every transaction is in the feature log
 (the feature job drops the re-forwarded copies, `PartitionState.fresh`) with the values an
 offline recomputation gives. The gate works off its backlog one raw partition ahead of
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,10 +29,12 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from fraud_app import devstack
+from fraud_app.eventing import DEFAULT_MANIFEST, Dispatcher, load_source
 from fraudcore import features as F
 from fraudcore.kafka import broker_ready, partition_reader
 from fraudcore.settings import Settings
 from tests.integration.test_object_store_outage import _env, _objects, _settings, _wait_for
+from tests.serving_helpers import ROOT, Server, make_model, predictor, transformer, upload_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,6 +42,7 @@ RATE = 200  # transactions per second
 SEED_S = 90  # how long the producer sends
 DOWN_S = 40
 DRAIN_DEADLINE_S = 180
+VERSION = "v-broker-1"
 
 
 def _read_all(settings: Settings, topic: str) -> list[bytes]:
@@ -65,11 +71,48 @@ def _read_all(settings: Settings, topic: str) -> list[bytes]:
         reader.close()
 
 
+class Scoring:
+    """The predictor and the transformer as processes, and the dispatcher (the KafkaSource
+    stand-in, with the manifest's own delivery policy) on a thread of this process."""
+
+    def __init__(self, settings: Settings, unique: str, tmp_path: Path) -> None:
+        prefix = f"test-broker-{unique}"
+        upload_model(settings, prefix, VERSION, make_model(VERSION, seed=3, baselines=[0.0] * 22))
+        self.servers: list[Server] = [
+            predictor(settings, f"s3://models/{prefix}/champion", tmp_path / "predictor.log")
+        ]
+        self.servers.append(transformer(settings, self.servers[0].url, tmp_path / "transformer.log"))
+        for server in self.servers:
+            server.wait_ready()
+        spec = load_source(ROOT / DEFAULT_MANIFEST).model_copy(
+            update={
+                "topics": [settings.topics.transactions.name],
+                "consumer_group": f"disp-{unique}",
+                "initial_offset": "earliest",
+            }
+        )
+        self.dispatcher = Dispatcher(settings, spec, f"{self.servers[1].url}{spec.sink_path}")
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.dispatcher.run, args=(self.stop_event,), daemon=True)
+        self.thread.start()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name} ---\n{s.tail()}" for s in self.servers)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=60)
+        for server in reversed(self.servers):
+            server.stop()
+
+
 def _frame(records: list[bytes], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame([orjson.loads(value) for value in records], columns=columns)
 
 
-def test_every_component_rides_out_a_broker_kill(stack: Settings, unique: str, tmp_path: Path) -> None:
+def test_every_component_rides_out_a_broker_kill(
+    stack: Settings, unique: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     settings = _settings(stack, unique, tmp_path)
     fraud = [sys.executable, "-m", "fraud_app.cli"]
     archive_prefix = f"tests/{unique}"
@@ -99,13 +142,36 @@ def test_every_component_rides_out_a_broker_kill(stack: Settings, unique: str, t
         "FRAUD_FEATURES__GATE_GROUP": f"gate-{unique}",  # the feature job waits for this gate
     }
     logs = {name: tmp_path / f"{name}.log" for name in commands}
+    scoring = Scoring(settings, unique, tmp_path)  # before the transactions: it reads from the start
     procs = {
         name: subprocess.Popen(argv, env=env, stdout=logs[name].open("wb"), stderr=subprocess.STDOUT)
         for name, argv in commands.items()
     }
 
+    def stop_all() -> None:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        scoring.stop()
+
+    request.addfinalizer(stop_all)  # whichever assertion fails first
+
     def tails() -> str:
-        return "\n".join(f"--- {name} ---\n{path.read_text()[-3000:]}" for name, path in logs.items())
+        workers = "\n".join(f"--- {name} ---\n{path.read_text()[-3000:]}" for name, path in logs.items())
+        return f"{workers}\n{scoring.logs()}"
+
+    def decided() -> dict[str, set[str]]:
+        """Decision ids per transaction on fraud-scores, and how many records carried them."""
+        seen: dict[str, set[str]] = {}
+        for value in _read_all(settings, settings.topics.scores.name):
+            decision = orjson.loads(value)
+            seen.setdefault(decision["transaction_id"], set()).add(decision["decision_id"])
+        return seen
 
     kafka = devstack.Kafka(stack)
     archived = lambda: _objects(settings, settings.s3.raw_bucket, f"{archive_prefix}/transactions/")  # noqa: E731
@@ -130,21 +196,35 @@ def test_every_component_rides_out_a_broker_kill(stack: Settings, unique: str, t
         assert len(sent) >= RATE * (SEED_S - DOWN_S) * 0.5, f"only {len(sent)} acknowledged\n{tails()}"
         assert _wait_for(lambda: sent <= set(archived()["transaction_id"]), DRAIN_DEADLINE_S), tails()
         assert _wait_for(lambda: sent <= set(logged()["transaction_id"]), DRAIN_DEADLINE_S), tails()
+        assert _wait_for(lambda: sent <= decided().keys(), DRAIN_DEADLINE_S), tails()
         forwarded = _read_all(settings, settings.topics.transactions.name)
         labels = _read_all(settings, settings.topics.labels.name)
+        decisions = _read_all(settings, settings.topics.scores.name)
         dead = [name for name in workers if procs[name].poll() is not None]
         assert not dead, f"{dead} exited after the broker came back\n{tails()}"
+        assert scoring.thread.is_alive(), f"the dispatcher stopped\n{tails()}"
     finally:
-        for name in workers:
-            procs[name].send_signal(signal.SIGTERM)
-        for name in workers:
-            procs[name].wait(timeout=60)
+        stop_all()
+
+    # Exactly one decision per transaction once deduplicated by decision id: a redelivered
+    # transaction (the gate's re-forwarded copies, a retried delivery) is decided again with
+    # the same id, never differently; nothing was dead-lettered.
+    by_transaction: dict[str, set[str]] = {}
+    for value in decisions:
+        decision = orjson.loads(value)
+        by_transaction.setdefault(decision["transaction_id"], set()).add(decision["decision_id"])
+    assert by_transaction.keys() == sent, "a decision for every transaction, and for nothing else"
+    conflicting = {t: ids for t, ids in by_transaction.items() if len(ids) != 1}
+    assert not conflicting, list(conflicting.items())[:3]
+    assert scoring.dispatcher.dead_lettered == 0, "nothing dead-lettered"
 
     ids = [orjson.loads(v)["transaction_id"] for v in forwarded]
     duplicates = len(ids) - len(set(ids))
     print(
         f"\nbroker kill: {len(sent)} produced, {len(set(ids))} forwarded "
-        f"({duplicates} duplicates before dedupe), {len(labels)} labels"
+        f"({duplicates} duplicates before dedupe), {len(labels)} labels, {len(by_transaction)} decided "
+        f"({len(decisions) - len(by_transaction)} duplicate decisions before dedupe, "
+        f"{scoring.dispatcher.dead_lettered} dead-lettered)"
     )
     assert set(ids) == sent, "the gate forwards every accepted transaction, and nothing else"
     # The gate is at-least-once: records it had forwarded but not yet committed when the

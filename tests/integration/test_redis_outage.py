@@ -56,6 +56,7 @@ def _feature_log(settings: Settings) -> pd.DataFrame:
 def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
     serving: Serving,  # noqa: F811
     stack: Settings,
+    request: pytest.FixtureRequest,
 ) -> None:
     settings = serving.settings
     run_id = uuid.uuid4().hex[:8]
@@ -78,6 +79,18 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
         name: subprocess.Popen(argv, env=env, stdout=logs[name].open("wb"), stderr=subprocess.STDOUT)
         for name, argv in commands.items()
     }
+
+    def stop_workers() -> None:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    request.addfinalizer(stop_workers)  # whichever assertion fails first
 
     def context() -> str:
         workers = "\n".join(f"--- {name} ---\n{path.read_text()[-3000:]}" for name, path in logs.items())
@@ -154,10 +167,7 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
         assert not dead, f"{dead} exited after Redis came back\n{context()}"
         assert "Redis is not answering" in logs["feature-job"].read_text(), context()
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(timeout=60)
+        stop_workers()  # the archiver and the feature log flush on the way out
 
     archive = archived()
     assert not archive.duplicated(["kafka_partition", "kafka_offset"]).any(), "a record archived twice"
