@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -109,3 +113,25 @@ def produce_history(settings: Settings, transactions: Any, labels_frame: Any) ->
         prod.send(settings.topics.transactions.name, key=card.encode(), value=value)
     prod.flush()
     prod.close()
+
+
+def start_processes(
+    commands: Mapping[str, list[str]], env: Mapping[str, str], logs: Mapping[str, Path]
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Each command as a process, its output into its log."""
+    return {
+        name: subprocess.Popen(argv, env=env, stdout=logs[name].open("wb"), stderr=subprocess.STDOUT)
+        for name, argv in commands.items()
+    }
+
+
+def stop_processes(procs: Mapping[str, subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """SIGTERM to those still running, then wait (SIGKILL past ``timeout_s``); safe to call twice."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -147,12 +147,17 @@ class FeatureJob:
         """A partition the group has read before (``committed``) whose state Redis no longer
         holds (no state mark) is rebuilt from the topic's retention instead of resuming
         with empty state."""
-        # Any of the partition's own keys says Redis holds its state (a checkpoint or applied
-        # counters written before state marks existed included).
-        known = self.redis.exists(self.keys.state_mark(tp), self.keys.checkpoint(tp), self.keys.applied(tp))
+        known = self._holds_state(tp)
         if not known and committed is not None:
             self._state_lost([tp], "at assignment")
         return self._load(tp, committed if known else None)
+
+    def _holds_state(self, tp: TopicPartition) -> bool:
+        """Whether Redis holds any of the partition's state: any of its own keys (a checkpoint or
+        applied counters written before state marks existed included)."""
+        return bool(
+            self.redis.exists(self.keys.state_mark(tp), self.keys.checkpoint(tp), self.keys.applied(tp))
+        )
 
     def _load(self, tp: TopicPartition, committed: int | None) -> int | None:
         """Take the partition's state and mark from Redis; return where its records resume
@@ -222,10 +227,7 @@ class FeatureJob:
     def _reload_all(self) -> None:
         self.terminals.forget_computed()
         for tp in list(self.partitions):
-            held = self.redis.exists(
-                self.keys.state_mark(tp), self.keys.checkpoint(tp), self.keys.applied(tp)
-            )
-            if tp in self.marks and not held:  # it had state before the outage
+            if tp in self.marks and not self._holds_state(tp):  # it had state before the outage
                 self._state_lost([tp], "after an outage")
             self.owned.rewind(tp, self._load(tp, None))
 

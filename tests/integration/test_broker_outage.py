@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from fraud_app.eventing import DEFAULT_MANIFEST, Dispatcher, load_source
 from fraudcore import features as F
 from fraudcore.kafka import broker_ready, partition_reader
 from fraudcore.settings import Settings
+from tests.helpers import start_processes, stop_processes
 from tests.integration.test_object_store_outage import _env, _objects, _settings, _wait_for
 from tests.serving_helpers import ROOT, Server, make_model, predictor, transformer, upload_model
 
@@ -143,20 +143,10 @@ def test_every_component_rides_out_a_broker_kill(
     }
     logs = {name: tmp_path / f"{name}.log" for name in commands}
     scoring = Scoring(settings, unique, tmp_path)  # before the transactions: it reads from the start
-    procs = {
-        name: subprocess.Popen(argv, env=env, stdout=logs[name].open("wb"), stderr=subprocess.STDOUT)
-        for name, argv in commands.items()
-    }
+    procs = start_processes(commands, env, logs)
 
     def stop_all() -> None:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         scoring.stop()
 
     request.addfinalizer(stop_all)  # whichever assertion fails first

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -27,7 +26,7 @@ from fraud_app import devstack
 from fraud_features.store import offline_path
 from fraudcore import features as F
 from fraudcore.settings import Settings
-from tests.helpers import transaction
+from tests.helpers import start_processes, stop_processes, transaction
 from tests.integration.test_object_store_outage import _objects, _wait_for
 from tests.integration.test_serving_kill import (
     Flow,
@@ -75,22 +74,8 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
         "archiver": [*fraud, "archive", "--group", f"arch-{run_id}", "--prefix", archive_prefix],
     }
     logs = {name: serving.tmp / f"{name}.log" for name in commands}
-    procs = {
-        name: subprocess.Popen(argv, env=env, stdout=logs[name].open("wb"), stderr=subprocess.STDOUT)
-        for name, argv in commands.items()
-    }
-
-    def stop_workers() -> None:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    request.addfinalizer(stop_workers)  # whichever assertion fails first
+    procs = start_processes(commands, env, logs)
+    request.addfinalizer(lambda: stop_processes(procs))  # whichever assertion fails first
 
     def context() -> str:
         workers = "\n".join(f"--- {name} ---\n{path.read_text()[-3000:]}" for name, path in logs.items())
@@ -167,7 +152,7 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
         assert not dead, f"{dead} exited after Redis came back\n{context()}"
         assert "Redis is not answering" in logs["feature-job"].read_text(), context()
     finally:
-        stop_workers()  # the archiver and the feature log flush on the way out
+        stop_processes(procs)  # the archiver and the feature log flush on the way out
 
     archive = archived()
     assert not archive.duplicated(["kafka_partition", "kafka_offset"]).any(), "a record archived twice"
