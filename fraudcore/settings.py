@@ -244,6 +244,11 @@ class FeatureSettings(BaseModel):
     gate_group: str = "quality-gate"
     # How often the streaming job asks the broker whether the gate has caught up.
     gate_check_interval_s: float = Field(1.0, gt=0)
+    # Event days of terminal counters kept behind the stream's latest day; older days' counts
+    # are dropped. It must exceed 2 x label_delay_days + 30 (the terminal windows' reach, plus
+    # how far behind the latest day another partition may still be computing; the feature job
+    # refuses less): the rest is slack for late transactions (60: 15 days late).
+    counter_retention_days: int = Field(60, ge=1)
 
 
 class MonitorSettings(BaseModel):

@@ -6,8 +6,9 @@ drifts. ``fraud soak`` (``make soak``) runs the demo's loop without its live vie
   ``duplicates`` (decisions read twice: redeliveries, counted once in ``decided``);
 * ``windows``: end-to-end latency p50/p95/p99 per ``--window`` seconds of traffic;
 * ``rss_mib``: each platform process's resident memory (children included) at the start
-  of the traffic, after the first window (warm-up) and at the end; ``rss_growth_pct_max``:
-  the largest growth of one process from after warm-up to the end;
+  of the traffic, after the first window (warm-up) and at the end (each window carries the
+  figures at its close too, to tell a plateau from a leak); ``rss_growth_pct_max``: the
+  largest growth of one process from after warm-up to the end;
 * ``lag_end``: records each consumer group had not committed when the run ended;
 * ``checks``: 0 lost, RSS growth under 10 % per process after warm-up, p99 of the last
   window within 1.5x of the first; ``ok`` when all hold (the command exits 1 otherwise).
@@ -85,15 +86,17 @@ class SoakRecorder:
     def _close_window(self) -> None:
         self._opened = time.monotonic()
         index = len(self.monitor.latencies)
+        rss = self._rss()
         if index > self._first:
             percentiles = self.monitor.latency_percentiles(self._first)
             self.windows.append(
                 {"start_s": round(len(self.windows) * self.window_s), "decisions": index - self._first}
                 | {f"ms_{q}": v for q, v in percentiles.items()}
+                | {"rss_mib": rss}
             )
         self._first = index
         if not self.rss_warm:
-            self.rss_warm = self._rss()
+            self.rss_warm = rss
 
     def _run(self) -> None:
         while not self._stop.wait(self.window_s):

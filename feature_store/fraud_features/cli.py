@@ -51,7 +51,9 @@ def features_size_redis(
     cards: int = typer.Option(10_000, min=1, help="Cards written."),
     terminals: int = typer.Option(10_000, min=1, help="Terminals written."),
     card_events: int = typer.Option(60, min=1, help="Transactions in a card's 30-day history."),
-    counter_days: int = typer.Option(365, min=1, help="Days of transaction counts per terminal."),
+    counter_days: int = typer.Option(
+        60, min=1, help="Days of transaction counts per terminal (features.counter_retention_days)."
+    ),
     id_length: int = typer.Option(16, min=2, help="Characters of a card or terminal id."),
 ) -> None:
     """Measure Redis bytes per card and per terminal on a private redis-server (JSON)."""

@@ -122,7 +122,7 @@ def measure(
     cards: int = 10_000,
     terminals: int = 10_000,
     card_events: int = 60,
-    counter_days: int = 365,
+    counter_days: int = 60,
     fraud_fields: int = 2,
     id_length: int = 16,
     partitions: int | None = None,
@@ -132,8 +132,8 @@ def measure(
 
     ``card_events``: a card's transactions in its 30-day history (the simulator's default
     customer makes 2 a day: 60). ``counter_days``: days of transaction counts per terminal
-    (a year: the hash keeps a field for every day the terminal was active, although the
-    terminal windows only reach 37 days back). ``fraud_fields``:
+    (the job keeps ``features.counter_retention_days``, 60 by default: older days' fields are
+    dropped, the terminal windows reaching 37 days back). ``fraud_fields``:
     (transaction day, report day) fraud counts per terminal. ``id_length``: characters of a
     card or terminal id."""
     settings = Settings(_env_file=None)
@@ -152,7 +152,9 @@ def measure(
         writer = OnlineWriter(store)  # connects with Feast's connection string (AUTH included)
         client = redis.Redis(**settings.redis.client_kwargs())
         keys = RedisKeys(settings.features.namespace)
-        counters = TerminalCounters(client, keys, settings.features.label_delay_days, writer)
+        counters = TerminalCounters(
+            client, keys, settings.features.label_delay_days, writer, settings.features.counter_retention_days
+        )
         now_us = (FIRST_DAY + counter_days) * F.DAY_US
         day_start_us = (now_us // F.DAY_US) * F.DAY_US
         fraud_day_fields = [

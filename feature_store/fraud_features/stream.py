@@ -117,7 +117,13 @@ class FeatureJob:
 
             writer = OnlineWriter(feature_store(settings))
         self.writer = writer
-        self.terminals = TerminalCounters(self.redis, self.keys, settings.features.label_delay_days, writer)
+        self.terminals = TerminalCounters(
+            self.redis,
+            self.keys,
+            settings.features.label_delay_days,
+            writer,
+            settings.features.counter_retention_days,
+        )
         self.progress = Progress(settings, self.redis, self.keys)
         self.dead_letters = DeadLetters(settings, COMPONENT)
         self.log_features = log_features

@@ -10,6 +10,14 @@ chargeback's are one fraud), as in the backfill (``fraudcore.features``): a per-
 marker set with the increment keeps the second one out. Values of
 day ``d`` only read counters of days before ``d - D`` and labels reported before ``d``, so
 every replica computes the same values for a day once the watermark allows it.
+
+Counters of days older than the retention (``features.counter_retention_days``, in event
+time behind the latest day computed) are dropped when a terminal's counters are next read.
+A day's values read counters up to ``D`` + 30 days back, and the watermark lets one partition
+compute its day while another is still up to ``D`` days behind the latest day, so the
+retention must exceed 2``D`` + 30 days; what it keeps beyond that is slack for late
+transactions. Without this a terminal's hashes would keep a field for every day it was
+ever active.
 """
 
 from __future__ import annotations
@@ -65,7 +73,9 @@ for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
-CACHE_LIMIT = 500_000  # terminal days cached before the values of past days are dropped
+# Days of computed values cached behind the stream's latest day: today and yesterday are what
+# live transactions read, one more for stragglers; a later one's values are computed again.
+CACHE_DAYS = 3
 
 Increment = tuple[int, str, str, str]  # (record offset, counter hash, field, once-key or "")
 TerminalDay = tuple[str, int]  # (terminal id, UTC day)
@@ -88,10 +98,22 @@ class StateLostError(Exception):
 
 
 class TerminalCounters:
-    def __init__(self, client: redis.Redis, keys: RedisKeys, delay_days: int, writer: Any) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: RedisKeys, delay_days: int, writer: Any, retention_days: int
+    ) -> None:
+        # A day's values read counters up to delay + 30 days back, and a day is computed while
+        # another partition may still be up to the delay behind the latest day computed.
+        reach = 2 * delay_days + max(F.TERMINAL_WINDOWS_DAYS.values())
+        if retention_days <= reach:
+            raise ValueError(
+                f"features.counter_retention_days: {retention_days} is too short; it must exceed {reach} "
+                f"days (twice label_delay_days {delay_days}, plus the 30-day terminal window)"
+            )
         self.keys = keys
         self.delay = delay_days
+        self.retention_days = retention_days
         self.writer = writer
+        self.redis = client
         self._apply = client.register_script(APPLY_LUA)
         self._fetch = client.register_script(FETCH_LUA)
         self.cache: dict[TerminalDay, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
@@ -141,11 +163,19 @@ class TerminalCounters:
     def compute(self, terminal_days: list[TerminalDay]) -> None:
         """Compute the values of the terminal days not computed yet (and write the recent ones
         to the online store). Only for final days: see `final`."""
+        newest = max((d for _, d in terminal_days), default=self.latest_day)
+        if newest > self.latest_day:  # a new day: drop past days' values before computing any
+            self._forget_before(newest - CACHE_DAYS + 1)
         missing = sorted({p for p in terminal_days if p not in self.cache}, key=lambda p: p[1])
         if not missing:
             return
         terminals = sorted({m for m, _ in missing})
-        events = self._counted_events(terminals)
+        # Counters no day of this call nor any day within the retention will read again.
+        # Counters that neither this call's oldest day nor a day within the retention reads.
+        needed = missing[0][1] - self.delay - max(F.TERMINAL_WINDOWS_DAYS.values())
+        events = self._counted_events(
+            terminals, min(needed, max(self.latest_day, newest) - self.retention_days)
+        )
         index = {m: i for i, m in enumerate(terminals)}
         q_term = np.array([index[m] for m, _ in missing], dtype=np.int64)
         q_day = np.array([d for _, d in missing], dtype=np.int64)
@@ -162,22 +192,35 @@ class TerminalCounters:
         for i, pair in enumerate(missing):
             self.cache[pair] = tuple(float(values[n][i]) for n in F.TERMINAL_FEATURES)
         self._write_recent(missing, q_day, values)
-        if len(self.cache) > CACHE_LIMIT:  # values of past days are never needed again
-            self._forget_before(int(q_day.max()) - 1)
 
-    def _counted_events(self, terminals: list[str]) -> CountedEvents:
-        """The terminals' counters (terminal codes: positions in ``terminals``)."""
+    def _counted_events(self, terminals: list[str], oldest_day: int) -> CountedEvents:
+        """The terminals' counters (terminal codes: positions in ``terminals``); fields of
+        transaction days before ``oldest_day`` are dropped from Redis on the way."""
         keys = [k for m in terminals for k in (self.keys.transaction_counts(m), self.keys.fraud_counts(m))]
         replies = self._fetch(keys=keys, args=[])
         tx_rows: list[tuple[int, int, int]] = []  # (terminal code, day, count)
         fr_rows: list[tuple[int, int, int, int]] = []  # (terminal code, tx day, report day, count)
+        expired: dict[str, list[str]] = {}
         for code in range(len(terminals)):
             flat = replies[2 * code]
-            tx_rows += [(code, int(flat[j]), int(flat[j + 1])) for j in range(0, len(flat), 2)]
+            for j in range(0, len(flat), 2):
+                day = int(flat[j])
+                if day < oldest_day:
+                    expired.setdefault(keys[2 * code], []).append(flat[j].decode())
+                else:
+                    tx_rows.append((code, day, int(flat[j + 1])))
             flat = replies[2 * code + 1]
             for j in range(0, len(flat), 2):
                 txday, repday = flat[j].split(b":")
-                fr_rows.append((code, int(txday), int(repday), int(flat[j + 1])))
+                if int(txday) < oldest_day:
+                    expired.setdefault(keys[2 * code + 1], []).append(flat[j].decode())
+                else:
+                    fr_rows.append((code, int(txday), int(repday), int(flat[j + 1])))
+        if expired:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, fields in expired.items():
+                pipe.hdel(key, *fields)
+            pipe.execute()
         tx = np.array(tx_rows, dtype=np.int64).reshape(-1, 3)
         fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
         return CountedEvents(

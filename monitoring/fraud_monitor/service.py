@@ -318,6 +318,7 @@ class ModelMonitor:
                 else:
                     M.FEATURE_PSI.labels(version, name).set(value)
         self.store.forget_labels_before(self.clock_us - (window * DAY_US + 2 * self.delay_us))
+        self.store.forget_days_before(last_day - 2 * window + 1)  # a window's margin past the one read
 
     def _unread(self, client: confluent_kafka.Consumer, skip: set[tuple[str, int]] | None = None) -> int:
         """Decisions on the broker the outcome reader has not fetched yet (except on ``skip``)."""

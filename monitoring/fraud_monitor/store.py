@@ -5,7 +5,9 @@ Counts and offsets change in one MULTI/EXEC transaction, and a restarted monitor
 from the stored offsets (not Kafka's): a kill -9 at any point either applied a batch with
 its offsets or neither, so nothing is lost and nothing counted twice. Labels are a sorted
 set of transaction ids (adding one twice changes nothing); a card's daily highest score is
-a ``ZADD GT`` (idempotent too).
+a ``ZADD GT`` (idempotent too). Each version's days are indexed, so days the window has left
+behind (in event time) are deleted: a replay or simulation runs through days far faster than
+their keys' wall-clock expiry.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class OutcomeStore:
 
     def _fraud_cards(self, version: str, day: int) -> str:
         return f"{self.ns}:fraudcards:{version}:{day}"
+
+    def _days_of(self, version: str) -> str:
+        return f"{self.ns}:days:{version}"
 
     @property
     def _labels(self) -> str:
@@ -86,9 +91,27 @@ class OutcomeStore:
             for key in (self._day(version, day), self._cards(version, day), self._fraud_cards(version, day)):
                 pipe.expire(key, DAY_KEY_TTL_S)
             pipe.zadd(self._versions, {version: day}, gt=True)
+            pipe.zadd(self._days_of(version), {str(day): day})
+            pipe.expire(self._days_of(version), DAY_KEY_TTL_S)
         if offsets:
             pipe.hset(self._offsets, mapping={k: str(v) for k, v in offsets.items()})
         pipe.execute()
+
+    def forget_days_before(self, day: int) -> int:
+        """Delete every version's counts of event days before ``day``; how many days went."""
+        forgotten = 0
+        for version in self.versions():
+            index = self._days_of(version)
+            old = cast(list[bytes], self.redis.zrangebyscore(index, "-inf", f"({day}"))
+            if not old:
+                continue
+            pipe = self.redis.pipeline(transaction=True)
+            for d in (int(x) for x in old):
+                pipe.delete(self._day(version, d), self._cards(version, d), self._fraud_cards(version, d))
+            pipe.zremrangebyscore(index, "-inf", f"({day}")
+            pipe.execute()
+            forgotten += len(old)
+        return forgotten
 
     def offsets(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(self._offsets))

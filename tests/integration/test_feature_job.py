@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -132,6 +133,53 @@ def test_online_features_equal_the_offline_backfill(
             assert abs(got[name].iloc[i] - state[name][pos]) < 1e-6, name
 
 
+def test_counters_beyond_the_retention_are_dropped_and_the_features_stay_equal(
+    stack: Settings, unique: str, tmp_path: Path
+) -> None:
+    """60 days streamed in 4-day steps through the shortest counter retention the job accepts
+    (2 x 7 + 30 + 1 days): every terminal's first weeks of counters go, and the features
+    still equal the backfill."""
+    transactions, labels = simulated(days=60, customers=40, terminals=80, seed=3)
+    offline = F.offline_features(transactions, labels)
+    retention = 2 * F.LABEL_DELAY_DAYS + max(F.TERMINAL_WINDOWS_DAYS.values()) + 1
+    settings = _settings(stack, unique, tmp_path)
+    settings = settings.model_copy(
+        update={"features": settings.features.model_copy(update={"counter_retention_days": retention})}
+    )
+    job = FeatureJob(settings, group=f"fj-{unique}")
+    stop = threading.Event()
+    runner = threading.Thread(target=job.run, args=(stop,))
+    runner.start()
+    try:
+        step = pd.Timedelta(days=4)
+        start = transactions["timestamp"].min().floor("D")
+        while start <= transactions["timestamp"].max():
+            end = start + step
+            chunk = transactions.loc[(transactions["timestamp"] >= start) & (transactions["timestamp"] < end)]
+            reported = labels.loc[(labels["reported_at"] >= start) & (labels["reported_at"] < end)]
+            done = job.processed + len(chunk)
+            produce_history(settings, chunk, reported)
+            _wait_for(partial(_reached, job, done), f"the job to process the days from {start}")
+            start = end
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert job.processed == len(transactions)
+    _assert_same_features(_feature_log(settings), offline)
+
+    # A terminal's counters were last read for its latest day: nothing from before the
+    # retention behind that day is left.
+    day = F.to_us(transactions["timestamp"]) // F.DAY_US
+    span = pd.DataFrame({"terminal": transactions["terminal_id"], "day": day}).groupby("terminal")["day"]
+    first, last = span.min(), span.max()
+    assert (first < last - retention).sum() >= 30  # over half the terminals had days to drop
+    ns = settings.features.namespace
+    for terminal, last_day in last.items():
+        for key in (f"{ns}:tc:{terminal}", f"{ns}:tf:{terminal}"):
+            kept = [int(f.split(b":")[0]) for f in cast(list[bytes], job.redis.hkeys(key))]
+            assert min(kept, default=last_day) >= last_day - retention, (key, sorted(kept))
+
+
 class Replicas:
     """Feature-job replicas of one consumer group, each on its own thread with its own stop."""
 
@@ -174,6 +222,10 @@ class Replicas:
         finally:
             self.stop()
         assert not self.lag(), "the group did not reach the partitions' end offsets"
+
+
+def _reached(job: FeatureJob, processed: int) -> bool:
+    return job.processed >= processed
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:

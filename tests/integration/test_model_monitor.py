@@ -29,6 +29,9 @@ DAYS = 24  # of decisions; with the 7-day delay and a day's margin, the first 16
 PER_DAY = 250
 VERSION = "v-monitor-1"
 METRICS_PORT = 9958
+# Metrics over 9 event days. The monitor keeps twice its window behind the latest day whose
+# truth is known (day 16 here): every day counted stays until the test shrinks the window.
+WINDOW_DAYS = 9
 
 
 FIRST_DAY = int(START.timestamp()) // 86_400
@@ -99,10 +102,11 @@ def _counted(store: OutcomeStore) -> int:
     return sum(c.decisions for c in store.days(VERSION, FIRST_DAY, FIRST_DAY + DAYS).values())
 
 
-def _start(settings: Settings, group: str) -> subprocess.Popen[bytes]:
+def _start(settings: Settings, group: str, window_days: int = WINDOW_DAYS) -> subprocess.Popen[bytes]:
     env = {
         **env_for(settings),
         "FRAUD_MONITOR__INITIAL_OFFSET": "earliest",
+        "FRAUD_MONITOR__WINDOW_DAYS": str(window_days),
         "FRAUD_METRICS_PORTS__MODEL_MONITOR": str(METRICS_PORT),
     }
     return subprocess.Popen(
@@ -181,9 +185,11 @@ def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings
             ), day
             assert got.card_precision() == pytest.approx(want.card_precision())
 
-        # The exported metrics: the 7 event days up to the last whose truth is known.
+        # The exported metrics: the window's event days up to the last whose truth is known.
         last_day = int((clock - timedelta(days=8)).timestamp() * 1e6) // DAY_US
-        window = WindowMetrics.of(c for day, c in expected.items() if last_day - 7 < day <= last_day)
+        window = WindowMetrics.of(
+            c for day, c in expected.items() if last_day - WINDOW_DAYS < day <= last_day
+        )
         deadline = time.monotonic() + 30
         while True:
             families = scrape(METRICS_PORT)
@@ -208,6 +214,18 @@ def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings
             headers = {k: v.decode() for k, v in record.headers}
             assert headers["dlq-component"] == "model-monitor"
             assert ": " in headers["dlq-reason"], headers
+
+        # Days the window has left behind go, in event time: with a 2-day window, the days
+        # before last_day - 3.
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(20)
+        monitor = _start(settings, group, window_days=2)
+        kept_from = last_day - 2 * 2 + 1
+        deadline = time.monotonic() + 30
+        while store.days(VERSION, FIRST_DAY, kept_from - 1):
+            assert time.monotonic() < deadline, "the monitor kept days its window has left"
+            time.sleep(0.2)
+        assert sorted(store.days(VERSION, kept_from, last_day)) == list(range(kept_from, last_day + 1))
     finally:
         monitor.send_signal(signal.SIGTERM)
         monitor.wait(20)
