@@ -351,6 +351,10 @@ class ConsoleSettings(BaseModel):
     # An unclaimed case older than this is dropped from the queue (its label will have come
     # as a chargeback, if any).
     case_expiry_s: float = Field(7 * 86_400.0, gt=0)
+    # The most unclaimed cases the queue holds: past it, the lowest-scored ones are dropped
+    # (a tombstone each, counted in console_cases_dropped), so a queue nobody works through
+    # keeps its riskiest cases and the console's memory stays bounded.
+    queue_max_cases: int = Field(2_000, ge=1)
     # Where a console with no committed position starts reading fraud-scores.
     initial_offset: Literal["latest", "earliest"] = "latest"
     # Prometheus's HTTP API (empty: the local one, http://127.0.0.1:<prometheus.port>).

@@ -13,6 +13,7 @@ wire (the audit record is read by people); transitions take ``now`` so tests con
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
@@ -223,6 +224,15 @@ class CaseBook:
             for c in self.cases.values()
             if c.status is Status.OPEN and parse_timestamp(c.opened_at) < cutoff
         ]
+
+    def overflow(self, now: datetime, max_open: int) -> list[CaseEvent]:
+        """Tombstones for the lowest-scored unclaimed cases beyond ``max_open``."""
+        unclaimed = [c for c in self.cases.values() if c.status is Status.OPEN]
+        excess = len(unclaimed) - max_open
+        if excess <= 0:
+            return []
+        lowest = heapq.nsmallest(excess, unclaimed, key=lambda c: (c.score, c.opened_at))
+        return [CaseEvent(EventKind.EXPIRED, c.case_id, format_timestamp(now), None, None) for c in lowest]
 
     # --- state ------------------------------------------------------------------------------
     def apply(self, event: CaseEvent) -> None:

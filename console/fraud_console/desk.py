@@ -39,7 +39,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fraud_console.cases import Case, CaseBook, CaseEvent, Status
-from fraud_console.metrics import CASES, CASES_OPENED, LABELS_PUBLISHED, VERDICT_TO_LABEL, VERDICTS
+from fraud_console.metrics import (
+    CASES,
+    CASES_DROPPED,
+    CASES_OPENED,
+    LABELS_PUBLISHED,
+    VERDICT_TO_LABEL,
+    VERDICTS,
+)
 from fraudcore.events import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -71,12 +78,14 @@ class ReviewDesk:
         *,
         claim_timeout_s: float,
         case_expiry_s: float,
+        max_open: int | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.book = book
         self.journal = journal
         self.claim_timeout_s = claim_timeout_s
         self.case_expiry_s = case_expiry_s
+        self.max_open = max_open  # unclaimed cases kept (console.queue_max_cases); None: no limit
         self.clock = clock
         self._lock = threading.Lock()  # the book's transitions, and their writes
         self._delivering = threading.Lock()  # one label publication at a time
@@ -106,11 +115,17 @@ class ReviewDesk:
     # --- transitions ------------------------------------------------------------------------
     def open(self, decision: dict[str, Any], transaction: dict[str, Any]) -> bool:
         with self._lock:
-            event = self.book.open(decision, transaction, self.clock())
+            now = self.clock()
+            event = self.book.open(decision, transaction, now)
             if event is None:
                 return False
             self._commit(event)
+            dropped = self.book.overflow(now, self.max_open) if self.max_open is not None else []
+            for tombstone in dropped:  # the lowest-scored, perhaps the one just opened
+                self._commit(tombstone)
         CASES_OPENED.labels(decision["decision"]).inc()
+        if dropped:
+            CASES_DROPPED.labels("overflow").inc(len(dropped))
         return True
 
     def claim(self, case_id: str, analyst: str) -> Case:
@@ -155,6 +170,8 @@ class ReviewDesk:
             events = self.book.expired(self.clock(), self.case_expiry_s)
             for event in events:
                 self._commit(event)
+        if events:
+            CASES_DROPPED.labels("expired").inc(len(events))
         return len(events)
 
     def _deliver(self, case_id: str) -> Case | None:
@@ -189,10 +206,13 @@ class ReviewDesk:
         return event.case
 
     def _count(self) -> None:
-        waiting = self.book.queue()
         now = self.clock()
-        claimed = sum(1 for c in waiting if c.status is Status.CLAIMED and not c.claim_expired(now))
-        CASES.labels("open").set(len(waiting) - claimed)
+        waiting = claimed = 0
+        for c in self.book.cases.values():  # on every transition: counted, not sorted
+            if c.status is not Status.CLOSED:
+                waiting += 1
+                claimed += c.status is Status.CLAIMED and not c.claim_expired(now)
+        CASES.labels("open").set(waiting - claimed)
         CASES.labels("claimed").set(claimed)
         CASES.labels("awaiting_label").set(len(self.book.awaiting_label()))
 

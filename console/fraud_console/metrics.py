@@ -13,6 +13,11 @@ CASES_NOT_OPENED = Counter(
     "Decisions that should have opened a case but did not, by reason",
     ["reason"],
 )
+CASES_DROPPED = Counter(
+    "console_cases_dropped",
+    "Unclaimed cases taken off the queue, by reason: expired (too old) or overflow (queue full, lowest score)",
+    ["reason"],
+)
 VERDICTS = Counter("console_verdicts", "Verdicts recorded", ["verdict"])
 LABELS_PUBLISHED = Counter("console_labels_published", "Analyst labels published to fraud-labels")
 VERDICT_TO_LABEL = Histogram(
@@ -29,5 +34,7 @@ SIGN_INS = Counter("console_sign_ins", "Sign-in attempts, by outcome", ["outcome
 
 for _state in ("open", "claimed", "awaiting_label"):
     CASES.labels(_state)
+for _reason in ("expired", "overflow"):
+    CASES_DROPPED.labels(_reason)
 for _reason in ("csrf", "signed_out", "unknown_case", "bad_input", "replayed_form", "conflict"):
     REJECTED.labels(_reason)

@@ -66,6 +66,7 @@ def serve(settings: Settings, group: str) -> None:
         journal,
         claim_timeout_s=config.claim_timeout_s,
         case_expiry_s=config.case_expiry_s,
+        max_open=config.queue_max_cases,
     )
     desk.deliver_labels()  # verdicts a crash left without their label
     intake = Intake(settings, desk, finder, group)

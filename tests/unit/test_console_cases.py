@@ -357,6 +357,23 @@ def test_unclaimed_cases_expire_with_a_tombstone() -> None:
     assert {c.case_id for c in log.replayed().queue()} == {held, fresh}
 
 
+def test_a_full_queue_drops_its_lowest_scored_unclaimed_cases() -> None:
+    log = MemoryLog()
+    desk = ReviewDesk(
+        CaseBook(), log, claim_timeout_s=CLAIM_S, case_expiry_s=3_600, max_open=2, clock=Clock()
+    )
+    low = opened(desk, 1, score=0.55)
+    desk.claim(low, "alice")  # claimed: never dropped, and not counted against the limit
+    mid, high = opened(desk, 2, score=0.6), opened(desk, 3, score=0.9)
+    assert {c.case_id for c in desk.queue()} == {low, mid, high}
+    higher = opened(desk, 4, score=0.8)
+    assert {c.case_id for c in desk.queue()} == {low, high, higher}
+    assert log.records[-1] == (mid.encode(), None)  # a tombstone, as for an expired case
+    assert desk.open(decision(transaction(5), score=0.51), transaction(5))
+    assert {c.case_id for c in desk.queue()} == {low, high, higher}  # the newcomer was the lowest
+    assert {c.case_id for c in log.replayed().queue()} == {low, high, higher}
+
+
 def test_memory_keeps_the_latest_decisions_and_every_unlabelled_one() -> None:
     log = MemoryLog()
     desk = ReviewDesk(
