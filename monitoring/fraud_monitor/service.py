@@ -22,11 +22,13 @@ days, per model version.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -334,13 +336,17 @@ class ModelMonitor:
 
     # ------------------------------------------------------------------ skew
     def _skew_loop(self, stop: threading.Event) -> None:
-        """The skew check every ``skew_interval_s``, on its own thread (it reads the archive)."""
+        """The skew check every ``skew_interval_s``, each in a fresh child process: it loads
+        weeks of the archive into pandas, and memory freed in this long-running process
+        would stay with it (RSS grows by the check's peak), nor would its CPU wait for the GIL."""
         from fraud_monitor.skew import check
 
         interval = self.settings.monitor.skew_interval_s
+        spawn = multiprocessing.get_context("spawn")
         while not stop.wait(interval):
             try:
-                report = check(self.settings, self.settings.monitor.skew_sample)
+                with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                    report = pool.submit(check, self.settings, self.settings.monitor.skew_sample).result()
             except Exception:
                 M.SKEW_CHECKS.labels("failed").inc()
                 log.exception("the skew check failed; trying again in %.0f s", interval)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -229,3 +230,29 @@ def test_a_killed_monitor_resumes_and_counts_every_decision_once(stack: Settings
     finally:
         monitor.send_signal(signal.SIGTERM)
         monitor.wait(20)
+
+
+def test_the_skew_check_runs_in_a_child_process_and_reports_back(stack: Settings, unique: str) -> None:
+    """Each check is a fresh spawned process (its memory goes with it); its report, or its
+    failure, comes back to the monitor's metrics."""
+    from fraud_monitor import metrics as M
+    from fraud_monitor.service import ModelMonitor
+
+    settings = isolated(stack, unique)
+    settings = settings.model_copy(
+        update={"monitor": settings.monitor.model_copy(update={"skew_interval_s": 0.1})}
+    )
+    monitor = ModelMonitor(settings, group=f"skew-{unique}")
+    done = M.SKEW_CHECKS.labels("done")._value.get()
+    stop = threading.Event()
+    loop = threading.Thread(target=monitor._skew_loop, args=(stop,))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        while M.SKEW_CHECKS.labels("done")._value.get() < done + 2:
+            assert time.monotonic() < deadline, "no skew check came back"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loop.join(60)
+    assert M.SKEW_CHECKS.labels("failed")._value.get() == 0
