@@ -298,11 +298,10 @@ class Kafka(Service):
         )
         return cfg
 
-    def _java(self, main: str, *args: str) -> list[str]:
+    def _java(self, main: str, *args: str, heap: tuple[str, ...] = ("-Xmx256m",)) -> list[str]:
         return [
             "java",
-            "-Xms128m",
-            "-Xmx512m",
+            *heap,
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
@@ -325,7 +324,11 @@ class Kafka(Service):
             )
 
     def command(self) -> list[str]:
-        return self._java("kafka.Kafka", str(self.home / "server.properties"))
+        # A fixed heap, committed at start (as Kafka's operations guide sizes brokers): the
+        # broker's memory is bounded from its start, and its resident size then shows only
+        # what grows outside the heap.
+        heap = ("-Xms512m", "-Xmx512m", "-XX:+AlwaysPreTouch")
+        return self._java("kafka.Kafka", str(self.home / "server.properties"), heap=heap)
 
     def healthy(self) -> bool:
         from fraudcore.kafka import broker_ready

@@ -45,5 +45,15 @@ def test_each_drift_fails_its_check(p99_last: float, end: float, sent: int, fail
     assert [name for name, held in result["checks"].items() if not held] == [failed]
 
 
+def test_prometheus_is_reported_but_not_judged() -> None:
+    recorder = _recorder(40, 50, warm=100, end=104)
+    recorder.rss_warm["prometheus"], recorder.rss_end["prometheus"] = 60.0, 75.0
+    result = report(recorder, sent=1000, decided=1000, duplicates=0, lag_end={})
+    assert result["rss_growth_pct"]["prometheus"] == 25.0
+    assert result["rss_growth_pct_max"] == 4.0
+    assert result["ok"]
+    assert set(result["rss_not_judged"]) == {"prometheus"}
+
+
 def test_growth_is_measured_from_the_warm_figure() -> None:
     assert rss_growth_pct({"a": 200.0, "b": 0.0}, {"a": 230.0, "b": 5.0}) == {"a": 15.0}
