@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fraud_producers.encoding import label_events, labels, to_event_bytes
@@ -40,6 +41,7 @@ class ModeResult:
 
 
 def _progress() -> Progress:
+    # On stderr: standard output stays for results (`fraud soak` prints one JSON object there).
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -47,6 +49,7 @@ def _progress() -> Progress:
         TextColumn("{task.fields[rate]:>8,.0f}/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
     )
 
 
