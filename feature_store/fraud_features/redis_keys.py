@@ -22,9 +22,14 @@ class RedisKeys:
         """Hash: a terminal's fraud count per transaction day and report day (``<day>:<day>``)."""
         return self._key("tf", terminal_id)
 
-    def counted_fraud(self, transaction_id: str) -> str:
-        """Marker: the transaction's fraud is counted (later fraud verdicts count nothing)."""
-        return self._key("counted", transaction_id)
+    def counted_frauds(self, day: int) -> str:
+        """Set: the transactions of UTC ``day`` whose fraud is counted (later fraud verdicts
+        count nothing). One set per transaction day, so old days go as their counters do."""
+        return self._key("frauds-counted", day)
+
+    def counted_days(self) -> str:
+        """Sorted set: each ``counted_frauds`` set, scored by its day."""
+        return self._key("frauds-counted-days")
 
     def applied(self, tp: TopicPartition) -> str:
         """The offset after the partition's last record whose counter increments are applied."""

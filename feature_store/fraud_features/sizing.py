@@ -185,7 +185,7 @@ def measure(
                     ]
                     fields += [(keys.fraud_counts(terminal), field) for field in fraud_day_fields]
                     for key, field in fields:
-                        increments.append((offset, key, field, ""))
+                        increments.append((offset, key, field, "", "", ""))
                         offset += 1
                 mark = counters.apply(TopicPartition("transactions", 0), increments, mark)
 

@@ -23,7 +23,7 @@ ever active.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -35,8 +35,9 @@ from fraud_features.watermarks import Watermark
 from fraudcore import features as F
 
 # Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field,
-# once-key) quadruples in offset order; those below the partition's applied offset were applied
-# before. A non-empty once-key counts its increment only the first time that key is seen.
+# once-set, once-member, day) groups in offset order; those below the partition's applied offset
+# were applied before. A non-empty once-set counts its increment only the first time the member
+# joins it (the set is indexed by its day in KEYS[3], so old days' sets can be dropped).
 #
 # KEYS[2] is the partition's state mark (see RedisKeys.state_mark) and ARGV[1] the value the job
 # last wrote or read ("" for none yet): a different value means Redis lost the job's state
@@ -51,11 +52,15 @@ elseif mark ~= ARGV[1] then
 end
 local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local last = applied
-for i = 2, #ARGV, 4 do
+for i = 2, #ARGV, 6 do
   local offset = tonumber(ARGV[i])
   if offset >= applied then
     local once = ARGV[i + 3]
-    if once == '' or redis.call('SET', once, '1', 'NX', 'EX', 5184000) then
+    if once == '' or redis.call('SADD', once, ARGV[i + 4]) == 1 then
+      if once ~= '' then
+        redis.call('EXPIRE', once, 5184000)
+        redis.call('ZADD', KEYS[3], 'NX', ARGV[i + 5], once)
+      end
       redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
       redis.call('EXPIRE', ARGV[i + 1], 5184000)
     end
@@ -77,7 +82,8 @@ return out
 # live transactions read, one more for stragglers; a later one's values are computed again.
 CACHE_DAYS = 3
 
-Increment = tuple[int, str, str, str]  # (record offset, counter hash, field, once-key or "")
+# (record offset, counter hash, field, once-set or "", its member, the set's day)
+Increment = tuple[int, str, str, str, str, str]
 TerminalDay = tuple[str, int]  # (terminal id, UTC day)
 
 
@@ -114,6 +120,7 @@ class TerminalCounters:
         self.retention_days = retention_days
         self.writer = writer
         self.redis = client
+        self._markers_dropped_before = -(2**62)
         self._apply = client.register_script(APPLY_LUA)
         self._fetch = client.register_script(FETCH_LUA)
         self.cache: dict[TerminalDay, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
@@ -126,15 +133,23 @@ class TerminalCounters:
 
     # --- counters ---------------------------------------------------------------------------
     def transaction_increment(self, tx: Transaction) -> Increment:
-        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(tx.day), ""
+        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(tx.day), "", "", ""
 
     def label_increment(self, label: Label) -> Increment | None:
         """A fraud verdict's increment; None for a "legitimate" one, which counts nothing."""
         if not label.is_fraud:
             return None
-        field = f"{label.t_us // F.DAY_US}:{label.reported_us // F.DAY_US}"
-        once = self.keys.counted_fraud(label.transaction_id)
-        return label.offset, self.keys.fraud_counts(label.terminal_id), field, once
+        day = label.t_us // F.DAY_US
+        field = f"{day}:{label.reported_us // F.DAY_US}"
+        once = self.keys.counted_frauds(day)
+        return (
+            label.offset,
+            self.keys.fraud_counts(label.terminal_id),
+            field,
+            once,
+            label.transaction_id,
+            str(day),
+        )
 
     def apply(self, tp: TopicPartition, increments: list[Increment], mark: int | None) -> int | None:
         """Apply a partition's increments (in offset order), skipping those applied before,
@@ -145,7 +160,8 @@ class TerminalCounters:
         args = [arg for offset, *rest in increments for arg in (str(offset), *rest)]
         expected = "" if mark is None else str(mark)
         last, held = self._apply(
-            keys=[self.keys.applied(tp), self.keys.state_mark(tp)], args=[expected, *args]
+            keys=[self.keys.applied(tp), self.keys.state_mark(tp), self.keys.counted_days()],
+            args=[expected, *args],
         )
         if int(last) == -2:
             raise StateLostError(tp)
@@ -221,6 +237,8 @@ class TerminalCounters:
             for key, fields in expired.items():
                 pipe.hdel(key, *fields)
             pipe.execute()
+        if oldest_day > self._markers_dropped_before:
+            self._drop_fraud_markers_before(oldest_day)
         tx = np.array(tx_rows, dtype=np.int64).reshape(-1, 3)
         fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
         return CountedEvents(
@@ -230,6 +248,17 @@ class TerminalCounters:
             np.repeat(fr[:, 1], fr[:, 3]) * F.DAY_US,
             np.repeat(fr[:, 2], fr[:, 3]) * F.DAY_US,
         )
+
+    def _drop_fraud_markers_before(self, day: int) -> None:
+        """The once-only markers of transaction days before ``day``: their counters are gone."""
+        index = self.keys.counted_days()
+        old = cast(list[bytes], self.redis.zrangebyscore(index, "-inf", f"({day}"))
+        if old:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(*old)
+            pipe.zrem(index, *old)
+            pipe.execute()
+        self._markers_dropped_before = day
 
     def _write_recent(self, terminal_days: list[TerminalDay], days: F.I64, values: dict[str, F.F64]) -> None:
         # Only the stream's today and yesterday can be read by a live transaction (the view's

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 import uuid
@@ -338,14 +339,15 @@ class ModelMonitor:
     def _skew_loop(self, stop: threading.Event) -> None:
         """The skew check every ``skew_interval_s``, each in a fresh child process: it loads
         weeks of the archive into pandas, and memory freed in this long-running process
-        would stay with it (RSS grows by the check's peak), nor would its CPU wait for the GIL."""
+        would stay with it (RSS grows by the check's peak). The child runs at the lowest CPU
+        priority: an audit takes what the scoring path leaves, never its latency."""
         from fraud_monitor.skew import check
 
         interval = self.settings.monitor.skew_interval_s
         spawn = multiprocessing.get_context("spawn")
         while not stop.wait(interval):
             try:
-                with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                with ProcessPoolExecutor(1, mp_context=spawn, initializer=os.nice, initargs=(19,)) as pool:
                     report = pool.submit(check, self.settings, self.settings.monitor.skew_sample).result()
             except Exception:
                 M.SKEW_CHECKS.labels("failed").inc()

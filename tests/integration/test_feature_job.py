@@ -148,7 +148,16 @@ def test_counters_beyond_the_retention_are_dropped_and_the_features_stay_equal(
     )
     job = FeatureJob(settings, group=f"fj-{unique}")
     stop = threading.Event()
-    runner = threading.Thread(target=job.run, args=(stop,))
+    failures: list[str] = []
+
+    def run() -> None:
+        try:
+            job.run(stop)
+        except BaseException as exc:  # said in the assertion below, not only on stderr
+            failures.append(f"{type(exc).__name__}: {exc!r}")
+            raise
+
+    runner = threading.Thread(target=run)
     runner.start()
     try:
         step = pd.Timedelta(days=4)
@@ -159,7 +168,8 @@ def test_counters_beyond_the_retention_are_dropped_and_the_features_stay_equal(
             reported = labels.loc[(labels["reported_at"] >= start) & (labels["reported_at"] < end)]
             done = job.processed + len(chunk)
             produce_history(settings, chunk, reported)
-            _wait_for(partial(_reached, job, done), f"the job to process the days from {start}")
+            _wait_for(partial(_reached, job, done, failures), f"the job to process the days from {start}")
+            assert not failures, failures
             start = end
     finally:
         stop.set()
@@ -178,6 +188,15 @@ def test_counters_beyond_the_retention_are_dropped_and_the_features_stay_equal(
         for key in (f"{ns}:tc:{terminal}", f"{ns}:tf:{terminal}"):
             kept = [int(f.split(b":")[0]) for f in cast(list[bytes], job.redis.hkeys(key))]
             assert min(kept, default=last_day) >= last_day - retention, (key, sorted(kept))
+    # The once-only fraud markers go by transaction day too.
+    marked = cast(
+        list[tuple[bytes, float]], job.redis.zrange(job.keys.counted_days(), 0, -1, withscores=True)
+    )
+    fraud_days = F.to_us(labels["transaction_timestamp"]) // F.DAY_US
+    assert fraud_days.min() < day.max() - retention  # some frauds were that old
+    assert marked
+    assert min(score for _, score in marked) >= day.max() - retention
+    assert not job.redis.exists(job.keys.counted_frauds(int(fraud_days.min())))
 
 
 class Replicas:
@@ -224,8 +243,8 @@ class Replicas:
         assert not self.lag(), "the group did not reach the partitions' end offsets"
 
 
-def _reached(job: FeatureJob, processed: int) -> bool:
-    return job.processed >= processed
+def _reached(job: FeatureJob, processed: int, failures: list[str]) -> bool:
+    return bool(failures) or job.processed >= processed
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
