@@ -171,13 +171,16 @@ class Service:
         return ServiceStatus(self.name, version, self.address(), healthy, pid, tree_rss_mib(pid))
 
 
-def tree_rss_mib(pid: int | None) -> float:
-    """Resident memory of a process and its children, in MiB."""
+def tree_rss_mib(pid: int | None, *, workers: bool = True) -> float:
+    """Resident memory of a process and its children, in MiB; without ``workers``, less the
+    short-lived multiprocessing workers (a periodic job's, whose memory goes when it exits)."""
     if pid is None:
         return 0.0
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
+        if not workers:
+            procs = [p for p in procs if "--multiprocessing-fork" not in p.cmdline()]
         return sum(p.memory_info().rss for p in procs) / 2**20
     except psutil.Error:
         return 0.0

@@ -5,7 +5,8 @@ drifts. ``fraud soak`` (``make soak``) runs the demo's loop without its live vie
 * ``sent``, ``decided``, ``lost`` (sent without a decision once the backlog drained) and
   ``duplicates`` (decisions read twice: redeliveries, counted once in ``decided``);
 * ``windows``: end-to-end latency p50/p95/p99 per ``--window`` seconds of traffic;
-* ``rss_mib``: each platform process's resident memory (children included) at the start
+* ``rss_mib``: each platform process's resident memory (its children included, short-lived
+  multiprocessing workers not) at the start
   of the traffic, after the first window (warm-up) and at the end (each window carries the
   figures at its close too, to tell a plateau from a leak); ``rss_growth_pct_max``: the
   largest growth of one platform process from after warm-up to the end (``rss_not_judged``
@@ -80,7 +81,8 @@ class SoakRecorder:
         self._first = 0
 
     def _rss(self) -> dict[str, float]:
-        return {name: round(devstack.tree_rss_mib(pid), 1) for name, pid in self.pids.items()}
+        # A periodic job's worker (the monitor's skew check) is not the process's own memory.
+        return {name: round(devstack.tree_rss_mib(pid, workers=False), 1) for name, pid in self.pids.items()}
 
     def start(self) -> SoakRecorder:
         self.rss_start = self._rss()

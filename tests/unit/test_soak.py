@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from typing import Any
+
 import pytest
 
+from fraud_app import devstack
 from fraud_app.live import DecisionMonitor
 from fraud_app.soak import SoakRecorder, report, rss_growth_pct
 from fraudcore.settings import Settings
@@ -57,3 +62,25 @@ def test_prometheus_is_reported_but_not_judged() -> None:
 
 def test_growth_is_measured_from_the_warm_figure() -> None:
     assert rss_growth_pct({"a": 200.0, "b": 0.0}, {"a": 230.0, "b": 5.0}) == {"a": 15.0}
+
+
+def _hold_memory(ready: Any, release: Any) -> None:
+    block = bytearray(64 * 2**20)  # written through: resident
+    ready.set()
+    release.wait(30)
+    del block
+
+
+def test_a_periodic_jobs_worker_is_left_out_of_the_process_memory() -> None:
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    worker = context.Process(target=_hold_memory, args=(ready, release))
+    worker.start()
+    try:
+        assert ready.wait(30)
+        with_workers = devstack.tree_rss_mib(os.getpid())
+        without = devstack.tree_rss_mib(os.getpid(), workers=False)
+        assert with_workers - without > 60
+    finally:
+        release.set()
+        worker.join(30)
