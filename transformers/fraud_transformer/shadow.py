@@ -2,7 +2,7 @@
 the same live rows as the champion, after the champion's answer has gone, and its decisions go
 to ``fraud-scores-shadow``: never to the caller, never in the caller's latency.
 
-An empty slot (no shadow model) is looked at again every ``RETRY_S``. At most ``MAX_IN_FLIGHT``
+An empty slot (no shadow model) is looked at again every ``RETRY_S``, by one call. At most ``MAX_IN_FLIGHT``
 shadow calls run at once; beyond that the shadow skips rows (counted), so a slow challenger
 never holds the champion's path.
 """
@@ -62,7 +62,9 @@ class ShadowScorer:
         if time.monotonic() < self.empty_until:
             SHADOW_SKIPPED.labels("empty").inc(len(events))
             return
-        if len(self.tasks) >= MAX_IN_FLIGHT:
+        if len(self.tasks) >= MAX_IN_FLIGHT or (self.info is None and self.tasks):
+            # While the slot's model is unknown, one call looks: a burst of requests would
+            # otherwise each ask an empty slot at once.
             SHADOW_SKIPPED.labels("busy").inc(len(events))
             return
         task = asyncio.get_running_loop().create_task(self._score(events, rows, fallback, ingested_at))
