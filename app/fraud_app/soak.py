@@ -6,9 +6,9 @@ drifts. ``fraud soak`` (``make soak``) runs the demo's loop without its live vie
   ``duplicates`` (decisions read twice: redeliveries, counted once in ``decided``);
 * ``windows``: end-to-end latency p50/p95/p99 per ``--window`` seconds of traffic;
 * ``rss_mib``: each platform process's resident memory (its children included, short-lived
-  multiprocessing workers not) at the start
-  of the traffic, after the first window (warm-up) and at the end (each window carries the
-  figures at its close too, to tell a plateau from a leak); ``rss_growth_pct_max``: the
+  multiprocessing workers not) at the start of the traffic, after the first window (warm-up)
+  and at the end (each window carries the figures at its close too, to tell a plateau from a
+  leak); ``rss_growth_pct_max``: the
   largest growth of one platform process from after warm-up to the end (``rss_not_judged``
   names what is reported but left out of it, and why);
 * ``lag_end``: records each consumer group had not committed when the run ended;

@@ -109,7 +109,8 @@ class TerminalCounters:
     ) -> None:
         # A day's values read counters up to delay + 30 days back, and a day is computed while
         # another partition may still be up to the delay behind the latest day computed.
-        reach = 2 * delay_days + max(F.TERMINAL_WINDOWS_DAYS.values())
+        self.window_reach = delay_days + max(F.TERMINAL_WINDOWS_DAYS.values())
+        reach = delay_days + self.window_reach
         if retention_days <= reach:
             raise ValueError(
                 f"features.counter_retention_days: {retention_days} is too short; it must exceed {reach} "
@@ -186,12 +187,11 @@ class TerminalCounters:
         if not missing:
             return
         terminals = sorted({m for m, _ in missing})
-        # Counters no day of this call nor any day within the retention will read again.
         # Counters that neither this call's oldest day nor a day within the retention reads.
-        needed = missing[0][1] - self.delay - max(F.TERMINAL_WINDOWS_DAYS.values())
-        events = self._counted_events(
-            terminals, min(needed, max(self.latest_day, newest) - self.retention_days)
-        )
+        oldest = min(missing[0][1] - self.window_reach, max(self.latest_day, newest) - self.retention_days)
+        events = self._counted_events(terminals, oldest)
+        if oldest > self._markers_dropped_before:
+            self._drop_fraud_markers_before(oldest)
         index = {m: i for i, m in enumerate(terminals)}
         q_term = np.array([index[m] for m, _ in missing], dtype=np.int64)
         q_day = np.array([d for _, d in missing], dtype=np.int64)
@@ -237,8 +237,6 @@ class TerminalCounters:
             for key, fields in expired.items():
                 pipe.hdel(key, *fields)
             pipe.execute()
-        if oldest_day > self._markers_dropped_before:
-            self._drop_fraud_markers_before(oldest_day)
         tx = np.array(tx_rows, dtype=np.int64).reshape(-1, 3)
         fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
         return CountedEvents(

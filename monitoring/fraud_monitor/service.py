@@ -105,6 +105,7 @@ class ModelMonitor:
         self._published = 0.0
         self._label_clock_us = 0  # the latest report time among the labels read
         self._labels_checked = 0.0
+        self._days_kept_from = -(2**62)  # the store holds no day before this
         self.dead_letters = DeadLetters(s, "model-monitor")
 
     def _quarantine(self, message: Any, reason: str) -> None:
@@ -321,7 +322,10 @@ class ModelMonitor:
                 else:
                     M.FEATURE_PSI.labels(version, name).set(value)
         self.store.forget_labels_before(self.clock_us - (window * DAY_US + 2 * self.delay_us))
-        self.store.forget_days_before(last_day - 2 * window + 1)  # a window's margin past the one read
+        kept_from = last_day - 2 * window + 1  # a window's margin past the one read
+        if kept_from > self._days_kept_from:  # once per new day, not per publish
+            self.store.forget_days_before(kept_from)
+            self._days_kept_from = kept_from
 
     def _unread(self, client: confluent_kafka.Consumer, skip: set[tuple[str, int]] | None = None) -> int:
         """Decisions on the broker the outcome reader has not fetched yet (except on ``skip``)."""
