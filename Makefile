@@ -28,7 +28,13 @@ $(VENV)/.synced: requirements.lock requirements-pipeline.lock requirements-dev.l
 system-packages: ## install Redis and Prometheus (Debian packages), check Java, Maven, Go
 	@infra/system-packages.sh
 
-setup: system-packages $(VENV)/.synced ## create the virtualenv from the lock file
+# The local KafkaSource stand-in's Go build (app/kafkasource), which `fraud dispatch` runs
+# (Go modules are cached in Go's module cache).
+KAFKASOURCE := $(BIN)/fraud-kafkasource
+$(KAFKASOURCE): $(wildcard app/kafkasource/*.go) app/kafkasource/go.mod app/kafkasource/go.sum | $(BIN)/uv
+	cd app/kafkasource && go build -trimpath -o $(abspath $@) .
+
+setup: system-packages $(VENV)/.synced $(KAFKASOURCE) ## create the virtualenv from the lock file; build the Go stand-in
 
 # requirements.lock: the runtime dependencies only, what the serving and worker images
 # install (docker/Dockerfile). requirements-pipeline.lock: runtime + the pipeline extra
@@ -52,16 +58,19 @@ down: ## stop the local services
 status: ## version, address, memory and health of each service
 	$(FRAUD) status
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff and mypy; gofmt and go vet
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd app/kafkasource && test -z "$$(gofmt -l .)" && go vet ./...
 
 test: up k8s-tools ## all tests: unit, then integration against the running stack
+	cd app/kafkasource && go test ./...
 	$(PYTEST) -m "not integration"
 	$(PYTEST) -m integration --durations=25
 
 test-unit: setup k8s-tools ## fast tests, no services
+	cd app/kafkasource && go test ./...
 	$(PYTEST) -m "not integration"
 
 test-integration: up ## tests against the real local services

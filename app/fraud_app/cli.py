@@ -125,16 +125,33 @@ def dispatch(
     ),
     group: str = typer.Option(None, help="Override the manifest's consumerGroup."),
     initial_offset: str = typer.Option(None, help="Override initialOffset (earliest or latest)."),
-    max_in_flight: int = typer.Option(64, help="Concurrent deliveries (records of one key stay in order)."),
+    max_in_flight: int = typer.Option(
+        None, help="Concurrent deliveries (records of one key stay in order); default 64."
+    ),
     idle_exit_s: float = typer.Option(None, help="Exit after this many seconds without events."),
+    engine: str = typer.Option(
+        "auto",
+        help="go: the Go build (`make setup` compiles it); python: the Python one; auto: go where built.",
+    ),
 ) -> None:
     """Local stand-in for Knative's KafkaSource: deliver transactions to the transformer as CloudEvents."""
-    from fraud_app.eventing import Dispatcher, load_source
+    from fraud_app.eventing import MAX_IN_FLIGHT, Dispatcher, exec_go_build, go_build, go_config, load_source
     from fraudcore.service import stop_on_signals
 
+    max_in_flight = max_in_flight or MAX_IN_FLIGHT
+
+    if engine not in ("auto", "go", "python"):
+        raise typer.BadParameter(f"{engine!r} is not one of auto, go, python", param_hint="--engine")
     spec = load_source(manifest)
     updates = {k: v for k, v in {"consumer_group": group, "initial_offset": initial_offset}.items() if v}
     spec = spec.model_copy(update=updates)
+    built = go_build()
+    if engine == "go" and built is None:
+        console.print("[red]--engine go: the Go build is missing; run `make setup` (it needs Go)[/red]")
+        raise typer.Exit(2)
+    if engine != "python" and built is not None:
+        config = go_config(get_settings(), spec, sink, max_in_flight=max_in_flight, idle_exit_s=idle_exit_s)
+        exec_go_build(built, config)
     start_component(get_settings(), "dispatcher")
     d = Dispatcher(get_settings(), spec, sink, max_in_flight=max_in_flight)
     d.run(stop_on_signals(), idle_exit_s=idle_exit_s)

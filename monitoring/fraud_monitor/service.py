@@ -48,6 +48,7 @@ from fraudcore.events import EventKind, label_is_fraud, parse_timestamp, validat
 from fraudcore.features import DAY_US
 from fraudcore.health import LIVENESS
 from fraudcore.kafka import (
+    RELAXED_FETCH,
     DeadLetters,
     Record,
     consume_ready,
@@ -62,9 +63,6 @@ log = logging.getLogger(__name__)
 MAX_WAITING = 200_000  # decisions held in memory before the outcome reader pauses
 PUBLISH_EVERY_S = 2.0
 LABEL_CHECK_EVERY_S = 2.0  # how often the tail's label position is checked against the broker
-# The monitor needs no low latency: the broker holds its fetches until 64 KiB or half a second
-# (an idle consumer fetching every 100 ms cost the broker a tenth of a core).
-RELAXED_FETCH = {"fetch.wait.max.ms": 500, "fetch.min.bytes": 65_536}
 REFERENCE_RETRY_S = 30.0
 
 

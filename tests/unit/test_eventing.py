@@ -99,3 +99,43 @@ def test_retry_delays_follow_knatives_formula() -> None:
     assert [linear.delay_before_retry_s(n) for n in range(1, 4)] == [0.5, 1.0, 1.5]
     manifest = load_source(Path(__file__).resolve().parents[2] / DEFAULT_MANIFEST).delivery
     assert sum(manifest.delay_before_retry_s(n) for n in range(1, manifest.retry + 1)) == 63
+
+
+def test_the_go_build_is_configured_from_the_manifest_and_the_settings() -> None:
+    from pydantic import SecretStr
+
+    from fraud_app.eventing import MAX_IN_FLIGHT, go_config
+    from fraudcore.settings import KafkaSettings, Settings
+
+    kafka = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_username="scorer", sasl_password=SecretStr("s3cret")
+    )
+    settings = Settings(kafka=kafka, metrics_host="::")
+    spec = load_source().model_copy(update={"consumer_group": "g-1", "initial_offset": "earliest"})
+    config = go_config(settings, spec, ["http://t0", "http://t1"], idle_exit_s=3)
+    assert config["topics"] == spec.topics == ["transactions"]
+    assert (config["consumer_group"], config["initial_offset"]) == ("g-1", "earliest")
+    assert config["retry"] == spec.delivery.retry
+    assert config["backoff_delay_s"] == spec.delivery.backoff_delay_s
+    assert config["source"] == f"/apis/v1/namespaces/{spec.namespace}/kafkasources/{spec.name}#"
+    assert config["sinks"] == ["http://t0", "http://t1"]
+    assert config["max_in_flight"] == MAX_IN_FLIGHT
+    assert (config["security_protocol"], config["sasl_password"]) == ("SASL_SSL", "s3cret")
+    assert config["dead_letter_topic"] == settings.topics.dead_letter.name
+    assert config["metrics_address"] == f"[::]:{settings.metrics_ports.dispatcher}"
+    assert config["idle_exit_s"] == 3
+
+
+def test_asking_for_the_go_build_where_it_is_missing_is_a_cli_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fraud_app import eventing
+    from fraud_app.cli import app
+
+    monkeypatch.setattr(eventing, "go_build", lambda: None)
+    result = CliRunner().invoke(app, ["dispatch", "--engine", "go"])
+    assert result.exit_code == 2
+    assert "the Go build is missing" in result.output
+    result = CliRunner().invoke(app, ["dispatch", "--engine", "rust"])
+    assert result.exit_code == 2
+    assert "--engine" in result.output
