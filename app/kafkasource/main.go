@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,6 +101,11 @@ func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Se
 
 func main() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if os.Getenv("GOMAXPROCS") == "" {
+		// The work is waiting on sockets; with one scheduler thread a delivery does not wake
+		// another thread (the scheduler's hand-offs were most of this process's CPU).
+		runtime.GOMAXPROCS(1)
+	}
 	var cfg config
 	raw := os.Getenv(configEnv)
 	if raw == "" {
