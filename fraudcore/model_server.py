@@ -16,7 +16,9 @@ with the few things this platform changes about them.
   lean lane: a plain ASGI handler in front of FastAPI's router runs the same steps as
   KServe's V1 endpoint (model ready, decode, infer, encode) on the same data plane, with the
   same exception handlers, without the router, dependency solving and per-request
-  middleware around it. Every other route is KServe's, unchanged.
+  middleware around it. A binary-mode CloudEvent as KafkaSource sends it is read and
+  answered without the CloudEvents SDK (same data, same response event; about a tenth of
+  the transformer's CPU went to that SDK). Every other route is KServe's, unchanged.
 * Both servers listen on ``serving.bind_host`` (this machine unless told otherwise; KServe
   itself binds every interface) with the platform's request limits (``fraudcore.http_limits``):
   a deadline on receiving each request, a body size cap and a connection cap on REST, the
@@ -31,12 +33,16 @@ import asyncio
 import faulthandler
 import gc
 import logging
+import os
 import re
 import signal
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from grpc import aio
 from kserve import ModelServer, model_server
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -184,13 +190,20 @@ class V1PredictLane:
             raise ModelNotReady(model_name)
         body = await Request(scope, receive).body()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request, attributes = self.dataplane.decode(body=body, headers=headers)
+        event = decode_kafkasource_event(body, headers)
+        if event is not None:
+            request, attributes = event, {}
+        else:
+            request, attributes = self.dataplane.decode(body=body, headers=headers)
         result, response_headers = await self.dataplane.infer(
             model_name=model_name, request=request, headers=headers
         )
-        result, encoded_headers = self.dataplane.encode(
-            model_name=model_name, response=result, headers=headers, req_attributes=attributes
-        )
+        if event is not None and isinstance(result, dict):
+            result, encoded_headers = encode_binary_cloudevent(model_name, result)
+        else:
+            result, encoded_headers = self.dataplane.encode(
+                model_name=model_name, response=result, headers=headers, req_attributes=attributes
+            )
         response_headers.update(encoded_headers)
         response_headers.pop("content-length", None)
         if isinstance(result, bytes | str):
@@ -207,6 +220,46 @@ class V1PredictLane:
                 assert isinstance(answer, Response)
                 return answer
         raise exc
+
+
+CLOUDEVENT_REQUIRED = ("ce-id", "ce-source", "ce-type")
+
+
+def decode_kafkasource_event(body: bytes, headers: dict[str, str]) -> Any | None:
+    """The JSON data of a binary-mode CloudEvent as KafkaSource sends it (spec version 1.0,
+    the required attributes, ``content-type: application/json``, no other data content type),
+    read without the CloudEvents SDK: the same value KServe's decoding gives, at a fraction of
+    its cost. None for anything else (other modes, missing attributes, undecodable data), which
+    then takes KServe's own decoding, errors and all. The model reads the event's attributes
+    from the headers."""
+    if (
+        os.getenv("CE_MERGE", "false").lower() == "true"  # KServe's attribute merge: its own path
+        or headers.get("ce-specversion") != "1.0"
+        or headers.get("content-type") != "application/json"
+        or "ce-datacontenttype" in headers
+        or "ce-contenttype" in headers
+        or not all(headers.get(name) for name in CLOUDEVENT_REQUIRED)
+    ):
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def encode_binary_cloudevent(model_name: str, response: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """KServe's binary-mode response event (``create_response_cloudevent``: its type and
+    source, or ``CE_TYPE`` / ``CE_SOURCE``; a fresh id and time), encoded with orjson. With
+    ``CE_MERGE`` on, KServe's own encoding runs instead (see ``V1PredictLane``)."""
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": str(uuid.uuid4()),
+        "ce-source": os.getenv("CE_SOURCE", f"io.kserve.inference.{model_name}"),
+        "ce-type": os.getenv("CE_TYPE", "io.kserve.inference.response"),
+        "ce-time": datetime.now(UTC).isoformat(),
+        "content-type": "application/json",
+    }
+    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY), headers
 
 
 def _add_v1_predict_lane(dataplane: DataPlane) -> Callable[[], None]:

@@ -20,6 +20,8 @@ from fraudcore.model_server import (
     _add_body_limit,
     _drop_latency_log_middleware,
     _freeze_after_startup,
+    decode_kafkasource_event,
+    encode_binary_cloudevent,
     model_server_for,
     parse_args,
 )
@@ -102,3 +104,60 @@ def test_a_request_kserve_cannot_decode_is_a_client_error(body: bytes, headers: 
     plane = _server().dataplane
     with pytest.raises(InvalidInput):
         plane.decode(body, headers, "v2", "fraud")
+
+
+KAFKASOURCE_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-id": "partition:3/offset:1234",
+    "ce-source": "/apis/v1/namespaces/fraud/kafkasources/fraud-scoring#transactions",
+    "ce-type": "dev.knative.kafka.event",
+    "ce-subject": "partition:3#1234",
+    "ce-time": "2026-12-06T05:00:00.123Z",
+    "ce-key": "C00042",
+    "content-type": "application/json",
+}
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"card_id": "C00042", "amount": 12.5}', b"[1, 2]", b'"text"', b"{}", b"null"]
+)
+def test_a_kafkasource_event_decodes_as_kserve_decodes_it(body: bytes) -> None:
+    fast = decode_kafkasource_event(body, dict(KAFKASOURCE_HEADERS))
+    slow, _attributes = DataPlane.decode(DataPlane.__new__(DataPlane), body, dict(KAFKASOURCE_HEADERS))
+    assert fast == slow
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"ce-specversion": "0.3"}, "another spec version"),
+        ({"ce-id": ""}, "a required attribute empty"),
+        ({"content-type": "text/plain"}, "not JSON data"),
+        ({"ce-datacontenttype": "application/json"}, "its own data content type"),
+    ],
+)
+def test_anything_else_takes_kserves_own_decoding(change: dict[str, str], why: str) -> None:
+    headers = {**KAFKASOURCE_HEADERS, **change}
+    assert decode_kafkasource_event(b"{}", headers) is None, why
+    assert decode_kafkasource_event(b"{not json", dict(KAFKASOURCE_HEADERS)) is None
+    without_source = {k: v for k, v in KAFKASOURCE_HEADERS.items() if k != "ce-source"}
+    assert decode_kafkasource_event(b"{}", without_source) is None
+
+
+def test_the_response_event_is_the_one_kserve_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+    from kserve.utils.utils import create_response_cloudevent
+
+    response = {"predictions": [{"score": 0.25, "decision": "approve"}]}
+    body, headers = encode_binary_cloudevent("fraud", response)
+    kserve_headers, kserve_body = create_response_cloudevent("fraud", response, {}, binary_event=True)
+    assert orjson.loads(body) == orjson.loads(kserve_body)
+    for name in ("ce-specversion", "ce-source", "ce-type"):
+        assert headers[name] == kserve_headers[name], name
+    assert headers["ce-id"] != kserve_headers["ce-id"]  # fresh ids
+    assert headers["ce-time"][:10] == kserve_headers["ce-time"][:10]
+    assert headers["content-type"] == "application/json"
+    monkeypatch.setenv("CE_TYPE", "com.example.decision")
+    assert encode_binary_cloudevent("fraud", response)[1]["ce-type"] == "com.example.decision"
+    monkeypatch.setenv("CE_MERGE", "true")  # KServe's attribute merge: its own path
+    assert decode_kafkasource_event(b"{}", dict(KAFKASOURCE_HEADERS)) is None
