@@ -1,7 +1,7 @@
 """Start-up shared by the predictor and the transformer: KServe's command line and server,
 with the few things this platform changes about them.
 
-* Per-request log lines are off unless asked for (``--access_log true``,
+* Per-request log lines (REST and gRPC) are off unless asked for (``--access_log true``,
   ``--enable_latency_logging true``; KServe has both on): on this path they cost more CPU
   than the model, and /metrics has the request latencies. Without the latency log, its
   timing middleware goes too.
@@ -281,7 +281,15 @@ def _add_body_limit(max_body_bytes: int) -> Callable[[], None]:
     return install
 
 
-def _bind_servers(host: str, limits: HttpLimits) -> None:
+def grpc_interceptors(access_log: bool) -> tuple[Any, ...]:
+    """KServe's gRPC interceptors; its logging one writes a line per call, so it runs only
+    with the access log on."""
+    if access_log:
+        return (LoggingInterceptor(), ExceptionToStatusInterceptor())
+    return (ExceptionToStatusInterceptor(),)
+
+
+def _bind_servers(host: str, limits: HttpLimits, access_log: bool = False) -> None:
     """KServe 0.21 builds its REST server with ``host="0.0.0.0"`` and its gRPC server on
     ``[::]`` inside ``ModelServer.start``: the two classes it builds them from are replaced by
     ones that listen on ``host`` with the platform's limits."""
@@ -295,7 +303,7 @@ def _bind_servers(host: str, limits: HttpLimits) -> None:
         async def start(self, max_workers: int) -> None:  # KServe's, on ``host``
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                interceptors=grpc_interceptors(access_log),
                 options=[
                     ("grpc.max_send_message_length", limits.max_body_bytes),
                     ("grpc.max_receive_message_length", limits.max_body_bytes),
@@ -387,7 +395,7 @@ def model_server_for(args: argparse.Namespace, settings: Settings) -> ModelServe
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per predictor call otherwise
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    _bind_servers(args.bind_host or settings.serving.bind_host, settings.http)
+    _bind_servers(args.bind_host or settings.serving.bind_host, settings.http, args.access_log)
     from fastapi.exceptions import RequestValidationError
 
     app.add_exception_handler(RequestValidationError, _request_validation_error)

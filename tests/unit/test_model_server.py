@@ -22,6 +22,7 @@ from fraudcore.model_server import (
     _freeze_after_startup,
     decode_kafkasource_event,
     encode_binary_cloudevent,
+    grpc_interceptors,
     model_server_for,
     parse_args,
 )
@@ -161,3 +162,11 @@ def test_the_response_event_is_the_one_kserve_builds(monkeypatch: pytest.MonkeyP
     assert encode_binary_cloudevent("fraud", response)[1]["ce-type"] == "com.example.decision"
     monkeypatch.setenv("CE_MERGE", "true")  # KServe's attribute merge: its own path
     assert decode_kafkasource_event(b"{}", dict(KAFKASOURCE_HEADERS)) is None
+
+
+def test_grpc_calls_are_logged_only_with_the_access_log() -> None:
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+
+    quiet, logged = grpc_interceptors(access_log=False), grpc_interceptors(access_log=True)
+    assert [type(i) for i in quiet] == [ExceptionToStatusInterceptor]
+    assert [type(i) for i in logged] == [LoggingInterceptor, ExceptionToStatusInterceptor]
