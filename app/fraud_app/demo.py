@@ -253,7 +253,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> dict[str,
             f"{options.rate:,.0f}/s a simulated day lasts {DAY_S / speed_up(simulator, options.rate):,.1f} s"
         )
         recorder.start()
-        produced = _stream_live(
+        produced, waiting_max = _stream_live(
             settings, options, config, live_from, history, console, monitor, [ingest, serving], expected
         )
         recorder.stop()
@@ -273,7 +273,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> dict[str,
             monitor.duplicates,
             lags(settings, consumer_groups(settings, ingest, serving)),
         )
-        return {**outcome, **_console_figures(settings), "soak": soak}
+        return {**outcome, "waiting_max": waiting_max, **_console_figures(settings), "soak": soak}
     finally:
         if monitor:
             monitor.stop()
@@ -327,9 +327,11 @@ def _stream_live(
     monitor: DecisionMonitor,
     platforms: list[Platform],
     expected: Expected | None,
-) -> int:
+) -> tuple[int, int]:
     """Live traffic at the demo's rate, shown as it is decided; then up to half a minute for
-    the backlog to drain. Returns how many transactions were produced."""
+    the backlog to drain. Returns how many transactions were produced, and the most that
+    waited for a decision at once while traffic ran (sampled with the view, twice a second):
+    a platform that keeps up holds it under one second of traffic."""
     from fraud_producers.modes import LiveTraffic, seed
     from fraud_producers.producer import EventProducer
 
@@ -351,6 +353,7 @@ def _stream_live(
         return max(0, producer.stats.sent - traffic.labels_sent)
 
     started = time.monotonic()
+    waiting_max = 0
 
     def view() -> Table:
         alive = [name for platform in platforms for name in platform.alive()]
@@ -361,13 +364,14 @@ def _stream_live(
     with Live(console=console, refresh_per_second=2) as live:
         while producer_thread.is_alive():
             live.update(view())
+            waiting_max = max(waiting_max, produced() - monitor.snapshot().decisions)
             time.sleep(0.5)
         deadline = time.monotonic() + 30
         while monitor.snapshot().decisions < produced() and time.monotonic() < deadline:
             live.update(view())
             time.sleep(0.5)
         live.update(view())
-    return produced()
+    return produced(), waiting_max
 
 
 def _train(console: Console, **overrides: Any) -> None:

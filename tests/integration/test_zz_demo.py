@@ -52,9 +52,10 @@ def test_demo_runs_unattended_and_decides_as_the_evaluation_predicts(stack: Sett
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    # Everything shares two cores here, so scoring may lag the producer (see the benchmark);
-    # what matters is that the loop ran and decided.
     assert result["decided"] >= 5_000, result
+    # The platform keeps up at this rate: never more than one second of traffic (100
+    # transactions) waiting for a decision while the traffic ran.
+    assert result["waiting_max"] <= 100, result
     # The two-minute soak: nothing lost, no process's memory growing by 10 % after the first
     # minute (warm-up: the monitor's fixed windows fill), latency not drifting.
     soak = result["soak"]
