@@ -477,7 +477,7 @@ def go_config(
         if ":" in host
         else f"{host}:{settings.metrics_ports.dispatcher}",
         "stall_after_s": settings.consumer_stall_after_s,
-        "idle_exit_s": idle_exit_s or 0,
+        "idle_exit_s": -1 if idle_exit_s is None else idle_exit_s,  # negative: never
     }
 
 

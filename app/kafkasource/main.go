@@ -68,7 +68,7 @@ type config struct {
 	DeadLetterTopic  string   `json:"dead_letter_topic"`
 	MetricsAddress   string   `json:"metrics_address"`
 	StallAfterS      float64  `json:"stall_after_s"`
-	IdleExitS        float64  `json:"idle_exit_s"`
+	IdleExitS        float64  `json:"idle_exit_s"` // negative: never
 }
 
 func (c *config) check() error {
@@ -188,7 +188,11 @@ func newDispatcher(cfg *config) (*dispatcher, error) {
 			d.assigned.Add(int64(count(got)))
 		}),
 		kgo.OnPartitionsRevoked(d.revoked),
-		kgo.OnPartitionsLost(d.revoked),
+		kgo.OnPartitionsLost(d.lost),
+		// Rebalances wait until the loop has started what it polled and handed out its
+		// commit (AllowRebalance), so nothing is started or committed for a partition after
+		// its revoke callback has run.
+		kgo.BlockRebalanceOnPoll(),
 		// Dead letters: acks from every in-sync replica, idempotent (franz-go's defaults),
 		// keyed records partitioned with murmur2 as Java clients do.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -337,14 +341,18 @@ func (d *dispatcher) run(ctx context.Context) {
 		now := time.Now()
 		if n > 0 || d.tracker.pending() > 0 {
 			lastEvent = now
-		} else if d.cfg.IdleExitS > 0 && d.assigned.Load() > 0 && now.Sub(lastEvent) > seconds(d.cfg.IdleExitS) {
+		} else if d.cfg.IdleExitS >= 0 && d.assigned.Load() > 0 && now.Sub(lastEvent) > seconds(d.cfg.IdleExitS) {
 			break
 		}
 		if now.After(nextCommit) {
-			d.commit(ctx, false)
+			// Not the signal's context: a commit in flight at SIGTERM must still land, its
+			// positions have left the tracker.
+			d.commit(context.Background(), false)
 			nextCommit = now.Add(seconds(d.cfg.CommitIntervalS))
 		}
+		d.client.AllowRebalance()
 	}
+	d.client.AllowRebalance()
 	grace := seconds(d.cfg.TimeoutS * float64(d.cfg.Retry+1))
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
@@ -355,7 +363,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		cancelDeliveries()
 	}
 	d.commit(context.Background(), true)
-	d.client.Close()
+	d.client.CloseAllowingRebalance()
 }
 
 func (d *dispatcher) start(ctx context.Context, e *event) {
@@ -485,8 +493,14 @@ func (d *dispatcher) commit(ctx context.Context, wait bool) {
 
 // revoked runs before partitions move: commit what finished; what is still in flight is
 // delivered again by the partitions' next owner (at-least-once).
-func (d *dispatcher) revoked(ctx context.Context, _ *kgo.Client, partitions map[string][]int32) {
+func (d *dispatcher) revoked(ctx context.Context, client *kgo.Client, partitions map[string][]int32) {
 	d.commit(ctx, true)
+	d.lost(ctx, client, partitions)
+}
+
+// lost runs when the group membership is already gone (a fatal group error): a commit
+// would fail, so the partitions are only forgotten.
+func (d *dispatcher) lost(_ context.Context, _ *kgo.Client, partitions map[string][]int32) {
 	for topic, ps := range partitions {
 		for _, p := range ps {
 			d.tracker.forget(topicPartition{topic, p})

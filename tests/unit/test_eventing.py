@@ -124,6 +124,7 @@ def test_the_go_build_is_configured_from_the_manifest_and_the_settings() -> None
     assert config["dead_letter_topic"] == settings.topics.dead_letter.name
     assert config["metrics_address"] == f"[::]:{settings.metrics_ports.dispatcher}"
     assert config["idle_exit_s"] == 3
+    assert go_config(settings, spec, ["http://t0"])["idle_exit_s"] == -1  # never
 
 
 def test_asking_for_the_go_build_where_it_is_missing_is_a_cli_error(monkeypatch: pytest.MonkeyPatch) -> None:
