@@ -356,15 +356,17 @@ def _stream_live(
     waiting_max = 0
 
     def view() -> Table:
+        nonlocal waiting_max
         alive = [name for platform in platforms for name in platform.alive()]
-        snapshot = monitor.snapshot()
-        return _view(snapshot, started, alive, produced(), expected, _watch(settings, snapshot))
+        snapshot, sent = monitor.snapshot(), produced()
+        if producer_thread.is_alive():
+            waiting_max = max(waiting_max, sent - snapshot.decisions)
+        return _view(snapshot, started, alive, sent, expected, _watch(settings, snapshot))
 
     producer_thread.start()
     with Live(console=console, refresh_per_second=2) as live:
         while producer_thread.is_alive():
             live.update(view())
-            waiting_max = max(waiting_max, produced() - monitor.snapshot().decisions)
             time.sleep(0.5)
         deadline = time.monotonic() + 30
         while monitor.snapshot().decisions < produced() and time.monotonic() < deadline:
