@@ -15,6 +15,10 @@ and predictor all run as separate processes. Prints one JSON object:
 * ``hops_ms``: per-hop latency from the components' histograms (quality gate forwarding is
   inside ``dispatcher_record_to_sink``; the Feast lookup and the predictor call are inside
   the transformer);
+* ``request_size_cost``: what KafkaSource's one transaction per request costs. Direct
+  requests carrying 1, 10 or 50 transactions each (``REQUEST_SIZES``), at the same
+  transactions per second, with the CPU per transaction of the request path (transformer,
+  predictor, Redis), of the broker (the decisions published) and of every platform process;
 * ``cpu_ms_per_event`` per process (broker, Redis, MinIO, Prometheus, every component) and
   ``platform_cpu_ms_per_event`` (their sum), from each process's ``/proc/<pid>/stat`` over a
   ladder step, per event sent; ``load_generator_cpu_ms_per_event`` is this process (the
@@ -30,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +56,10 @@ from fraudcore.settings import Settings, get_settings
 from fraudcore.storage import s3_client
 
 LIMITS = {"p95": 10.0, "p99": 25.0}
+#: Transactions per request for ``request_size_cost``: 1 is what Knative's KafkaSource sends.
+REQUEST_SIZES = (1, 10, 50)
+REQUEST_SIZE_EVENTS_PER_S = 300.0
+REQUEST_SIZE_SECONDS = 15.0
 BACKLOG_MS = 1_000.0  # a p99 past this means the rate is not sustained: decisions queue up
 
 
@@ -115,27 +124,32 @@ def _ensure_model(settings: Settings, console: Console) -> None:
     )
 
 
+def transformer_url(settings: Settings) -> str:
+    """The local transformer's V1 predict endpoint."""
+    sv = settings.serving
+    return f"http://127.0.0.1:{sv.transformer_http_port}/v1/models/{sv.model_name}:predict"
+
+
 def _transformer_latency(
     settings: Settings, rate: float, seconds: float, cards: list[str], terminals: list[str]
 ) -> dict[str, float]:
     """Requests at a fixed schedule (an open-loop load) on keep-alive connections, from one
     asyncio client: it costs far less CPU per request than the server it measures, so the
     figure is the server's, not the load generator's queueing."""
-    sv = settings.serving
-    url = f"http://127.0.0.1:{sv.transformer_http_port}/v1/models/{sv.model_name}:predict"
-    return asyncio.run(_paced_requests(url, rate, seconds, cards, terminals))
+    return asyncio.run(_paced_requests(transformer_url(settings), rate, seconds, cards, terminals))
 
 
 async def _paced_requests(
-    url: str, rate: float, seconds: float, cards: list[str], terminals: list[str]
+    url: str, rate: float, seconds: float, cards: list[str], terminals: list[str], batch: int = 1
 ) -> dict[str, float]:
+    """``rate`` requests/s for ``seconds``, each carrying ``batch`` transactions."""
     import aiohttp
 
     latencies: list[float] = []
     failures: list[str] = []
 
-    async def call(client: aiohttp.ClientSession, i: int) -> None:
-        txn = {
+    def transaction(i: int) -> dict[str, Any]:
+        return {
             "schema_version": 1,
             "transaction_id": f"bench-{time.time_ns()}-{i}",
             "card_id": cards[i % len(cards)],
@@ -144,8 +158,11 @@ async def _paced_requests(
             "currency": "EUR",
             "timestamp": datetime.now(UTC).isoformat(),
         }
+
+    async def call(client: aiohttp.ClientSession, i: int) -> None:
+        body = {"instances": [transaction(i * batch + j) for j in range(batch)]}
         t0 = time.perf_counter()
-        async with client.post(url, json={"instances": [txn]}) as response:
+        async with client.post(url, json=body) as response:
             await response.read()
             if response.status != 200:
                 failures.append(f"HTTP {response.status}")
@@ -166,12 +183,49 @@ async def _paced_requests(
         elapsed = time.perf_counter() - start
     if failures:
         raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
-    ms = np.array(latencies[int(rate) :])  # the first second warms up
+    ms = np.array(latencies[int(rate) :] or latencies)  # the first second warms up
     return {
         "p50": round(float(np.percentile(ms, 50)), 3),
         "p99": round(float(np.percentile(ms, 99)), 3),
         "achieved": round(len(latencies) / elapsed, 1),
     }
+
+
+def _request_size_cost(
+    url: str,
+    pids: dict[str, int],
+    cards: list[str],
+    terminals: list[str],
+    sizes: Sequence[int] = REQUEST_SIZES,
+    events_per_s: float = REQUEST_SIZE_EVENTS_PER_S,
+    seconds: float = REQUEST_SIZE_SECONDS,
+) -> dict[str, Any]:
+    """The same transactions per second sent 1, 10 or 50 to a request, straight to the
+    transformer: CPU per transaction of each part, and the latency per request. KafkaSource's
+    contract is one transaction per request; the larger requests show what that costs."""
+    request_path = [n for n in pids if n.startswith("transformer") or n in ("predictor", "redis")]
+    out: dict[str, Any] = {"events_per_s": events_per_s, "seconds": seconds}
+    for size in sizes:
+        events = int(events_per_s * seconds)
+        before = snapshot(pids)
+        latency = asyncio.run(
+            _paced_requests(url, events_per_s / size, seconds, cards, terminals, batch=size)
+        )
+        time.sleep(2)  # the decisions' readers (console, monitor, archiver) catch up
+        cpu = ms_per_event(before, snapshot(pids), events)
+        out[str(size)] = {
+            "request_path_cpu_ms_per_event": round(sum(v for n, v in cpu.items() if n in request_path), 3),
+            "transformer_cpu_ms_per_event": round(
+                sum(v for n, v in cpu.items() if n.startswith("transformer")), 3
+            ),
+            "broker_cpu_ms_per_event": cpu.get("kafka", 0.0),
+            "platform_cpu_ms_per_event": round(sum(cpu.values()), 3),
+            "request_ms_p50": latency["p50"],
+            "request_ms_p99": latency["p99"],
+            "achieved_events_per_s": round(latency["achieved"] * size, 1),
+            "cpu_ms_per_event": cpu,
+        }
+    return out
 
 
 DEAD_LETTER_COUNTER = "dead_letter_messages"
@@ -330,10 +384,17 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         results["transformer_ms_p50_at_200rps"] = direct["p50"]
         results["transformer_ms_p99_at_200rps"] = direct["p99"]
         results["transformer_achieved_rps"] = direct["achieved"]
+        pids = platform_pids(settings, ingest, serving)
+        results["request_size_cost"] = _request_size_cost(
+            transformer_url(settings),
+            pids,
+            [f"C{i:05d}" for i in range(config.n_customers)],
+            [f"T{i:05d}" for i in range(config.n_terminals)],
+        )
         time.sleep(2)
         # The backfill went through the same producer: its burst is not the ladder's ack time.
         acks_before = histogram_buckets([settings.metrics_ports.producer], "producer_send_latency_seconds")
-        ladder = Ladder(settings, traffic, seconds, monitor, platform_pids(settings, ingest, serving))
+        ladder = Ladder(settings, traffic, seconds, monitor, pids)
         steps: list[dict[str, Any]] = []
         for rate in rates:
             steps.append(ladder.step(rate))

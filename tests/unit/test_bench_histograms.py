@@ -1,12 +1,24 @@
-"""The benchmark's histogram quantiles, read from a real /metrics endpoint."""
+"""The benchmark: histogram quantiles read from a real /metrics endpoint, and direct requests
+of several transactions each against a real HTTP server."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
+import threading
+from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
-from fraud_app.bench import histogram_buckets, histogram_quantiles, summarise
+from fraud_app.bench import (
+    _paced_requests,
+    _request_size_cost,
+    histogram_buckets,
+    histogram_quantiles,
+    summarise,
+)
 
 
 def free_port() -> int:
@@ -67,3 +79,71 @@ def test_no_passing_rate_reports_zero_with_the_lowest_rates_latency() -> None:
     summary = summarise([_step(250, 30, 60), _step(500, 80, 200)])
     assert summary["e2e_max_events_per_s"] == 0
     assert summary["e2e_ms_p95"] == 30
+
+
+class PredictServer:
+    """A real HTTP server in a thread that records every request body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        return web.json_response({"predictions": []})
+
+    async def _start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/predict", self._predict)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        return runner
+
+    def __enter__(self) -> PredictServer:
+        self._thread.start()
+        self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/predict"
+
+
+def test_paced_requests_carry_the_requested_number_of_transactions() -> None:
+    with PredictServer() as server:
+        latency = asyncio.run(_paced_requests(server.url, 20.0, 1.0, ["C1", "C2"], ["T1"], batch=5))
+    bodies = server.bodies
+    assert len(bodies) == 20
+    instances = [txn for body in bodies for txn in body["instances"]]
+    assert all(len(body["instances"]) == 5 for body in bodies)
+    assert len({txn["transaction_id"] for txn in instances}) == 100
+    assert latency["p50"] > 0
+    assert latency["achieved"] > 0
+
+
+def test_request_size_cost_sends_the_same_transactions_per_second_in_larger_requests() -> None:
+    # This process serves the requests, so it stands in for the transformer being measured.
+    pids = {"transformer-0": os.getpid(), "kafka": os.getpid(), "gone": 2**22 + 1}
+    with PredictServer() as server:
+        out = _request_size_cost(
+            server.url, pids, ["C1"], ["T1"], sizes=(1, 4), events_per_s=40.0, seconds=1.0
+        )
+    sizes = [len(body["instances"]) for body in server.bodies]
+    assert sizes.count(1) == 40
+    assert sizes.count(4) == 10
+    assert (out["events_per_s"], out["seconds"]) == (40.0, 1.0)
+    for size in ("1", "4"):
+        figures = out[size]
+        assert figures["transformer_cpu_ms_per_event"] > 0
+        assert figures["request_path_cpu_ms_per_event"] == figures["transformer_cpu_ms_per_event"]
+        assert figures["broker_cpu_ms_per_event"] == figures["cpu_ms_per_event"]["kafka"]
+        assert set(figures["cpu_ms_per_event"]) == {"transformer-0", "kafka"}  # a gone pid is left out
+        assert figures["request_ms_p50"] > 0
