@@ -18,7 +18,8 @@ figures are reported, by name, for every seed.
 JSON: ``handbook_*`` / ``window_*`` ranking figures (AUC-ROC, AP, CP@100) as means over the
 seeds, with ``_std`` (sample standard deviation), ``_min`` and ``_max``; the unprefixed
 figures (``auc_roc``, ``average_precision``, ``card_precision_at_100``, ...) are the means of
-the chosen protocol's; ``per_seed`` holds each run (chosen model and parameters, both
+the chosen protocol's; ``handbook_card_precision_at_100_ceiling`` / ``window_...`` are what a
+perfect ranking would reach on the same rows (means over the seeds, and per seed); ``per_seed`` holds each run (chosen model and parameters, both
 protocols' figures, pipeline seconds); ``pipeline_seconds`` is the slowest seed's.
 
 Targets (the Handbook's best published figures): AUC-ROC 0.869, average precision 0.687,
@@ -51,6 +52,8 @@ DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_PROTOCOL = "handbook"
 #: The ranking figures each protocol reports by name (``handbook_auc_roc``, ...).
 RANKING = ("auc_roc", "average_precision", "card_precision_at_100")
+#: Card precision@100 of a perfect ranking on the same rows: how far the figure could go.
+CEILING = "card_precision_at_100_ceiling"
 #: The chosen protocol's figures, under the benchmark's original keys.
 HEADLINE = (
     *RANKING,
@@ -113,6 +116,11 @@ def seed_result(seed: int, run: LocalRun) -> dict[str, Any]:
     named = {
         f"{protocol}_{name}": round(m[f"{protocol}_{name}"], 4) for protocol in PROTOCOLS for name in RANKING
     }
+    ceilings = {
+        f"{protocol}_{CEILING}": round(m[f"{protocol}_{CEILING}"], 4)
+        for protocol in PROTOCOLS
+        if f"{protocol}_{CEILING}" in m
+    }
     counts = {
         f"{protocol}_{name}": int(m[f"{protocol}_{name}"])
         for protocol in PROTOCOLS
@@ -127,6 +135,7 @@ def seed_result(seed: int, run: LocalRun) -> dict[str, Any]:
             "uri": s.get("model_uri"),
         },
         **named,
+        **ceilings,
         **counts,
         **{name: round(m[name], 5 if name == "brier_score" else 4) for name in HEADLINE},
         "pipeline_seconds": round(run.seconds, 1),
@@ -159,6 +168,9 @@ def summarize(per_seed: Sequence[dict[str, Any]], protocol: str = DEFAULT_PROTOC
         result[f"{figure}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
         result[f"{figure}_min"] = min(values)
         result[f"{figure}_max"] = max(values)
+    for figure in (f"{p}_{CEILING}" for p in PROTOCOLS):
+        if all(figure in r for r in per_seed):
+            result[figure] = round(statistics.fmean(r[figure] for r in per_seed), 4)
     handbook_means = {k: result[f"handbook_{k}"] for k in HANDBOOK_TARGETS}
     result.update(
         {

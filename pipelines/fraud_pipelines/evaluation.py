@@ -146,16 +146,19 @@ def _utc_days(timestamps: pd.Series) -> npt.NDArray[Any]:
 
 def ranking_metrics(test: pd.DataFrame, scores: ArrayLike, k: int = 100) -> dict[str, float]:
     """AUC-ROC, average precision and the Handbook's card precision@k (cards detected on an
-    earlier day left out) of the given rows, with their counts."""
+    earlier day left out) of the given rows, with their counts. ``card_precision_at_{k}_ceiling``
+    is what a perfect ranking would reach: a day with fewer than ``k`` compromised cards
+    cannot fill its ``k`` slots."""
     y = test["is_fraud"].to_numpy(np.int64)
     s = np.asarray(scores, dtype=np.float64)
-    cp, _ = card_precision_at_k(
-        _utc_days(test["timestamp"]), test["card_id"].to_numpy(), s, y, k, remove_detected=True
-    )
+    days, cards = _utc_days(test["timestamp"]), test["card_id"].to_numpy()
+    cp, _ = card_precision_at_k(days, cards, s, y, k, remove_detected=True)
+    ceiling, _ = card_precision_at_k(days, cards, y, y, k, remove_detected=True)
     return {
         "auc_roc": float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan"),
         "average_precision": float(average_precision_score(y, s)) if y.sum() else float("nan"),
         f"card_precision_at_{k}": cp,
+        f"card_precision_at_{k}_ceiling": ceiling,
         "test_transactions": float(len(y)),
         "test_frauds": float(y.sum()),
     }

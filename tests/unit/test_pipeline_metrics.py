@@ -13,6 +13,7 @@ from fraud_pipelines.evaluation import (
     card_precision_at_k,
     evaluate,
     expected_calibration_error,
+    ranking_metrics,
     roc_points,
 )
 
@@ -45,6 +46,28 @@ def test_card_precision_handbook_removes_detected_cards() -> None:
     )
     assert per_day.to_dict() == {"d1": 0.5, "d2": 0.5, "d3": 0.0}
     assert mean == pytest.approx(1 / 3)
+
+
+def test_ceiling_is_a_perfect_rankings_card_precision() -> None:
+    # A perfect ranking on the example, k = 2: day 1 finds A and C (1.0); day 2 has only A and
+    # C compromised, both found already, so E fills a slot and the other is empty (0.0); day 3
+    # likewise (0.0). The model's own figure is 1/3 (see above), whatever the ceiling.
+    ex = _example()
+    start = pd.Timestamp("2018-08-08", tz="UTC")
+    test = pd.DataFrame(
+        {
+            "timestamp": [start + pd.Timedelta(days=int(d[1]) - 1, hours=i) for i, d in enumerate(ex["day"])],
+            "card_id": ex["card"],
+            "is_fraud": ex["fraud"],
+        }
+    )
+    figures = ranking_metrics(test, ex["score"], k=2)
+    assert figures["card_precision_at_2"] == pytest.approx(1 / 3)
+    assert figures["card_precision_at_2_ceiling"] == pytest.approx(1 / 3)
+    # With C's fraud on day 2 a new card instead, a perfect ranking finds it: day 2 is 0.5.
+    test.loc[6, "card_id"] = "G"
+    figures = ranking_metrics(test, ex["score"], k=2)
+    assert figures["card_precision_at_2_ceiling"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
 
 
 def test_card_precision_divides_by_k_and_breaks_ties_by_card() -> None:
