@@ -19,6 +19,10 @@ and predictor all run as separate processes. Prints one JSON object:
   requests carrying 1, 10 or 50 transactions each (``REQUEST_SIZES``), at the same
   transactions per second, with the CPU per transaction of the request path (transformer,
   predictor, Redis), of the broker (the decisions published) and of every platform process;
+* ``gate_hop_cost``: two more steps at ``GATE_HOP_RATE``, one through the quality gate and
+  one written straight to ``transactions`` (the gate forwards the original bytes and key):
+  the gate's hop in CPU per event (``hop_cpu_ms_per_event``, the broker's share apart) and
+  in median latency;
 * ``cpu_ms_per_event`` per process (broker, Redis, MinIO, Prometheus, every component) and
   ``platform_cpu_ms_per_event`` (their sum), from each process's ``/proc/<pid>/stat`` over a
   ladder step, per event sent; ``load_generator_cpu_ms_per_event`` is this process (the
@@ -60,6 +64,8 @@ LIMITS = {"p95": 10.0, "p99": 25.0}
 REQUEST_SIZES = (1, 10, 50)
 REQUEST_SIZE_EVENTS_PER_S = 300.0
 REQUEST_SIZE_SECONDS = 15.0
+#: The rate at which the quality gate's hop is measured (``gate_hop_cost``).
+GATE_HOP_RATE = 300.0
 BACKLOG_MS = 1_000.0  # a p99 past this means the rate is not sustained: decisions queue up
 
 
@@ -246,8 +252,9 @@ class Ladder:
         ports = self.settings.metrics_ports
         return [ports.quality_gate, ports.dispatcher, ports.feature_job]
 
-    def step(self, rate: float) -> dict[str, Any]:
-        """Produce at ``rate`` for the step's seconds, wait for the decisions, and measure."""
+    def step(self, rate: float, topic: str | None = None) -> dict[str, Any]:
+        """Produce at ``rate`` for the step's seconds (to ``topic``, default the ingress topic
+        the quality gate reads), wait for the decisions, and measure."""
         from fraud_producers.modes import seed
 
         before = len(self.monitor.latencies)
@@ -260,6 +267,7 @@ class Ladder:
             duration_s=self.seconds,
             config=self.traffic.simulator.config,
             traffic=self.traffic,
+            topic=topic,
         )
         sent = result.transactions  # the labels went through the same producer
         decided = self._wait_for_decisions(before, sent)
@@ -295,6 +303,34 @@ class Ladder:
             elif time.monotonic() > quiet_until:
                 break
         return len(self.monitor.latencies) - before
+
+
+def gate_hop_figures(through_gate: dict[str, Any], straight: dict[str, Any]) -> dict[str, Any]:
+    """Two ladder steps at the same rate, one through the quality gate and one written
+    straight to ``transactions``: what the gate's hop costs in CPU and in latency."""
+
+    def brief(step: dict[str, Any]) -> dict[str, Any]:
+        cpu = step["cpu_ms_per_event"]
+        return {
+            **{k: step[k] for k in ("achieved_per_s", "lost", "errors", "ms_p50", "ms_p95", "ms_p99")},
+            "platform_cpu_ms_per_event": step["platform_cpu_ms_per_event"],
+            "quality_gate_cpu_ms_per_event": cpu.get("quality-gate", 0.0),
+            "broker_cpu_ms_per_event": cpu.get("kafka", 0.0),
+        }
+
+    with_gate, without = brief(through_gate), brief(straight)
+    return {
+        "rate": through_gate["rate"],
+        "through_gate": with_gate,
+        "straight_to_transactions": without,
+        "hop_cpu_ms_per_event": round(
+            with_gate["platform_cpu_ms_per_event"] - without["platform_cpu_ms_per_event"], 3
+        ),
+        "hop_broker_cpu_ms_per_event": round(
+            with_gate["broker_cpu_ms_per_event"] - without["broker_cpu_ms_per_event"], 3
+        ),
+        "hop_ms_p50": round(with_gate["ms_p50"] - without["ms_p50"], 3),
+    }
 
 
 def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -346,7 +382,8 @@ def _live_traffic(
     from fraud_producers.modes import backfill
     from fraud_producers.producer import EventProducer
 
-    end = live_start(Simulator(config), sum(rates), seconds + 5, datetime.now(UTC))
+    # The ladder's steps and the two of the gate's hop.
+    end = live_start(Simulator(config), sum(rates) + 2 * GATE_HOP_RATE, seconds + 5, datetime.now(UTC))
     history = backfill(settings, days=45, config=config, show_progress=False, start=end - timedelta(days=45))
     wait_for_backfill(settings, history.transactions)  # the ladder must not compete with the backfill
     return LiveTraffic(settings, EventProducer(settings), config, end, history=history.history)
@@ -404,6 +441,11 @@ def run(rates: list[float], seconds: float, transformers: int, console: Console)
         results["ladder"] = steps
         results.update(summarise(steps))
         results["hops_ms"] = _hops(settings, transformers, acks_before)
+        # The gate's hop: the same rate through the gate and straight to `transactions` (the
+        # gate forwards the original bytes and key, so what follows cannot tell them apart).
+        results["gate_hop_cost"] = gate_hop_figures(
+            ladder.step(GATE_HOP_RATE), ladder.step(GATE_HOP_RATE, topic=settings.topics.transactions.name)
+        )
         results["duplicates_seen"] = monitor.duplicates
     finally:
         if monitor:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from fraud_app.bench import (
     _paced_requests,
     _request_size_cost,
+    gate_hop_figures,
     histogram_buckets,
     histogram_quantiles,
     summarise,
@@ -147,3 +148,27 @@ def test_request_size_cost_sends_the_same_transactions_per_second_in_larger_requ
         assert figures["broker_cpu_ms_per_event"] == figures["cpu_ms_per_event"]["kafka"]
         assert set(figures["cpu_ms_per_event"]) == {"transformer-0", "kafka"}  # a gone pid is left out
         assert figures["request_ms_p50"] > 0
+
+
+def test_gate_hop_is_the_difference_between_the_two_steps() -> None:
+    def step(platform: float, gate: float, broker: float, p50: float) -> dict[str, Any]:
+        return {
+            "rate": 300.0,
+            "achieved_per_s": 299.9,
+            "lost": 0,
+            "errors": 0,
+            "ms_p50": p50,
+            "ms_p95": p50 * 3,
+            "ms_p99": p50 * 5,
+            "platform_cpu_ms_per_event": platform,
+            "cpu_ms_per_event": {"quality-gate": gate, "kafka": broker, "transformer-0": 1.2},
+        }
+
+    out = gate_hop_figures(step(4.4, 0.19, 0.97, 14.2), step(3.9, 0.01, 0.71, 11.0))
+    assert out["rate"] == 300.0
+    assert out["hop_cpu_ms_per_event"] == 0.5
+    assert out["hop_broker_cpu_ms_per_event"] == 0.26
+    assert out["hop_ms_p50"] == 3.2
+    assert out["through_gate"]["quality_gate_cpu_ms_per_event"] == 0.19
+    assert out["straight_to_transactions"]["broker_cpu_ms_per_event"] == 0.71
+    assert out["straight_to_transactions"]["ms_p99"] == 55.0
