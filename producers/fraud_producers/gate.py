@@ -73,7 +73,8 @@ class QualityGate:
         self.settings = settings
         self.group = group
         self.max_future = max_future
-        self.producer = producer or EventProducer(settings)
+        # No linger: a batch's forwards go out at once, and the gate waits for their acks.
+        self.producer = producer or EventProducer(settings, linger_ms=0)
         self.accepted = 0
         self.rejected = 0
 

@@ -63,8 +63,11 @@ class EventProducer:
         *,
         keep_latencies: bool = False,
         client: confluent_kafka.Producer | None = None,
+        linger_ms: int = 1,
     ) -> None:
-        self.client = client or librdkafka_producer(settings, **{"linger.ms": 1})
+        # linger.ms 1 gathers a producer's own burst into one request; a stage that waits
+        # for its acks before it commits (the quality gate) takes 0.
+        self.client = client or librdkafka_producer(settings, **{"linger.ms": linger_ms})
         self.stats = SendStats()
         self._settled = threading.Condition()  # notified by each delivery report
         self._keep = keep_latencies
