@@ -209,10 +209,11 @@ def _request_size_cost(
     """The same transactions per second sent 1, 10 or 50 to a request, straight to the
     transformer: CPU per transaction of each part, and the latency per request. KafkaSource's
     contract is one transaction per request; the larger requests show what that costs."""
-    request_path = [n for n in pids if n.startswith("transformer") or n in ("predictor", "redis")]
+    transformers = [n for n in pids if n.startswith("transformer")]
+    request_path = [*transformers, "predictor", "redis"]
+    events = int(events_per_s * seconds)
     out: dict[str, Any] = {"events_per_s": events_per_s, "seconds": seconds}
     for size in sizes:
-        events = int(events_per_s * seconds)
         before = snapshot(pids)
         latency = asyncio.run(
             _paced_requests(url, events_per_s / size, seconds, cards, terminals, batch=size)
@@ -221,9 +222,7 @@ def _request_size_cost(
         cpu = ms_per_event(before, snapshot(pids), events)
         out[str(size)] = {
             "request_path_cpu_ms_per_event": round(sum(v for n, v in cpu.items() if n in request_path), 3),
-            "transformer_cpu_ms_per_event": round(
-                sum(v for n, v in cpu.items() if n.startswith("transformer")), 3
-            ),
+            "transformer_cpu_ms_per_event": round(sum(v for n, v in cpu.items() if n in transformers), 3),
             "broker_cpu_ms_per_event": cpu.get("kafka", 0.0),
             "platform_cpu_ms_per_event": round(sum(cpu.values()), 3),
             "request_ms_p50": latency["p50"],

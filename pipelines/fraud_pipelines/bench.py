@@ -19,8 +19,9 @@ JSON: ``handbook_*`` / ``window_*`` ranking figures (AUC-ROC, AP, CP@100) as mea
 seeds, with ``_std`` (sample standard deviation), ``_min`` and ``_max``; the unprefixed
 figures (``auc_roc``, ``average_precision``, ``card_precision_at_100``, ...) are the means of
 the chosen protocol's; ``handbook_card_precision_at_100_ceiling`` / ``window_...`` are what a
-perfect ranking would reach on the same rows (means over the seeds, and per seed); ``per_seed`` holds each run (chosen model and parameters, both
-protocols' figures, pipeline seconds); ``pipeline_seconds`` is the slowest seed's.
+perfect ranking would reach on the same rows (means over the seeds, and per seed);
+``per_seed`` holds each run (chosen model and parameters, both protocols' figures, pipeline
+seconds); ``pipeline_seconds`` is the slowest seed's.
 
 Targets (the Handbook's best published figures): AUC-ROC 0.869, average precision 0.687,
 card precision@100 0.303, compared with the Handbook-protocol means.
