@@ -48,8 +48,10 @@ from fraud_pipelines.params import DEFAULTS
 from fraud_pipelines.protocols import KNOWN_COMPROMISED, handbook_known_compromised
 from fraudcore.events import Verdict, label_is_fraud, next_verdict
 from fraudcore.features import (
+    CARD_HISTORY_S,
     LABEL_DELAY_DAYS,
     MODEL_FEATURES,
+    TERMINAL_WINDOWS_DAYS,
     label_verdicts,
     model_matrix,
     offline_features,
@@ -57,9 +59,17 @@ from fraudcore.features import (
 from fraudcore.settings import Settings
 
 DAY = pd.Timedelta(days=1)
-#: How far back a feature looks: card windows are 30 days; terminal windows end ``delay`` days
-#: before the transaction's day and span up to 30 days.
-FEATURE_LOOKBACK_DAYS = 30
+
+
+def feature_lookback_days(delay_days: int) -> int:
+    """How many days before a transaction its features read. A card is served the state after
+    its previous transaction (at most the card view's TTL, the 30-day card history, earlier),
+    over a 30-day window ending there: 60 days. A terminal's windows end ``delay_days`` before
+    the transaction's day and span up to 30 days."""
+    card_days = CARD_HISTORY_S // 86_400
+    return max(2 * card_days, max(TERMINAL_WINDOWS_DAYS.values()) + delay_days)
+
+
 SOURCES = ("archive", "file", "simulator")
 METADATA_KEY = b"fraud_pipelines"
 ID_COLUMNS = ["transaction_id", "card_id", "terminal_id", "timestamp"]
@@ -343,7 +353,7 @@ def build_datasets(raw: RawData, windows: Windows, log: Log = _quiet) -> Dataset
     history+training window and the test window."""
     tx = raw.transactions.drop_duplicates("transaction_id", keep="first")
     ts = pd.to_datetime(tx["timestamp"], utc=True)
-    lookback = (FEATURE_LOOKBACK_DAYS + windows.delay_days) * DAY
+    lookback = feature_lookback_days(windows.delay_days) * DAY
     keep = ((ts >= windows.history_start - lookback) & (ts < windows.test_end)).to_numpy()
     tx = tx.loc[keep].sort_values("timestamp", kind="stable").reset_index(drop=True)
     log(f"features for {len(tx):,} transactions (history, windows and their look-back)")

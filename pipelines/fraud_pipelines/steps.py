@@ -75,7 +75,7 @@ def dataset_step(
     options = json.loads(source_options or "{}")
     since = None
     if source == "archive" and train_start:
-        lookback = history_days + data_mod.FEATURE_LOOKBACK_DAYS + delay_days
+        lookback = history_days + data_mod.feature_lookback_days(delay_days)
         since = data_mod._day(train_start) - lookback * data_mod.DAY
     log(f"loading {source} data {source_path}".rstrip())
     raw = data_mod.load_source(source, source_path, options, settings_factory, delay_days, since)

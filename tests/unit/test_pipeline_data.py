@@ -20,6 +20,7 @@ from fraud_pipelines.data import (
     Windows,
     _label_table,
     build_datasets,
+    feature_lookback_days,
     plan_windows,
     read_parquet,
     simulate,
@@ -27,7 +28,7 @@ from fraud_pipelines.data import (
 )
 from fraud_pipelines.training import prequential_folds
 from fraudcore.events import transaction_verdict
-from fraudcore.features import MODEL_FEATURES
+from fraudcore.features import CARD_HISTORY_S, MODEL_FEATURES, offline_features
 
 
 def _d(text: str) -> pd.Timestamp:
@@ -248,3 +249,24 @@ def test_the_label_table_applies_the_contracts_rule(
             ]
             verdict = transaction_verdict(records)
             assert (tx in table.index) == (verdict is not None and verdict.is_fraud), (tx, as_of, records)
+
+
+def test_features_read_far_enough_back_to_match_the_whole_history() -> None:
+    # A card is served the state after its previous transaction, whose 30-day window can reach
+    # 60 days back: cutting the data closer than that changes some cards' features.
+    raw = simulate({"seed": 5, "n_customers": 300, "n_terminals": 600, "days": 120, "start": "2024-01-01"})
+    assert feature_lookback_days(7) == 60
+    windows = plan_windows(
+        "2024-01-01", "2024-04-30", train_start="2024-03-20", history_days=0, burn_in_days=30, delay_days=7
+    )
+    data = build_datasets(raw, windows)
+    everything = offline_features(raw.transactions, raw.labels).set_index("transaction_id")
+    for frame in (data.train, data.test):
+        # Cards used within the card view's 30-day TTL (an idler card is new again online).
+        seconds = (
+            pd.to_datetime(frame["timestamp"], utc=True).astype("int64") / 1e9 - frame["card_last_tx_time"]
+        )
+        recent = frame.loc[~(seconds > CARD_HISTORY_S).to_numpy()]
+        assert len(recent) > 0.95 * len(frame)
+        expected = everything.loc[recent["transaction_id"], MODEL_FEATURES].to_numpy()
+        np.testing.assert_allclose(recent[MODEL_FEATURES].to_numpy(), expected, rtol=0, atol=1e-9)
