@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fraud_pipelines.bench import DEFAULT_PROTOCOL, DEFAULT_SEEDS
+from fraud_pipelines.bench import DEFAULT_PROTOCOL, DEFAULT_SEEDS, DEFAULT_TEST_FOLDS
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
 from fraud_pipelines.protocols import check_protocol
 from fraudcore.commands import command_group, fail
@@ -205,6 +205,12 @@ def bench(
         ",".join(map(str, DEFAULT_SEEDS)), help="seeds to run, comma-separated (simulation and training)."
     ),
     protocol: str = typer.Option(DEFAULT_PROTOCOL, help=_PROTOCOL_HELP, callback=_protocol),
+    test_folds: int = typer.Option(
+        DEFAULT_TEST_FOLDS,
+        min=0,
+        help="the Handbook's prequential test folds on which the chosen model and the Handbook's "
+        "reference model are refit and compared (0: the pipeline's test week only).",
+    ),
     model_name: str = typer.Option(
         "fraud-bench", help="where the benchmark publishes (never the real champion by default)."
     ),
@@ -220,7 +226,12 @@ def bench(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--seeds") from None
     result = run_benchmark(
-        seeds=chosen, protocol=protocol, model_name=model_name, upload=upload, pipeline_root=output_dir
+        seeds=chosen,
+        protocol=protocol,
+        test_folds=test_folds,
+        model_name=model_name,
+        upload=upload,
+        pipeline_root=output_dir,
     )
     sys.stdout.write(json.dumps(result) + "\n")
 

@@ -167,3 +167,51 @@ def test_seeds_are_parsed_and_checked() -> None:
     for bad in ("", "1,1", "a"):
         with pytest.raises(ValueError, match="distinct integers"):
             bench.parse_seeds(bad)
+
+
+def _prequential(pipeline: list[float], reference: list[float]) -> dict[str, Any]:
+    """A seed's prequential figures, ``pipeline``/``reference`` per fold (the same value for every
+    ranking figure, to keep it short); the first fold is the pipeline's own test week."""
+    figures = ("auc_roc", "average_precision", "card_precision_at_100")
+    folds: list[dict[str, Any]] = [
+        {"train_start": start, "pipeline": dict.fromkeys(figures, p), "reference": dict.fromkeys(figures, r)}
+        for start, p, r in zip(
+            ["2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15"],
+            pipeline,
+            reference,
+            strict=True,
+        )
+    ]
+    mean = {
+        name: dict.fromkeys(figures, sum(f[name]["auc_roc"] for f in folds) / len(folds))
+        for name in ("pipeline", "reference")
+    }
+    return {"folds": folds, **mean, "seconds": 80.0}
+
+
+def test_summary_compares_with_the_reference_on_the_same_rows() -> None:
+    one = _seed(1, (0.30, 0.30, 0.30), 100.0, "random_forest")
+    two = _seed(2, (0.32, 0.32, 0.32), 110.0, "random_forest")
+    # Seed 1: its test week beats the reference's (0.30 > 0.29), its folds lose on average.
+    one["prequential"] = _prequential([0.30, 0.31, 0.29, 0.30], [0.29, 0.33, 0.31, 0.30])
+    # Seed 2: it loses its test week (0.32 < 0.34) and wins the folds.
+    two["prequential"] = _prequential([0.32, 0.34, 0.33, 0.31], [0.34, 0.30, 0.30, 0.30])
+    out = bench.summarize([one, two], "handbook")
+    assert out["test_folds"] == [f["train_start"] for f in one["prequential"]["folds"]]
+    assert out["handbook_prequential_card_precision_at_100"] == pytest.approx((0.30 + 0.325) / 2, abs=1e-4)
+    assert out["reference_handbook_prequential_card_precision_at_100"] == pytest.approx(
+        (0.3075 + 0.31) / 2, abs=1e-4
+    )
+    assert out["reference_handbook_card_precision_at_100"] == pytest.approx(0.315)
+    # Paired differences: test week +0.01 and -0.02 (not beaten); folds -0.0075 and +0.015.
+    assert out["beats_reference"]["test_week"]["card_precision_at_100"] is False
+    assert out["beats_reference"]["prequential"]["card_precision_at_100"] is True
+    assert out["beats_reference_every_seed"]["prequential"]["card_precision_at_100"] is False
+    assert out["beats_handbook_prequential"]["card_precision_at_100"] is True  # 0.3125 > 0.303
+    assert out["per_seed"][0]["prequential"] == one["prequential"]
+
+
+def test_summary_without_prequential_folds_has_no_comparison() -> None:
+    out = bench.summarize([_seed(1, (0.87, 0.70, 0.30), 300.0, "random_forest")], "handbook")
+    assert "beats_reference" not in out
+    assert "handbook_prequential_auc_roc" not in out
