@@ -30,25 +30,15 @@ from fraud_pipelines.data import DAY, RawData, build_datasets, data_bounds, feat
 from fraud_pipelines.evaluation import ranking_metrics
 from fraud_pipelines.protocols import protocol_rows
 from fraud_pipelines.training import make_estimator
-from fraudcore.features import MODEL_FEATURES
+from fraudcore.features import CARD_COUNT_MEAN_WINDOWS, MODEL_FEATURES, TERMINAL_FEATURES
 
 #: The Handbook's baseline features, as this project computes them (same windows and delay).
 HANDBOOK_FEATURES = (
     "amount",
     "is_weekend",
     "is_night",
-    "card_tx_count_1d",
-    "card_mean_amount_1d",
-    "card_tx_count_7d",
-    "card_mean_amount_7d",
-    "card_tx_count_30d",
-    "card_mean_amount_30d",
-    "terminal_tx_count_1d",
-    "terminal_risk_1d",
-    "terminal_tx_count_7d",
-    "terminal_risk_7d",
-    "terminal_tx_count_30d",
-    "terminal_risk_30d",
+    *(f"card_{kind}_{w}" for w in CARD_COUNT_MEAN_WINDOWS for kind in ("tx_count", "mean_amount")),
+    *TERMINAL_FEATURES,
 )
 #: The Handbook's best model after its prequential model selection (XGBoost).
 REFERENCE_PARAMS: dict[str, Any] = {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 5}
