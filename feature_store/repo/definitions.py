@@ -53,7 +53,7 @@ terminal_push = PushSource(name="terminal_push", batch_source=terminal_batch)
 card_features = FeatureView(
     name="card_features",
     entities=[card],
-    ttl=timedelta(days=30),  # older than the longest window: the card is new again
+    ttl=timedelta(days=30),  # Feast's offline point-in-time joins; online reads apply no TTL
     schema=[
         Field(name="card_id", dtype=String),
         # card_last_tx_time is epoch seconds with microseconds (Feast's timestamp type keeps seconds).

@@ -63,9 +63,9 @@ DAY = pd.Timedelta(days=1)
 
 def feature_lookback_days(delay_days: int) -> int:
     """How many days before a transaction its features read. A card is served the state after
-    its previous transaction (at most the card view's TTL, the 30-day card history, earlier),
-    over a 30-day window ending there: 60 days. A terminal's windows end ``delay_days`` before
-    the transaction's day and span up to 30 days."""
+    its previous transaction, over a 30-day window ending there: 60 days for a card used in
+    the 30 days before (an idler card's state reaches further back, as it does online). A
+    terminal's windows end ``delay_days`` before the transaction's day and span up to 30 days."""
     card_days = CARD_HISTORY_S // 86_400
     return max(2 * card_days, max(TERMINAL_WINDOWS_DAYS.values()) + delay_days)
 

@@ -262,7 +262,7 @@ def test_features_read_far_enough_back_to_match_the_whole_history() -> None:
     data = build_datasets(raw, windows)
     everything = offline_features(raw.transactions, raw.labels).set_index("transaction_id")
     for frame in (data.train, data.test):
-        # Cards used within the card view's 30-day TTL (an idler card is new again online).
+        # Cards used within 30 days before (an idler card's state reaches further back).
         seconds = (
             pd.to_datetime(frame["timestamp"], utc=True).astype("int64") / 1e9 - frame["card_last_tx_time"]
         )

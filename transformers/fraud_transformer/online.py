@@ -4,11 +4,14 @@ One read of Feast's online store per view fetches every transaction's values, wi
 budget (see ``OnlineFeatures``). What the store holds (see ``fraudcore.features``): each
 card's state after its latest transaction, and each terminal's values for a UTC day.
 
-Fallback, per transaction: an unknown card (never seen, or its state older than the view's
-30-day TTL) gets zeros and an unknown ``card_last_tx_time`` (so "seconds since the previous
-transaction" takes its no-previous value), exactly what training saw for a card's first
-transaction; an unknown terminal gets zeros. A lookup that fails or runs past the budget
-falls back for the whole request. Each such decision carries ``features_fallback: true``.
+Fallback, per transaction: an unknown card (never seen) gets zeros and an unknown
+``card_last_tx_time`` (so "seconds since the previous transaction" takes its no-previous
+value), exactly what training saw for a card's first transaction; an unknown terminal gets
+zeros. A card idle for longer than the view's 30-day TTL still gets its last state: the Redis
+online read applies no view TTL (keys would expire only with ``key_ttl_seconds``, unset), and
+the backfill likewise serves a card the state after its previous transaction, however old. A
+lookup that fails or runs past the budget falls back for the whole request. Each such
+decision carries ``features_fallback: true``.
 """
 
 from __future__ import annotations
