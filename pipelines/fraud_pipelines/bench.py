@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from fraud_pipelines.params import DEFAULTS
-from fraud_pipelines.protocols import PROTOCOLS, check_protocol
+from fraud_pipelines.protocols import PROTOCOLS, RANKING, check_protocol
 
 if TYPE_CHECKING:
     from fraud_pipelines.local import LocalRun
@@ -61,8 +62,6 @@ TIME_BUDGET_S = 600.0
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_PROTOCOL = "handbook"
 DEFAULT_TEST_FOLDS = 4  # the Handbook's prequential test folds (0: the pipeline's test week only)
-#: The ranking figures each protocol reports by name (``handbook_auc_roc``, ...).
-RANKING = ("auc_roc", "average_precision", "card_precision_at_100")
 #: Card precision@100 of a perfect ranking on the same rows: how far the figure could go.
 CEILING = "card_precision_at_100_ceiling"
 #: The chosen protocol's figures, under the benchmark's original keys.
@@ -287,8 +286,6 @@ def run_benchmark(
 def prequential_figures(arguments: dict[str, Any], run: LocalRun, test_folds: int) -> dict[str, Any]:
     """The run's chosen model and the Handbook's reference, each refit on the Handbook's test
     folds of the same simulated data (``fraud_pipelines.handbook_reference``)."""
-    import time
-
     from fraud_pipelines.data import simulate
     from fraud_pipelines.handbook_reference import (
         fold_train_starts,

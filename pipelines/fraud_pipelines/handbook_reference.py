@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import ClassifierMixin
 
-from fraud_pipelines.data import DAY, RawData, build_datasets, data_bounds, feature_matrix, plan_windows
+from fraud_pipelines.data import DAY, RawData, build_datasets, data_bounds, plan_windows
 from fraud_pipelines.evaluation import ranking_metrics
-from fraud_pipelines.protocols import protocol_rows
+from fraud_pipelines.protocols import RANKING, protocol_rows
 from fraud_pipelines.training import make_estimator
 from fraudcore.features import CARD_COUNT_MEAN_WINDOWS, MODEL_FEATURES, TERMINAL_FEATURES
 
@@ -42,9 +42,6 @@ HANDBOOK_FEATURES = (
 )
 #: The Handbook's best model after its prequential model selection (XGBoost).
 REFERENCE_PARAMS: dict[str, Any] = {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 5}
-#: The Handbook's number of prequential test folds.
-TEST_FOLDS = 4
-FIGURES = ("auc_roc", "average_precision", "card_precision_at_100")
 
 Estimator = Callable[[], ClassifierMixin]
 
@@ -72,7 +69,7 @@ def pipeline_contender(candidate: str, params: Mapping[str, Any], seed: int) -> 
     return Contender(tuple(MODEL_FEATURES), lambda: make_estimator(candidate, dict(params), seed))
 
 
-def fold_train_starts(train_start: str, folds: int = TEST_FOLDS, test_days: int = 7) -> list[str]:
+def fold_train_starts(train_start: str, folds: int, test_days: int = 7) -> list[str]:
     """The training-window starts of the prequential test folds: ``train_start`` and each
     ``test_days`` later (the Handbook's folds, oldest first)."""
     if folds < 1:
@@ -115,20 +112,14 @@ def prequential_test(
         fold: dict[str, Any] = {"train_start": start}
         for name, contender in contenders.items():
             columns = list(contender.features)
-            model = contender.estimator().fit(feature_matrix_of(data.train, columns)[rows], y)
-            scores = model.predict_proba(feature_matrix_of(test, columns))[:, 1]
+            # float32, as the pipeline feeds the model (fraudcore.features.model_matrix)
+            model = contender.estimator().fit(data.train[columns].to_numpy(np.float32)[rows], y)
+            scores = model.predict_proba(test[columns].to_numpy(np.float32))[:, 1]
             metrics = ranking_metrics(test, scores)
-            fold[name] = {figure: round(metrics[figure], 4) for figure in FIGURES}
+            fold[name] = {figure: round(metrics[figure], 4) for figure in RANKING}
         folds.append(fold)
     means = {
-        name: {figure: round(statistics.fmean(f[name][figure] for f in folds), 4) for figure in FIGURES}
+        name: {figure: round(statistics.fmean(f[name][figure] for f in folds), 4) for figure in RANKING}
         for name in contenders
     }
     return {"folds": folds, **means}
-
-
-def feature_matrix_of(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """The model input of ``columns`` (all of MODEL_FEATURES: exactly what the pipeline feeds)."""
-    if list(columns) == list(MODEL_FEATURES):
-        return feature_matrix(frame)
-    return frame[list(columns)].to_numpy(np.float32)

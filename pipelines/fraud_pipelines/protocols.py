@@ -19,6 +19,8 @@ import numpy.typing as npt
 import pandas as pd
 
 PROTOCOLS = ("window", "handbook")
+#: The ranking figures each protocol reports by name (``handbook_auc_roc``, ...).
+RANKING = ("auc_roc", "average_precision", "card_precision_at_100")
 #: Test-set column: the card was known compromised before this transaction's day, so the
 #: Handbook's protocol leaves the transaction out.
 KNOWN_COMPROMISED = "card_known_compromised"

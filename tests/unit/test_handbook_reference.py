@@ -25,7 +25,7 @@ LOGREG = {"C": 1.0, "class_weight": None}
 
 
 def test_fold_starts_step_one_test_window_at_a_time() -> None:
-    assert fold_train_starts("2018-07-25") == ["2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15"]
+    assert fold_train_starts("2018-07-25", 4) == ["2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15"]
     assert fold_train_starts("2024-02-27", 2, test_days=5) == ["2024-02-27", "2024-03-03"]
     with pytest.raises(ValueError, match="folds"):
         fold_train_starts("2018-07-25", 0)
