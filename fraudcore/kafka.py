@@ -351,7 +351,7 @@ class OwnedPartitions:
             [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10
         )
         for tp, done in zip(partitions, committed, strict=True):
-            low, high = client.get_watermark_offsets(tp, timeout=10)
+            low, high = partition_offsets(client, tp)
             wanted = self._resume_at(tp, done.offset if done.offset >= 0 else None)
             if wanted is not None and wanted > high:
                 log.warning(
@@ -384,7 +384,7 @@ class OwnedPartitions:
         records of it already in hand are dropped by ``take`` (they come again)."""
         if self._client is None or tp not in self.next:
             return
-        low, _high = self._client.get_watermark_offsets(tp, timeout=10)
+        low, _high = partition_offsets(self._client, tp)
         position = max(low, offset if offset is not None else low)
         self._client.seek(TopicPartition(tp.topic, tp.partition, position))
         self.next[tp] = position
@@ -409,7 +409,7 @@ class OwnedPartitions:
         """Whether retention deleted ``expected`` (asks the broker: only ever on a gap)."""
         if self._client is None:
             return False
-        low, _high = self._client.get_watermark_offsets(tp, timeout=10)
+        low, _high = partition_offsets(self._client, tp)
         if expected < low:
             log.warning(
                 "%s[%d]: offsets %d..%d were deleted by retention before they were read",
@@ -447,6 +447,39 @@ def commit_now(consumer: confluent_kafka.Consumer, offsets: Offsets | None = Non
     Nothing consumed means nothing to commit, which librdkafka reports as an error."""
     with contextlib.suppress(confluent_kafka.KafkaException):
         commit(consumer, offsets, wait=True)
+
+
+# A partition whose leader is being elected or moved: a new topic's first moments, a broker
+# restarting. Asked again until it answers.
+LEADER_MOVING = frozenset(
+    {
+        confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+        confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError._UNKNOWN_PARTITION,
+    }
+)
+
+
+def partition_offsets(
+    client: confluent_kafka.Consumer, tp: TopicPartition, timeout_s: float = 30.0
+) -> tuple[int, int]:
+    """The partition's first retained and end offsets, from its leader; a leader being elected
+    or moved is waited for, up to ``timeout_s`` (then its error is raised)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = client.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+            return low, high
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            moving = isinstance(error, confluent_kafka.KafkaError) and (
+                error.code() in LEADER_MOVING or error.retriable()
+            )
+            if not moving or time.monotonic() >= deadline:
+                raise
+            log.info("%s[%d]: %s; asking again", tp.topic, tp.partition, error)
+            time.sleep(0.2)
 
 
 def high_watermark(client: confluent_kafka.Consumer, tp: TopicPartition) -> int | None:

@@ -2,7 +2,9 @@
 
 Rows are buffered and written at each checkpoint, before the offsets are committed: one
 Parquet file per Kafka partition and flush, named by its partition and offset range. A
-replay after a crash may log a transaction twice; readers keep one row per transaction_id.
+replay after a crash may log a transaction twice, with the same features; readers keep one
+row per transaction_id. Rows computed after Redis lost the job's state are never written
+(the job checks its state marks first, and discards them when it rebuilds).
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ class FeatureLog:
             columns[name] = terminal[:, j]
         columns["card_last_tx_time"] = card["card_last_tx_time"]
         self.pending.setdefault(partition, []).append(columns)
+
+    def discard(self) -> None:
+        """Drop the rows not written yet. Only for a rewind to the last checkpoint or earlier:
+        their records are read again and logged then."""
+        self.pending = {}
 
     def flush(self) -> bool:
         """Write what was logged since the last flush: a Parquet file per partition.

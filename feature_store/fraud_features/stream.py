@@ -245,6 +245,7 @@ class FeatureJob:
         owned = list(self.partitions)
         self._state_lost(owned, "while running")
         self.terminals.forget_computed()
+        self.feature_log.discard()  # rows since the last checkpoint may have read lost state
         for tp in owned:
             self.owned.rewind(tp, self._load(tp, None))
 
@@ -381,8 +382,6 @@ class FeatureJob:
         the object store is away the log cannot be written: nothing is checkpointed or
         committed past it (the online features keep flowing; the log catches up later)."""
         self.dead_letters.flush()
-        if not self.feature_log.flush():
-            return {}
         offsets: Commit = {}
         marks: dict[TopicPartition, int] = {}
         marked = [tp for tp in self.partitions if tp in self.marks]
@@ -390,6 +389,9 @@ class FeatureJob:
         with self.redis.pipeline(transaction=True) as pipe:
             # The checkpoint is written only over the state this job last saw (WATCH): if a
             # mark moved or went, Redis lost state meanwhile and the partitions are rebuilt.
+            # Checked before the log is written: rows computed after a loss read counters
+            # that were gone, and must not reach the log (their records are replayed). A loss
+            # after this check fails the write below, and the logged rows predate it.
             if watched:
                 pipe.watch(*watched)
                 found = cast(list[bytes | None], pipe.mget(watched))
@@ -397,6 +399,8 @@ class FeatureJob:
                     pipe.unwatch()
                     self._rebuild()
                     return {}
+            if not self.feature_log.flush():
+                return {}
             pipe.multi()
             for tp, state in self.partitions.items():
                 resume = state.resume_offset

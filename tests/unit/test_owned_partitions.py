@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import TopicPartition
+import confluent_kafka
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
 
 from fraudcore.kafka import OwnedPartitions, Record
 
@@ -76,6 +78,40 @@ def test_a_partition_starts_where_the_component_says_else_at_its_committed_offse
         TopicPartition("tx", 1): 20,
         TopicPartition("tx", 2): 5,
     }
+
+
+class ElectingClient(FakeClient):
+    """A partition whose leader answers only after ``refusals`` requests (a new topic's
+    first moments, a broker restarting)."""
+
+    def __init__(self, refusals: int, code: int = KafkaError.NOT_LEADER_FOR_PARTITION) -> None:
+        super().__init__(committed={0: 10}, low=5)
+        self.refusals = refusals
+        self.code = code
+        self.asked = 0
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        self.asked += 1
+        if self.asked <= self.refusals:
+            raise confluent_kafka.KafkaException(KafkaError(self.code))
+        return super().get_watermark_offsets(tp, timeout)
+
+
+def test_a_leader_being_elected_at_assignment_is_waited_for() -> None:
+    parts, _ = owned()
+    client = ElectingClient(refusals=2)
+    parts._on_assign(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    assert client.asked == 3
+    assert [(tp.partition, tp.offset) for tp in client.assigned] == [(0, 10)]
+
+
+def test_any_other_broker_error_at_assignment_is_raised() -> None:
+    parts, _ = owned()
+    client = ElectingClient(refusals=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(confluent_kafka.KafkaException):
+        parts._on_assign(client, [TopicPartition("tx", 0)])  # type: ignore[arg-type]
+    assert client.asked == 1
+    assert not client.assigned
 
 
 def test_never_before_the_first_retained_record() -> None:
