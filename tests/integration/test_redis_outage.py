@@ -25,6 +25,7 @@ import pytest
 from fraud_app import devstack
 from fraud_features.store import offline_path
 from fraudcore import features as F
+from fraudcore.kafka import group_lag
 from fraudcore.settings import Settings
 from tests.helpers import start_processes, stop_processes, transaction
 from tests.integration.test_object_store_outage import _objects, _wait_for
@@ -40,9 +41,9 @@ from tests.serving_helpers import serving_env
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RATE = 200  # transactions per second
-PRODUCE_S = 90.0  # the kill comes 15-40 s in (the workers' start), then 20 s down
+PRODUCE_S = 110.0  # the kill comes 15-40 s in (the workers' start), then 20 s down, then the catch-up
 DOWN_S = 20.0
-RECOVERED_AFTER_S = 10.0  # decisions published this long after Redis answers read features again
+RECOVERED_AFTER_S = 10.0  # decisions published this long after Redis answers (at least) read features again
 
 
 def _feature_log(settings: Settings) -> pd.DataFrame:
@@ -50,6 +51,18 @@ def _feature_log(settings: Settings) -> pd.DataFrame:
     files = sorted(Path(offline_path(settings, "feature_log")).rglob("*.parquet"))
     frames = [pq.read_table(f).to_pandas() for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["transaction_id"])
+
+
+def _caught_up(settings: Settings, group: str, timeout_s: float) -> float | None:
+    """When ``group`` had committed all but two seconds of transactions (its checkpoint
+    interval plus one in hand); None if not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    topic = settings.topics.transactions.name
+    while time.monotonic() < deadline:
+        if group_lag(settings, group, [topic])[topic] <= 2 * RATE:
+            return time.time()
+        time.sleep(0.5)
+    return None
 
 
 def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
@@ -92,12 +105,13 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
     wanted = {t["transaction_id"] for t in txns}
     redis_server = devstack.Redis(stack)
 
+    def refused() -> float:
+        """Online lookups the store refused or failed (not those past their time budget)."""
+        return serving.transformer.metric("transformer_errors_total", kind="feature_store")
+
     def lookup_errors() -> float:
         """Failed online lookups the transformer counted (refused, or past its budget)."""
-        metric = serving.transformer.metric
-        return metric("transformer_errors_total", kind="feature_store") + metric(
-            "transformer_errors_total", kind="feature_timeout"
-        )
+        return refused() + serving.transformer.metric("transformer_errors_total", kind="feature_timeout")
 
     retries_before = retries()
     flow = Flow.start(serving, txns, RATE, f"redis-{run_id}", None)  # the manifest's delivery policy
@@ -119,7 +133,16 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
             restart_at = time.time()
             redis_server.start()  # the same append-only file: the rest of the suite needs it too
         back_at = time.time()
+        # The feature job then catches up 20 s of backlog. On this one machine it competes with
+        # the transformer for the CPU, and lookups past their 50 ms budget fall back too: the
+        # steady state is judged once the job has caught up (in a cluster they have their own).
+        caught_up_at = _caught_up(settings, f"fj-{run_id}", timeout_s=120)
+        assert caught_up_at is not None, f"the feature job did not catch up\n{context()}"
+        recovered_at = max(back_at + RECOVERED_AFTER_S, caught_up_at)
+        time.sleep(max(0.0, recovered_at - time.time()))
+        refused_before = refused()
         decisions = flow.decisions_once_all_in(wanted, timeout_s=180)
+        refused_after = refused() - refused_before
     finally:
         flow.stop()
 
@@ -132,15 +155,17 @@ def test_a_redis_kill_is_ridden_out_by_the_transformer_and_the_feature_job(
         fallback = {t: flow.reader.fallback[t][0] for t in wanted}
         published = {t: min(ts for _, ts in decisions[t]) for t in wanted}
         during = [fallback[t] for t in wanted if killed_at + 1 < published[t] < restart_at]
-        after = [fallback[t] for t in wanted if published[t] > back_at + RECOVERED_AFTER_S]
+        after = [fallback[t] for t in wanted if published[t] > recovered_at]
         print(
             f"Redis restarted in {back_at - restart_at:.1f} s; "
             f"decisions while Redis was down: {len(during)}, {sum(during)} flagged; "
-            f"from {RECOVERED_AFTER_S:.0f} s after it answered: {len(after)}, {sum(after)} flagged"
+            f"the feature job caught up {caught_up_at - back_at:.1f} s after it answered; "
+            f"from {recovered_at - back_at:.1f} s after: {len(after)}, {sum(after)} flagged"
         )
         assert len(during) > RATE * (DOWN_S - 5), "decisions went on while Redis was down"
         assert all(during), f"{len(during) - sum(during)} decisions not flagged while Redis was down"
         assert after, "no decision came after Redis was back"
+        assert refused_after == 0, f"{refused_after} lookups still refused after Redis was back"
         assert sum(after) <= 0.02 * len(after), f"{sum(after)} of {len(after)} still fall back\n{context()}"
         assert errors_during > 0, "the failed lookups are counted"
 
