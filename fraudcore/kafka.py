@@ -469,8 +469,7 @@ def partition_offsets(
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            low, high = client.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
-            return low, high
+            return client.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
         except confluent_kafka.KafkaException as exc:
             error = exc.args[0] if exc.args else None
             moving = isinstance(error, confluent_kafka.KafkaError) and (

@@ -459,8 +459,8 @@ class LosesStateOnce(FeatureJob):
         self.wiped = 0
 
     def _features(self, tp: TopicPartition, txs: list[Transaction]) -> None:
-        new_values = any((tx.terminal_id, tx.day) not in self.terminals.cache for tx in txs)
-        if not self.wiped and self.processed >= self.after and new_values:
+        due = not self.wiped and self.processed >= self.after
+        if due and any((tx.terminal_id, tx.day) not in self.terminals.cache for tx in txs):
             self.wiped = _wipe_redis(self.settings)
         super()._features(tp, txs)
 
