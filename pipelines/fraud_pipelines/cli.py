@@ -12,7 +12,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fraud_pipelines.bench import DEFAULT_PROTOCOL, DEFAULT_SEEDS, DEFAULT_TEST_FOLDS
+from fraud_pipelines.bench import (
+    DEFAULT_GENERATOR,
+    DEFAULT_PROTOCOL,
+    DEFAULT_SEEDS,
+    DEFAULT_TEST_FOLDS,
+    GENERATORS,
+)
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
 from fraud_pipelines.protocols import check_protocol
 from fraudcore.commands import command_group, fail
@@ -211,13 +217,18 @@ def bench(
         help="the Handbook's prequential test folds on which the chosen model and the Handbook's "
         "reference model are refit and compared (0: the pipeline's test week only).",
     ),
+    generator: str = typer.Option(
+        DEFAULT_GENERATOR,
+        help="handbook: the Fraud Detection Handbook's own generator (seed 0 is its published data "
+        "set); platform: the project's simulator, with the Handbook's population and scenarios.",
+    ),
     model_name: str = typer.Option(
         "fraud-bench", help="where the benchmark publishes (never the real champion by default)."
     ),
     upload: bool = typer.Option(True, help="publish to MinIO as the pipeline does."),
     output_dir: str = typer.Option(str(BENCH_ROOT), help="kfp's local pipeline root."),
 ) -> None:
-    """Handbook benchmark: the full pipeline on 183 simulated days for each seed; prints one
+    """Handbook benchmark: the full pipeline on the Handbook's 183 days of data for each seed; prints one
     JSON object (means over the seeds, their spread, and each seed's run)."""
     from fraud_pipelines.bench import parse_seeds, run_benchmark
 
@@ -225,10 +236,15 @@ def bench(
         chosen = parse_seeds(seeds)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--seeds") from None
+    if generator not in GENERATORS:
+        raise typer.BadParameter(
+            f"one of {', '.join(GENERATORS)}, got {generator!r}", param_hint="--generator"
+        )
     result = run_benchmark(
         seeds=chosen,
         protocol=protocol,
         test_folds=test_folds,
+        generator=generator,
         model_name=model_name,
         upload=upload,
         pipeline_root=output_dir,

@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -179,21 +179,50 @@ class RawData:
     complete_end: pd.Timestamp | None = None  # auto-planned windows end here (exclusive day)
 
 
+GENERATORS = ("platform", "handbook")  # the simulator source's ``generator`` option
+HANDBOOK_GENERATOR_OPTIONS = ("seed", "n_customers", "n_terminals", "radius")
+
+
 def simulate(options: dict[str, Any], delay_days: int = LABEL_DELAY_DAYS) -> RawData:
-    """Generate data with the simulator. ``options``: ``start`` (YYYY-MM-DD, default
-    2018-04-01), ``days`` (default 183), ``label_delay_days`` (default ``delay_days``) and any
-    ``SimulatorConfig`` field (``seed``, ``n_customers``, ``n_terminals``, ...)."""
+    """Generate data with a simulator. ``options``: ``generator`` (``platform``, the default:
+    ``fraud_producers.simulator``; ``handbook``: the Fraud Detection Handbook's own generator,
+    ``fraud_producers.handbook_data``), ``start`` (YYYY-MM-DD, default 2018-04-01), ``days``
+    (default 183), ``label_delay_days`` (default ``delay_days``) and the generator's own
+    options (``SimulatorConfig`` fields; ``HANDBOOK_GENERATOR_OPTIONS``)."""
     from fraud_producers.encoding import labels
     from fraud_producers.sim_config import SimulatorConfig
     from fraud_producers.simulator import Simulator
 
     opts = dict(options)
+    generator = opts.pop("generator", "platform")
     start = _day(opts.pop("start", "2018-04-01")).to_pydatetime()
     days = int(opts.pop("days", 183))
     label_delay = int(opts.pop("label_delay_days", delay_days))
-    batch = Simulator(SimulatorConfig(**opts)).generate(start, days)
-    frame = labels(batch, delay=timedelta(days=label_delay))
-    return RawData(batch.transactions, frame, "simulator", _day(start), _day(start) + days * DAY)
+    if generator == "handbook":
+        transactions = _handbook_generator(opts, start, days)
+    elif generator == "platform":
+        transactions = Simulator(SimulatorConfig(**opts)).generate(start, days).transactions
+    else:
+        raise ValueError(f"source option generator: {generator!r} is not one of {', '.join(GENERATORS)}")
+    frame = labels(transactions, delay=timedelta(days=label_delay))
+    return RawData(transactions, frame, "simulator", _day(start), _day(start) + days * DAY)
+
+
+def _handbook_generator(options: dict[str, Any], start: datetime, days: int) -> pd.DataFrame:
+    """The Handbook generator's transactions, read as the Handbook's published files are."""
+    from fraud_producers.handbook_data import handbook_transactions
+    from fraud_producers.replay import ColumnMapping, replay_frame
+
+    unknown = sorted(set(options) - set(HANDBOOK_GENERATOR_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"source options {unknown} do not apply to generator 'handbook' "
+            f"(it takes {', '.join(HANDBOOK_GENERATOR_OPTIONS)}, start, days, label_delay_days)"
+        )
+    raw = handbook_transactions(days=days, start=f"{start:%Y-%m-%d}", **options)
+    return replay_frame(
+        raw, ColumnMapping.handbook(), Path(f"handbook-generator-seed-{options.get('seed', 0)}")
+    )
 
 
 def load_file(

@@ -51,6 +51,7 @@ __all__ = [
     "paced_slices",
     "pacing_delays",
     "rebase",
+    "replay_frame",
 ]
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -305,8 +306,12 @@ def load_replay(path: str | Path, mapping: ColumnMapping | None = None) -> pd.Da
     """
     path = Path(path)
     mapping = mapping or ColumnMapping()
-    raw = _read(path, mapping).reset_index(drop=True)
-    raw.index = pd.RangeIndex(len(raw))
+    return replay_frame(_read(path, mapping), mapping, path)
+
+
+def replay_frame(raw: pd.DataFrame, mapping: ColumnMapping, path: Path) -> pd.DataFrame:
+    """``load_replay`` on a frame already in memory; ``path`` names it in error messages."""
+    raw = raw.reset_index(drop=True)
 
     cards = _ids(raw[mapping.card_id], path, "card_id", mapping.card_id)
     terms = _ids(raw[mapping.terminal_id], path, "terminal_id", mapping.terminal_id)

@@ -73,12 +73,22 @@ def test_bench_runs_the_seeds_with_the_handbook_protocol(monkeypatch: pytest.Mon
     monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
     result = runner.invoke(cli.app, ["bench", "--no-upload"])
     assert result.exit_code == 0, result.output
-    assert (seen["seeds"], seen["protocol"], seen["upload"]) == ((1, 2, 3), "handbook", False)
-    assert json.loads(result.stdout) == {"seeds": [1, 2, 3]}
-    result = runner.invoke(cli.app, ["bench", "--seeds", "4,5", "--protocol", "window"])
+    assert (seen["seeds"], seen["protocol"], seen["upload"], seen["generator"]) == (
+        (0, 1, 2),
+        "handbook",
+        False,
+        "handbook",
+    )
+    assert json.loads(result.stdout) == {"seeds": [0, 1, 2]}
+    result = runner.invoke(
+        cli.app, ["bench", "--seeds", "4,5", "--protocol", "window", "--generator", "platform"]
+    )
     assert result.exit_code == 0, result.output
-    assert (seen["seeds"], seen["protocol"]) == ((4, 5), "window")
+    assert (seen["seeds"], seen["protocol"], seen["generator"]) == ((4, 5), "window", "platform")
     assert runner.invoke(cli.app, ["bench", "--seeds", "4,4"]).exit_code != 0
+    refused = runner.invoke(cli.app, ["bench", "--generator", "kaggle"])
+    assert refused.exit_code != 0
+    assert "--generator" in refused.output
 
 
 def test_archive_source_keeps_its_options() -> None:
@@ -110,7 +120,15 @@ def test_benchmark_arguments_follow_the_handbook_protocol() -> None:
         183,
         "2018-04-01",
     )
-    assert (sim["card_testing_per_day"], sim["takeover_per_day"]) == (0, 0)
+    assert sim["generator"] == "handbook"  # the Handbook's own generator, seed 0 its data set
+    platform = json.loads(bench.benchmark_arguments(generator="platform")["source_options"])
+    assert (platform["generator"], platform["card_testing_per_day"], platform["takeover_per_day"]) == (
+        "platform",
+        0,
+        0,
+    )
+    with pytest.raises(ValueError, match="generator"):
+        bench.benchmark_arguments(generator="other")
     assert (args["train_start"], args["train_days"], args["delay_days"], args["test_days"]) == (
         "2018-07-25",
         7,

@@ -270,3 +270,22 @@ def test_features_read_far_enough_back_to_match_the_whole_history() -> None:
         assert len(recent) > 0.95 * len(frame)
         expected = everything.loc[recent["transaction_id"], MODEL_FEATURES].to_numpy()
         np.testing.assert_allclose(recent[MODEL_FEATURES].to_numpy(), expected, rtol=0, atol=1e-9)
+
+
+def test_the_handbook_generator_is_a_simulator_source() -> None:
+    raw = simulate(
+        {"generator": "handbook", "seed": 2, "n_customers": 50, "n_terminals": 40, "radius": 30.0, "days": 30}
+    )
+    tx = raw.transactions
+    assert len(tx) > 1_000
+    assert raw.source == "simulator"
+    assert tx["timestamp"].min() >= pd.Timestamp("2018-04-01", tz="UTC")
+    assert raw.complete_end == pd.Timestamp("2018-05-01", tz="UTC")
+    frauds = tx.loc[tx["is_fraud"] == 1]
+    assert len(raw.labels) == len(frauds) > 0
+    delay = pd.to_datetime(raw.labels["reported_at"], utc=True) - raw.labels["transaction_timestamp"]
+    assert (delay == pd.Timedelta(days=7)).all()
+    with pytest.raises(ValueError, match=r"\['weekend_factor'\] do not apply to generator 'handbook'"):
+        simulate({"generator": "handbook", "weekend_factor": 1.0})
+    with pytest.raises(ValueError, match="generator: 'kaggle' is not one of platform, handbook"):
+        simulate({"generator": "kaggle"})
