@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from fraud_pipelines.defaults import GENERATORS
 from fraud_pipelines.params import DEFAULTS
 from fraud_pipelines.protocols import PROTOCOLS, RANKING, check_protocol
 
@@ -63,8 +64,7 @@ if TYPE_CHECKING:
 HANDBOOK_TARGETS = {"auc_roc": 0.869, "average_precision": 0.687, "card_precision_at_100": 0.303}
 TIME_BUDGET_S = 600.0
 DEFAULT_SEEDS = (0, 1, 2)  # seed 0 of the Handbook's generator: the Handbook's own data set
-GENERATORS = ("handbook", "platform")  # the simulator source's generators (fraud_pipelines.data)
-DEFAULT_GENERATOR = "handbook"
+DEFAULT_GENERATOR = "handbook"  # of GENERATORS: the Handbook's own, seed 0 its data set
 DEFAULT_PROTOCOL = "handbook"
 DEFAULT_TEST_FOLDS = 4  # the Handbook's prequential test folds (0: the pipeline's test week only)
 #: Card precision@100 of a perfect ranking on the same rows: how far the figure could go.

@@ -12,13 +12,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fraud_pipelines.bench import (
-    DEFAULT_GENERATOR,
-    DEFAULT_PROTOCOL,
-    DEFAULT_SEEDS,
-    DEFAULT_TEST_FOLDS,
-    GENERATORS,
-)
+from fraud_pipelines.bench import DEFAULT_GENERATOR, DEFAULT_PROTOCOL, DEFAULT_SEEDS, DEFAULT_TEST_FOLDS
+from fraud_pipelines.defaults import GENERATORS
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
 from fraud_pipelines.protocols import check_protocol
 from fraudcore.commands import command_group, fail

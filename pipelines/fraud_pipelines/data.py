@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fraud_pipelines.defaults import GENERATORS
 from fraud_pipelines.params import DEFAULTS
 from fraud_pipelines.protocols import KNOWN_COMPROMISED, handbook_known_compromised
 from fraudcore.events import Verdict, label_is_fraud, next_verdict
@@ -179,7 +180,6 @@ class RawData:
     complete_end: pd.Timestamp | None = None  # auto-planned windows end here (exclusive day)
 
 
-GENERATORS = ("platform", "handbook")  # the simulator source's ``generator`` option
 HANDBOOK_GENERATOR_OPTIONS = ("seed", "n_customers", "n_terminals", "radius")
 
 

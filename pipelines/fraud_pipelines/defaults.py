@@ -9,3 +9,6 @@ CANDIDATES = ("logreg", "random_forest", "hist_gb")
 PARITY_TOLERANCE = 1e-5
 #: The model's name: its prefix in the models bucket and its model-events key.
 DEFAULT_MODEL_NAME = "fraud"
+#: The simulator source's ``generator`` option: the project's simulator (the default) or the
+#: Fraud Detection Handbook's own generator (``fraud_producers.handbook_data``).
+GENERATORS = ("platform", "handbook")
