@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from fraud_pipelines.bench import DEFAULT_GENERATOR, DEFAULT_PROTOCOL, DEFAULT_SEEDS, DEFAULT_TEST_FOLDS
-from fraud_pipelines.defaults import GENERATORS
+from fraud_pipelines.defaults import check_generator
 from fraud_pipelines.params import DEFAULTS, pipeline_arguments
 from fraud_pipelines.protocols import check_protocol
 from fraudcore.commands import command_group, fail
@@ -32,6 +32,13 @@ SourceOpt = typer.Option(
 def _protocol(value: str) -> str:
     try:
         return check_protocol(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _generator(value: str) -> str:
+    try:
+        return check_generator(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -214,6 +221,7 @@ def bench(
     ),
     generator: str = typer.Option(
         DEFAULT_GENERATOR,
+        callback=_generator,
         help="handbook: the Fraud Detection Handbook's own generator (seed 0 is its published data "
         "set); platform: the project's simulator, with the Handbook's population and scenarios.",
     ),
@@ -231,10 +239,6 @@ def bench(
         chosen = parse_seeds(seeds)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--seeds") from None
-    if generator not in GENERATORS:
-        raise typer.BadParameter(
-            f"one of {', '.join(GENERATORS)}, got {generator!r}", param_hint="--generator"
-        )
     result = run_benchmark(
         seeds=chosen,
         protocol=protocol,

@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fraud_pipelines.defaults import GENERATORS
+from fraud_pipelines.defaults import check_generator
 from fraud_pipelines.params import DEFAULTS
 from fraud_pipelines.protocols import KNOWN_COMPROMISED, handbook_known_compromised
 from fraudcore.events import Verdict, label_is_fraud, next_verdict
@@ -194,16 +194,14 @@ def simulate(options: dict[str, Any], delay_days: int = LABEL_DELAY_DAYS) -> Raw
     from fraud_producers.simulator import Simulator
 
     opts = dict(options)
-    generator = opts.pop("generator", "platform")
+    generator = check_generator(opts.pop("generator", "platform"))
     start = _day(opts.pop("start", "2018-04-01")).to_pydatetime()
     days = int(opts.pop("days", 183))
     label_delay = int(opts.pop("label_delay_days", delay_days))
     if generator == "handbook":
         transactions = _handbook_generator(opts, start, days)
-    elif generator == "platform":
-        transactions = Simulator(SimulatorConfig(**opts)).generate(start, days).transactions
     else:
-        raise ValueError(f"source option generator: {generator!r} is not one of {', '.join(GENERATORS)}")
+        transactions = Simulator(SimulatorConfig(**opts)).generate(start, days).transactions
     frame = labels(transactions, delay=timedelta(days=label_delay))
     return RawData(transactions, frame, "simulator", _day(start), _day(start) + days * DAY)
 

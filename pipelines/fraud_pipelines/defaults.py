@@ -12,3 +12,9 @@ DEFAULT_MODEL_NAME = "fraud"
 #: The simulator source's ``generator`` option: the project's simulator (the default) or the
 #: Fraud Detection Handbook's own generator (``fraud_producers.handbook_data``).
 GENERATORS = ("platform", "handbook")
+
+
+def check_generator(generator: str) -> str:
+    if generator not in GENERATORS:
+        raise ValueError(f"generator: {generator!r} is not one of {', '.join(GENERATORS)}")
+    return generator

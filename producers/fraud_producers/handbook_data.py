@@ -83,7 +83,7 @@ def _customer_rows(
 ) -> list[tuple[int, int, int, float]]:
     """One customer's transactions: (second since the start, day, terminal, amount)."""
     if not terminals:
-        return []  # the Handbook draws nothing for a customer without terminals
+        return []  # the Handbook keeps none; its draws are the customer's own streams, used by no one else
     rng = np.random.RandomState(seed)
     choose = random.Random(seed).choice
     mean, per_day = float(profile[2]), float(profile[3])
