@@ -14,11 +14,15 @@ Definitions (times in UTC; ``w`` a window length):
   over 24 hours. A card with no previous transaction has all zeros. This is exactly what
   the online store holds when the transaction is scored: the streaming job writes each
   card's state after each of its transactions.
-* **Terminal features** follow the Handbook's delayed terminal risk on whole UTC days: for a
-  transaction on day ``d`` and a window of ``w`` days, the terminal's transaction count over
-  days ``[d - D - w, d - D)`` and the share of those that are known fraud, where a fraud is
-  known only if its label was reported before day ``d`` began. ``D`` is the label delay
-  (7 days). The values depend only on ``(terminal, d)``, so they are fixed for the whole day.
+* **Terminal features** follow the Handbook's delayed terminal risk on whole UTC hours: for
+  a transaction in the hour starting at ``h`` and a window of ``w`` days, the terminal's
+  transaction count over ``[h - D - w, h - D)`` and the share of those that are known fraud,
+  where a fraud is known only if its label was reported before ``h``. ``D`` is the label
+  delay (7 days). The values depend only on ``(terminal, hour)``, so they are fixed for the
+  whole hour. (The Handbook ends its windows at the transaction's own time. Whole hours keep
+  its figures while letting the streaming job count per hour and compute a terminal's values
+  once per hour; on whole UTC days a transaction would miss on average half a day of a
+  terminal's most recently known frauds, which is what reveals a freshly compromised one.)
   A transaction counts as known fraud once, from its first label whose verdict says fraud
   (``fraudcore.events.label_is_fraud``); an analyst's "legitimate" never counts, and a later
   verdict does not take a counted fraud back (the streaming job's counters only grow).
@@ -44,6 +48,8 @@ F64 = npt.NDArray[np.float64]
 
 US_PER_S = 1_000_000
 DAY_US = 86_400 * US_PER_S
+HOUR_US = 3_600 * US_PER_S
+HOURS_PER_DAY = 24
 LABEL_DELAY_DAYS = 7
 NO_PREVIOUS_S = 30 * 86_400.0  # "seconds since the previous transaction" when there is none (capped)
 
@@ -211,9 +217,14 @@ def day_of(t_us: I64) -> I64:
     return np.floor_divide(t_us, DAY_US)
 
 
+def hour_of(t_us: I64) -> I64:
+    """The UTC hour (hours since the epoch): what a transaction's terminal values depend on."""
+    return np.floor_divide(t_us, HOUR_US)
+
+
 def terminal_features(
     query_terminal: I64,
-    query_day: I64,
+    query_hour: I64,
     tx_terminal: I64,
     tx_t_us: I64,
     fraud_terminal: I64,
@@ -221,7 +232,7 @@ def terminal_features(
     fraud_reported_us: I64,
     delay_days: int = LABEL_DELAY_DAYS,
 ) -> dict[str, F64]:
-    """Delayed terminal count and risk for each (terminal, day) query.
+    """Delayed terminal count and risk for each (terminal, UTC hour) query.
 
     ``tx_*``: every transaction (terminal code, time); ``fraud_*``: every fraud label
     (the transaction's terminal and time, and when the label was reported).
@@ -233,8 +244,8 @@ def terminal_features(
     fr_order = np.lexsort((fraud_t_us, fraud_terminal))
     fr_keys = _keys(fraud_terminal[fr_order], fraud_t_us[fr_order])
     fr_reported = fraud_reported_us[fr_order]
-    known_before = query_day * DAY_US  # a label counts if reported before the day began
-    end = (query_day - delay_days) * DAY_US  # windows end where the delay begins (exclusive)
+    known_before = query_hour * HOUR_US  # a label counts if reported before the hour began
+    end = known_before - delay_days * DAY_US  # windows end where the delay begins (exclusive)
     hi_tx = np.searchsorted(tx_keys, _keys(query_terminal, end), side="left")
     hi_fr = np.searchsorted(fr_keys, _keys(query_terminal, end), side="left")
     for name, w in TERMINAL_WINDOWS_DAYS.items():
@@ -329,11 +340,11 @@ def offline_terminal_features(
     transactions: pd.DataFrame,
     labels: pd.DataFrame | None,
     terminal_ids: npt.ArrayLike,
-    days: I64,
+    hours: I64,
     delay_days: int = LABEL_DELAY_DAYS,
 ) -> dict[str, F64]:
-    """Terminal features of any (terminal id, UTC day) pairs, from history alone: what the
-    online store holds for that terminal once the day's values are final."""
+    """Terminal features of any (terminal id, UTC hour) pairs, from history alone: what the
+    online store holds for that terminal once the hour's values are final."""
     tx = transactions
     t_us = to_us(tx["timestamp"])
     found, uniques = pd.factorize(tx["terminal_id"].to_numpy())
@@ -342,7 +353,7 @@ def offline_terminal_features(
     query = np.where(query < 0, len(uniques), query).astype(np.int64)  # an unknown terminal matches nothing
     fr_terminal, fr_t, fr_reported = _labelled(tx, t_us, terminal, labels)
     return terminal_features(
-        query, np.asarray(days, dtype=np.int64), terminal, t_us, fr_terminal, fr_t, fr_reported, delay_days
+        query, np.asarray(hours, dtype=np.int64), terminal, t_us, fr_terminal, fr_t, fr_reported, delay_days
     )
 
 
@@ -364,7 +375,7 @@ def offline_features(
     cards = card_features(card, t_us, to_cents(tx["amount"]), codes(tx["terminal_id"]))
     fr_terminal, fr_t, fr_reported = _labelled(tx, t_us, terminal, labels)
     terminals = terminal_features(
-        terminal, day_of(t_us), terminal, t_us, fr_terminal, fr_t, fr_reported, delay_days
+        terminal, hour_of(t_us), terminal, t_us, fr_terminal, fr_t, fr_reported, delay_days
     )
     request = request_features(tx["amount"].to_numpy(dtype=np.float64), t_us, cards.served)
     out = pd.DataFrame(

@@ -487,6 +487,24 @@ def high_watermark(client: confluent_kafka.Consumer, tp: TopicPartition) -> int 
     return high if high >= 0 else None
 
 
+def latest_offsets(
+    client: confluent_kafka.Consumer, tps: list[TopicPartition], timeout_s: float = 1.0
+) -> dict[TopicPartition, int] | None:
+    """The partitions' end offsets as the broker has them now (one ListOffsets request per
+    leader), or None if it cannot be asked. Unlike `high_watermark`, never an end from before
+    a fetch that has not come back yet (after a broker restart, say)."""
+    try:
+        found = client.offsets_for_times(
+            [TopicPartition(tp.topic, tp.partition, confluent_kafka.OFFSET_END) for tp in tps],
+            timeout=timeout_s,
+        )
+    except confluent_kafka.KafkaException:
+        return None
+    if any(tp.error is not None or tp.offset < 0 for tp in found):
+        return None
+    return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in found}
+
+
 def by_partition(records: list[Record]) -> dict[TopicPartition, list[Record]]:
     """Records grouped by partition, each group in offset order."""
     groups: dict[TopicPartition, list[Record]] = defaultdict(list)

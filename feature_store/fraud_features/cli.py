@@ -54,6 +54,12 @@ def features_size_redis(
     counter_days: int = typer.Option(
         60, min=1, help="Days of transaction counts per terminal (features.counter_retention_days)."
     ),
+    active_hours: int = typer.Option(
+        1,
+        min=1,
+        max=24,
+        help="Hours of each day with transactions at a terminal, each counted apart (24: busy around the clock).",
+    ),
     id_length: int = typer.Option(16, min=2, help="Characters of a card or terminal id."),
 ) -> None:
     """Measure Redis bytes per card and per terminal on a private redis-server (JSON)."""
@@ -66,6 +72,7 @@ def features_size_redis(
         terminals=terminals,
         card_events=card_events,
         counter_days=counter_days,
+        active_hours=active_hours,
         id_length=id_length,
     )
     print(json.dumps(result, indent=2))

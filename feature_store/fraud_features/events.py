@@ -26,9 +26,9 @@ class Transaction:
     t_us: int
 
     @property
-    def day(self) -> int:
-        """The UTC day of the transaction (days since the epoch)."""
-        return self.t_us // F.DAY_US
+    def hour(self) -> int:
+        """The UTC hour of the transaction (hours since the epoch): its terminal values'."""
+        return self.t_us // F.HOUR_US
 
 
 @dataclass

@@ -8,7 +8,8 @@ after each kind of key, so the figures are what Redis really allocates for them:
   and its 30-day history in the job's partition checkpoints (``PartitionState.checkpoint``,
   a string per partition);
 * per terminal: its online features (``OnlineWriter.write_terminals``) and its counters
-  (``TerminalCounters.apply``: a hash of per-day transaction counts and one of fraud counts).
+  (``TerminalCounters.apply``: a hash of per-hour transaction counts packed per day, and one of
+  fraud counts).
 
 The Redis manifests are sized from these figures (see kustomize/base/redis/redis.yaml).
 """
@@ -42,7 +43,7 @@ from fraudcore import features as F
 from fraudcore.settings import Settings
 
 BATCH = 1_000  # entities per write call, as the job batches them
-FIRST_DAY = 20_000  # an arbitrary UTC day (days since the epoch) for the measured events
+FIRST_HOUR = 20_000 * F.HOURS_PER_DAY  # an arbitrary UTC hour (hours since the epoch) for the events
 
 
 def _free_port() -> int:
@@ -123,6 +124,7 @@ def measure(
     terminals: int = 10_000,
     card_events: int = 60,
     counter_days: int = 60,
+    active_hours: int = 1,
     fraud_fields: int = 2,
     id_length: int = 16,
     partitions: int | None = None,
@@ -133,8 +135,10 @@ def measure(
     ``card_events``: a card's transactions in its 30-day history (the simulator's default
     customer makes 2 a day: 60). ``counter_days``: days of transaction counts per terminal
     (the job keeps ``features.counter_retention_days``, 60 by default: older days' fields are
-    dropped, the terminal windows reaching 37 days back). ``fraud_fields``:
-    (transaction day, report day) fraud counts per terminal. ``id_length``: characters of a
+    dropped, the terminal windows reaching 37 days back). ``active_hours``: hours of each of
+    those days with transactions at the terminal, a count each in the day's field (1 for the
+    Handbook's population, about one transaction per terminal a day; 24 for a terminal busy
+    around the clock). ``fraud_fields``: (transaction hour, report hour) fraud counts per terminal. ``id_length``: characters of a
     card or terminal id."""
     settings = Settings(_env_file=None)
     partitions = partitions or settings.topics.transactions.partitions
@@ -155,12 +159,10 @@ def measure(
         counters = TerminalCounters(
             client, keys, settings.features.label_delay_days, writer, settings.features.counter_retention_days
         )
-        now_us = (FIRST_DAY + counter_days) * F.DAY_US
-        day_start_us = (now_us // F.DAY_US) * F.DAY_US
-        fraud_day_fields = [
-            f"{FIRST_DAY + i}:{FIRST_DAY + i + settings.features.label_delay_days}"
-            for i in range(fraud_fields)
-        ]
+        now_us = FIRST_HOUR * F.HOUR_US + counter_days * F.DAY_US
+        delay_hours = settings.features.label_delay_days * F.HOURS_PER_DAY
+        fraud_hour_fields = [f"{FIRST_HOUR + i}:{FIRST_HOUR + i + delay_hours}" for i in range(fraud_fields)]
+        first_day = FIRST_HOUR // F.HOURS_PER_DAY
 
         def write_cards(ids: list[str]) -> None:
             for part in _batches(len(ids)):
@@ -172,7 +174,7 @@ def measure(
             for part in _batches(len(ids)):
                 n = part.stop - part.start
                 values = {name: rng.random(n) for name in F.TERMINAL_FEATURES}
-                writer.write_terminals(ids[part], np.full(n, day_start_us, dtype=np.int64), values)
+                writer.write_terminals(ids[part], np.full(n, now_us, dtype=np.int64), values)
 
         def count(ids: list[str]) -> None:
             offset = 0
@@ -181,11 +183,13 @@ def measure(
                 increments: list[Increment] = []
                 for terminal in ids[part]:
                     fields = [
-                        (keys.transaction_counts(terminal), str(FIRST_DAY + d)) for d in range(counter_days)
+                        (keys.transaction_counts(terminal), str(first_day + d), str(h))
+                        for d in range(counter_days)
+                        for h in range(active_hours)
                     ]
-                    fields += [(keys.fraud_counts(terminal), field) for field in fraud_day_fields]
-                    for key, field in fields:
-                        increments.append((offset, key, field, "", "", ""))
+                    fields += [(keys.fraud_counts(terminal), field, "") for field in fraud_hour_fields]
+                    for key, field, hour in fields:
+                        increments.append((offset, key, field, "", "", "", hour))
                         offset += 1
                 mark = counters.apply(TopicPartition("transactions", 0), increments, mark)
 
@@ -248,6 +252,7 @@ def measure(
             "terminals": terminals,
             "card_events": card_events,
             "counter_days": counter_days,
+            "active_hours": active_hours,
             "fraud_fields": fraud_fields,
             "id_length": id_length,
             "partitions": partitions,

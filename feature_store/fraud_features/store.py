@@ -70,7 +70,7 @@ CARD_STATE_SCHEMA = pa.schema(
     [("card_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
     + [(n, pa.float64()) for n in CARD_STATE]
 )
-TERMINAL_DAILY_SCHEMA = pa.schema(
+TERMINAL_HOURLY_SCHEMA = pa.schema(
     [("terminal_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
     + [(n, pa.float64()) for n in TERMINAL_FEATURES]
 )
@@ -96,7 +96,7 @@ def write_offline(settings: Settings, name: str, frame: pd.DataFrame, schema: pa
 def apply(settings: Settings) -> list[str]:
     """`feast apply` for the platform: seed empty offline datasets if none exist, then register."""
     empty_card = pd.DataFrame({n: pd.Series(dtype=object) for n in CARD_STATE_SCHEMA.names})
-    empty_terminal = pd.DataFrame({n: pd.Series(dtype=object) for n in TERMINAL_DAILY_SCHEMA.names})
+    empty_terminal = pd.DataFrame({n: pd.Series(dtype=object) for n in TERMINAL_HOURLY_SCHEMA.names})
     # Feast reads a source's schema at apply time, so each dataset needs at least one file.
     write_offline(
         settings,
@@ -107,9 +107,9 @@ def apply(settings: Settings) -> list[str]:
     )
     write_offline(
         settings,
-        "terminal_daily",
+        "terminal_hourly",
         empty_terminal.astype({"event_timestamp": "datetime64[us, UTC]"}),
-        TERMINAL_DAILY_SCHEMA,
+        TERMINAL_HOURLY_SCHEMA,
         "_schema",
     )
     if "://" not in settings.features.registry:

@@ -2,27 +2,27 @@
 
 It consumes ``transactions`` (keyed by card) and ``fraud-labels`` with one consumer group,
 and for every transaction records the features as they stood just before it (the feature
-log, in the offline store) and writes the new card state and the day's terminal values to
+log, in the offline store) and writes the new card state and the hour's terminal values to
 the Feast online store. All feature math is `fraudcore.features`, shared with the backfill.
 
 Scaling out: run more replicas of the same consumer group.
 * Card state follows the card-keyed partitions: each card's window history lives in the
   memory of the one replica that owns its partition, checkpointed to Redis.
-* Terminal state is shared and keyed by terminal in Redis, updated atomically: per-day
-  transaction counters and per-(transaction day, report day) fraud counters, applied by a
+* Terminal state is shared and keyed by terminal in Redis, updated atomically: per-hour
+  transaction counters and per-(transaction hour, report hour) fraud counters, applied by a
   Lua script that also records the partition's applied offset, so a replayed record is
   never counted twice whichever replica replays it.
-* Terminal values for a UTC day ``d`` only read counters of days before ``d - D`` and labels
-  reported before ``d``. They are computed once the watermark allows it: every transaction
-  partition has progressed past day ``d - D`` and every label partition past the start of
-  ``d`` (a partition read completely counts as complete: see `fraud_features.watermarks`
+* Terminal values for a UTC hour ``h`` only read counters of hours before ``h - D`` and labels
+  reported before ``h``. They are computed once the watermark allows it: every transaction
+  partition has progressed past ``h - D`` and every label partition past the start of
+  ``h`` (a partition read completely counts as complete: see `fraud_features.watermarks`
   for what that takes behind the quality gate). So two replicas compute the same values
   as one, in any interleaving.
 
 Late and out-of-order events: a transaction older than its card's latest is applied at its
 event time (it counts in later windows; values already served are not revised and the
 feature log keeps what was served). A transaction or label older than the terminal
-watermark by more than the label delay only reaches days not yet computed.
+watermark by more than the label delay only reaches hours not yet computed.
 
 Restart after a crash: the job resumes each transaction partition from its last checkpoint
 (card histories plus the next offset, written before offsets are committed) and replays
@@ -63,7 +63,7 @@ from prometheus_client import Counter, Histogram
 from fraud_features.card_state import CardFeatureBatch, CardHistory, PartitionState
 from fraud_features.events import Transaction, parse_label, parse_transaction
 from fraud_features.feature_log import FeatureLog
-from fraud_features.redis_keys import RedisKeys
+from fraud_features.redis_keys import LAYOUT, RedisKeys
 from fraud_features.terminals import Increment, StateLostError, TerminalCounters
 from fraud_features.watermarks import Progress, Watermark
 from fraudcore.kafka import DeadLetters, OwnedPartitions, Record, commit_now
@@ -154,7 +154,15 @@ class FeatureJob:
         holds (no state mark) is rebuilt from the topic's retention instead of resuming
         with empty state."""
         known = self._holds_state(tp)
-        if not known and committed is not None:
+        if not known and self.redis.exists(self.keys.earlier_layout_mark(tp)):
+            log.warning(
+                "%s[%d]: the feature job's state in Redis has an earlier layout: rebuilding it "
+                "in layout %s from the start of the topic's retention",
+                tp.topic,
+                tp.partition,
+                LAYOUT,
+            )
+        elif not known and committed is not None:
             self._state_lost([tp], "at assignment")
         return self._load(tp, committed if known else None)
 
@@ -346,7 +354,7 @@ class FeatureJob:
         """How many of the held transactions, from the first, have final terminal values."""
         ready = 0
         for tx in held:
-            if not self.terminals.final((tx.terminal_id, tx.day), watermark):
+            if not self.terminals.final((tx.terminal_id, tx.hour), watermark):
                 break
             ready += 1
         return ready
@@ -357,15 +365,15 @@ class FeatureJob:
     # --- features ----------------------------------------------------------------------------
     def _features(self, tp: TopicPartition, txs: list[Transaction]) -> None:
         """Serve the transactions the features as they stood just before each, write the new
-        card state and their days' terminal values online, log what was served, and then add
+        card state and their hours' terminal values online, log what was served, and then add
         them to their cards' histories."""
         state = self.partitions[tp]
         cards = CardFeatureBatch.compute(state.cards, txs)
         self.writer.write_cards(*cards.latest_states())
-        terminal_days = [(tx.terminal_id, tx.day) for tx in txs]
-        self.terminals.compute(terminal_days)
+        terminal_hours = [(tx.terminal_id, tx.hour) for tx in txs]
+        self.terminals.compute(terminal_hours)
         if self.log_features:
-            self.feature_log.add(tp.partition, txs, cards.served, self.terminals.values(terminal_days))
+            self.feature_log.add(tp.partition, txs, cards.served, self.terminals.values(terminal_hours))
         state.update_histories(txs)
 
     # --- checkpoints --------------------------------------------------------------------------

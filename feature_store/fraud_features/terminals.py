@@ -1,23 +1,27 @@
 """Terminal state, shared by every replica and keyed by terminal in Redis: counters applied
-exactly once per record, and the terminal values of a UTC day computed from them once the
+exactly once per record, and the terminal values of a UTC hour computed from them once the
 watermark makes them final.
 
-The counters are per-day transaction counts and per-(transaction day, report day) fraud
-counts. A Lua script applies a partition's increments together with the partition's applied
+The counters are per-hour transaction counts, packed one field per UTC day (``"<hour of the
+day>:<count>"`` pairs, comma-separated, for the hours with transactions), and
+per-(transaction hour, report hour) fraud counts. A Lua script applies a partition's increments together with the partition's applied
 offset, so a replayed record is never counted twice whichever replica replays it. A fraud
 counts once per transaction, at its first fraud verdict (an analyst's and then the
 chargeback's are one fraud), as in the backfill (``fraudcore.features``): a per-transaction
 marker set with the increment keeps the second one out. Values of
-day ``d`` only read counters of days before ``d - D`` and labels reported before ``d``, so
-every replica computes the same values for a day once the watermark allows it.
+hour ``h`` only read counters of hours before ``h - D`` and labels reported before ``h``, so
+every replica computes the same values for an hour once the watermark allows it.
 
-Counters of days older than the retention (``features.counter_retention_days``, in event
-time behind the latest day computed) are dropped when a terminal's counters are next read.
-A day's values read counters up to ``D`` + 30 days back, and the watermark lets one partition
-compute its day while another is still up to ``D`` days behind the latest day, so the
+Counters of hours older than the retention (``features.counter_retention_days``, in event
+time behind the latest hour computed) are dropped when a terminal's counters are next read.
+An hour's values read counters up to ``D`` + 30 days back, and the watermark lets one partition
+compute its hour while another is still up to ``D`` behind the latest hour, so the
 retention must exceed 2``D`` + 30 days; what it keeps beyond that is slack for late
-transactions. Without this a terminal's hashes would keep a field for every day it was
-ever active.
+transactions. Without this a terminal's hashes would keep a field for every hour it was
+ever active. (Packing a day's hours in one field keeps a hash per terminal at one field per
+active day, in Redis's compact listpack encoding, however many of the day's hours are
+active: a field per hour would turn a busy terminal's hash into a hashtable of up to 1,440
+fields.)
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from fraud_features.watermarks import Watermark
 from fraudcore import features as F
 
 # Applies counter increments for one partition exactly once: ARGV holds (offset, hash, field,
-# once-set, once-member, day) groups in offset order; those below the partition's applied offset
-# were applied before. A non-empty once-set counts its increment only the first time the member
-# joins it (the set is indexed by its day in KEYS[3], so old days' sets can be dropped).
+# once-set, once-member, the set's day, hour of the day) groups in offset order; those below the
+# partition's applied offset were applied before. A non-empty once-set counts its increment only
+# the first time the member joins it (the set is indexed by its day in KEYS[3], so old days' sets
+# can be dropped). A non-empty hour increments that hour's count in the field's packed
+# "<hour>:<count>,..." value; an empty one increments the field itself.
 #
 # KEYS[2] is the partition's state mark (see RedisKeys.state_mark) and ARGV[1] the value the job
 # last wrote or read ("" for none yet): a different value means Redis lost the job's state
@@ -50,9 +56,21 @@ if ARGV[1] == '' then
 elseif mark ~= ARGV[1] then
   return {-2, mark or ''}
 end
+local function bump(packed, hour)
+  local out, found = {}, false
+  for h, c in string.gmatch(packed, '(%d+):(%d+)') do
+    if h == hour then
+      c = tostring(tonumber(c) + 1)
+      found = true
+    end
+    out[#out + 1] = h .. ':' .. c
+  end
+  if not found then out[#out + 1] = hour .. ':1' end
+  return table.concat(out, ',')
+end
 local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local last = applied
-for i = 2, #ARGV, 6 do
+for i = 2, #ARGV, 7 do
   local offset = tonumber(ARGV[i])
   if offset >= applied then
     local once = ARGV[i + 3]
@@ -61,7 +79,13 @@ for i = 2, #ARGV, 6 do
         redis.call('EXPIRE', once, 5184000)
         redis.call('ZADD', KEYS[3], 'NX', ARGV[i + 5], once)
       end
-      redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
+      local hour = ARGV[i + 6]
+      if hour == '' then
+        redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], 1)
+      else
+        local packed = redis.call('HGET', ARGV[i + 1], ARGV[i + 2]) or ''
+        redis.call('HSET', ARGV[i + 1], ARGV[i + 2], bump(packed, hour))
+      end
       redis.call('EXPIRE', ARGV[i + 1], 5184000)
     end
     if offset + 1 > last then last = offset + 1 end
@@ -78,19 +102,23 @@ for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
-# Days of computed values cached behind the stream's latest day: today and yesterday are what
-# live transactions read, one more for stragglers; a later one's values are computed again.
-CACHE_DAYS = 3
+# Hours of computed values cached behind the stream's latest hour: this hour and the last are
+# what live transactions read, one more for stragglers; a later one's values are computed again.
+CACHE_HOURS = 3
+# Values of hours this far behind the stream's latest are not written online: the terminal
+# view's TTL (two days), past which Feast would not serve them anyway.
+ONLINE_HOURS = 2 * F.HOURS_PER_DAY
 
-# (record offset, counter hash, field, once-set or "", its member, the set's day)
-Increment = tuple[int, str, str, str, str, str]
-TerminalDay = tuple[str, int]  # (terminal id, UTC day)
+# (record offset, counter hash, field, once-set or "", its member, the set's day, hour of the day
+# in a packed field or "")
+Increment = tuple[int, str, str, str, str, str, str]
+TerminalHour = tuple[str, int]  # (terminal id, UTC hour)
 
 
 @dataclass
 class CountedEvents:
-    """Counters as pseudo-events at day starts (one per count): the shared feature function
-    then applies the very same windows and "reported before the day" rule as the backfill."""
+    """Counters as pseudo-events at hour starts (one per count): the shared feature function
+    then applies the very same windows and "reported before the hour" rule as the backfill."""
 
     tx_terminal: F.I64  # terminal codes
     tx_t_us: F.I64
@@ -107,10 +135,11 @@ class TerminalCounters:
     def __init__(
         self, client: redis.Redis, keys: RedisKeys, delay_days: int, writer: Any, retention_days: int
     ) -> None:
-        # A day's values read counters up to delay + 30 days back, and a day is computed while
-        # another partition may still be up to the delay behind the latest day computed.
-        self.window_reach = delay_days + max(F.TERMINAL_WINDOWS_DAYS.values())
-        reach = delay_days + self.window_reach
+        # An hour's values read counters up to delay + 30 days back, and an hour is computed while
+        # another partition may still be up to the delay behind the latest hour computed.
+        reach_days = delay_days + max(F.TERMINAL_WINDOWS_DAYS.values())
+        self.window_reach = reach_days * F.HOURS_PER_DAY  # hours
+        reach = delay_days + reach_days
         if retention_days <= reach:
             raise ValueError(
                 f"features.counter_retention_days: {retention_days} is too short; it must exceed {reach} "
@@ -118,30 +147,31 @@ class TerminalCounters:
             )
         self.keys = keys
         self.delay = delay_days
-        self.retention_days = retention_days
+        self.retention_hours = retention_days * F.HOURS_PER_DAY
         self.writer = writer
         self.redis = client
         self._markers_dropped_before = -(2**62)
         self._apply = client.register_script(APPLY_LUA)
         self._fetch = client.register_script(FETCH_LUA)
-        self.cache: dict[TerminalDay, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
-        self.latest_day = -(2**62)  # the latest UTC day computed: the stream's "today"
+        self.cache: dict[TerminalHour, tuple[float, ...]] = {}  # values in TERMINAL_FEATURES order
+        self.latest_hour = -(2**62)  # the latest UTC hour computed: the stream's "now"
 
     def forget_computed(self) -> None:
         """Drop the terminal values computed so far (their counters are being rebuilt)."""
         self.cache.clear()
-        self.latest_day = -(2**62)
+        self.latest_hour = -(2**62)
 
     # --- counters ---------------------------------------------------------------------------
     def transaction_increment(self, tx: Transaction) -> Increment:
-        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(tx.day), "", "", ""
+        day, hour = divmod(tx.hour, F.HOURS_PER_DAY)
+        return tx.offset, self.keys.transaction_counts(tx.terminal_id), str(day), "", "", "", str(hour)
 
     def label_increment(self, label: Label) -> Increment | None:
         """A fraud verdict's increment; None for a "legitimate" one, which counts nothing."""
         if not label.is_fraud:
             return None
         day = label.t_us // F.DAY_US
-        field = f"{day}:{label.reported_us // F.DAY_US}"
+        field = f"{label.t_us // F.HOUR_US}:{label.reported_us // F.HOUR_US}"
         once = self.keys.counted_frauds(day)
         return (
             label.offset,
@@ -150,6 +180,7 @@ class TerminalCounters:
             once,
             label.transaction_id,
             str(day),
+            "",
         )
 
     def apply(self, tp: TopicPartition, increments: list[Increment], mark: int | None) -> int | None:
@@ -169,35 +200,36 @@ class TerminalCounters:
         return int(held)
 
     # --- values -----------------------------------------------------------------------------
-    def final(self, terminal_day: TerminalDay, watermark: Watermark) -> bool:
-        """Whether the day's values are known or can be computed for good."""
-        return terminal_day in self.cache or watermark.allows(terminal_day[1], self.delay)
+    def final(self, terminal_hour: TerminalHour, watermark: Watermark) -> bool:
+        """Whether the hour's values are known or can be computed for good."""
+        return terminal_hour in self.cache or watermark.allows(terminal_hour[1], self.delay)
 
-    def values(self, terminal_days: list[TerminalDay]) -> F.F64:
-        """The computed values, one row per terminal day, columns in TERMINAL_FEATURES order."""
-        return np.array([self.cache[p] for p in terminal_days], dtype=np.float64)
+    def values(self, terminal_hours: list[TerminalHour]) -> F.F64:
+        """The computed values, one row per terminal hour, columns in TERMINAL_FEATURES order."""
+        return np.array([self.cache[p] for p in terminal_hours], dtype=np.float64)
 
-    def compute(self, terminal_days: list[TerminalDay]) -> None:
-        """Compute the values of the terminal days not computed yet (and write the recent ones
-        to the online store). Only for final days: see `final`."""
-        newest = max((d for _, d in terminal_days), default=self.latest_day)
-        if newest > self.latest_day:  # a new day: drop past days' values before computing any
-            self._forget_before(newest - CACHE_DAYS + 1)
-        missing = sorted({p for p in terminal_days if p not in self.cache}, key=lambda p: p[1])
+    def compute(self, terminal_hours: list[TerminalHour]) -> None:
+        """Compute the values of the terminal hours not computed yet (and write the recent ones
+        to the online store). Only for final hours: see `final`."""
+        newest = max((h for _, h in terminal_hours), default=self.latest_hour)
+        if newest > self.latest_hour:  # a new hour: drop past hours' values before computing any
+            self._forget_before(newest - CACHE_HOURS + 1)
+        missing = sorted({p for p in terminal_hours if p not in self.cache}, key=lambda p: p[1])
         if not missing:
             return
         terminals = sorted({m for m, _ in missing})
-        # Counters that neither this call's oldest day nor a day within the retention reads.
-        oldest = min(missing[0][1] - self.window_reach, max(self.latest_day, newest) - self.retention_days)
+        # Counters that neither this call's oldest hour nor an hour within the retention reads.
+        oldest = min(missing[0][1] - self.window_reach, max(self.latest_hour, newest) - self.retention_hours)
         events = self._counted_events(terminals, oldest)
-        if oldest > self._markers_dropped_before:
-            self._drop_fraud_markers_before(oldest)
+        oldest_day = oldest // F.HOURS_PER_DAY  # the fraud markers' sets are per day
+        if oldest_day > self._markers_dropped_before:
+            self._drop_fraud_markers_before(oldest_day)
         index = {m: i for i, m in enumerate(terminals)}
         q_term = np.array([index[m] for m, _ in missing], dtype=np.int64)
-        q_day = np.array([d for _, d in missing], dtype=np.int64)
+        q_hour = np.array([h for _, h in missing], dtype=np.int64)
         values = F.terminal_features(
             q_term,
-            q_day,
+            q_hour,
             events.tx_terminal,
             events.tx_t_us,
             events.fraud_terminal,
@@ -207,31 +239,34 @@ class TerminalCounters:
         )
         for i, pair in enumerate(missing):
             self.cache[pair] = tuple(float(values[n][i]) for n in F.TERMINAL_FEATURES)
-        self._write_recent(missing, q_day, values)
+        self._write_recent(missing, q_hour, values)
 
-    def _counted_events(self, terminals: list[str], oldest_day: int) -> CountedEvents:
-        """The terminals' counters (terminal codes: positions in ``terminals``); fields of
-        transaction days before ``oldest_day`` are dropped from Redis on the way."""
+    def _counted_events(self, terminals: list[str], oldest_hour: int) -> CountedEvents:
+        """The terminals' counters (terminal codes: positions in ``terminals``); fields whose
+        transaction hours are all before ``oldest_hour`` are dropped from Redis on the way."""
         keys = [k for m in terminals for k in (self.keys.transaction_counts(m), self.keys.fraud_counts(m))]
         replies = self._fetch(keys=keys, args=[])
-        tx_rows: list[tuple[int, int, int]] = []  # (terminal code, day, count)
-        fr_rows: list[tuple[int, int, int, int]] = []  # (terminal code, tx day, report day, count)
+        tx_rows: list[tuple[int, int, int]] = []  # (terminal code, hour, count)
+        fr_rows: list[tuple[int, int, int, int]] = []  # (terminal code, tx hour, report hour, count)
         expired: dict[str, list[str]] = {}
+        oldest_day = oldest_hour // F.HOURS_PER_DAY  # a day field is dropped once all its hours are
         for code in range(len(terminals)):
             flat = replies[2 * code]
             for j in range(0, len(flat), 2):
                 day = int(flat[j])
                 if day < oldest_day:
                     expired.setdefault(keys[2 * code], []).append(flat[j].decode())
-                else:
-                    tx_rows.append((code, day, int(flat[j + 1])))
+                    continue
+                for pair in flat[j + 1].split(b","):
+                    hour, count = pair.split(b":")
+                    tx_rows.append((code, day * F.HOURS_PER_DAY + int(hour), int(count)))
             flat = replies[2 * code + 1]
             for j in range(0, len(flat), 2):
-                txday, repday = flat[j].split(b":")
-                if int(txday) < oldest_day:
+                tx_hour, report_hour = flat[j].split(b":")
+                if int(tx_hour) < oldest_hour:
                     expired.setdefault(keys[2 * code + 1], []).append(flat[j].decode())
                 else:
-                    fr_rows.append((code, int(txday), int(repday), int(flat[j + 1])))
+                    fr_rows.append((code, int(tx_hour), int(report_hour), int(flat[j + 1])))
         if expired:
             pipe = self.redis.pipeline(transaction=False)
             for key, fields in expired.items():
@@ -241,10 +276,10 @@ class TerminalCounters:
         fr = np.array(fr_rows, dtype=np.int64).reshape(-1, 4)
         return CountedEvents(
             np.repeat(tx[:, 0], tx[:, 2]),
-            np.repeat(tx[:, 1], tx[:, 2]) * F.DAY_US,
+            np.repeat(tx[:, 1], tx[:, 2]) * F.HOUR_US,
             np.repeat(fr[:, 0], fr[:, 3]),
-            np.repeat(fr[:, 1], fr[:, 3]) * F.DAY_US,
-            np.repeat(fr[:, 2], fr[:, 3]) * F.DAY_US,
+            np.repeat(fr[:, 1], fr[:, 3]) * F.HOUR_US,
+            np.repeat(fr[:, 2], fr[:, 3]) * F.HOUR_US,
         )
 
     def _drop_fraud_markers_before(self, day: int) -> None:
@@ -258,18 +293,21 @@ class TerminalCounters:
             pipe.execute()
         self._markers_dropped_before = day
 
-    def _write_recent(self, terminal_days: list[TerminalDay], days: F.I64, values: dict[str, F.F64]) -> None:
-        # Only the stream's today and yesterday can be read by a live transaction (the view's
-        # TTL is two days). "Today" is the latest day in event time, not the wall clock's:
-        # event times may be late, replayed or simulated, and the features follow them.
-        self.latest_day = max(self.latest_day, int(days.max()))
-        recent = days >= self.latest_day - 1
+    def _write_recent(
+        self, terminal_hours: list[TerminalHour], hours: F.I64, values: dict[str, F.F64]
+    ) -> None:
+        # Only values within the terminal view's TTL can be served. "Now" is the latest hour in
+        # event time, not the wall clock's: event times may be late, replayed or simulated, and
+        # the features follow them. (Feast's newer-wins rule keeps a late hour from replacing a
+        # later one's values.)
+        self.latest_hour = max(self.latest_hour, int(hours.max()))
+        recent = hours > self.latest_hour - ONLINE_HOURS
         if recent.any():
             self.writer.write_terminals(
-                [m for (m, _), keep in zip(terminal_days, recent, strict=True) if keep],
-                days[recent] * F.DAY_US,
+                [m for (m, _), keep in zip(terminal_hours, recent, strict=True) if keep],
+                hours[recent] * F.HOUR_US,
                 {name: column[recent] for name, column in values.items()},
             )
 
-    def _forget_before(self, day: int) -> None:
-        self.cache = {k: v for k, v in self.cache.items() if k[1] >= day}
+    def _forget_before(self, hour: int) -> None:
+        self.cache = {k: v for k, v in self.cache.items() if k[1] >= hour}

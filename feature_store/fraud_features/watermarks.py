@@ -1,5 +1,5 @@
 """How far every partition has progressed in event time, shared by the replicas in Redis, and
-the watermark that says when a day's terminal values are final.
+the watermark that says when an hour's terminal values are final.
 
 Each replica publishes the latest event time of the partitions it owns, or ``inf`` for a
 partition it has read completely. The watermark of a topic is the least progress over all of
@@ -15,7 +15,12 @@ so everything it had taken by then was already in those ends. While the broker c
 asked, or the gate is behind, such a partition counts at its own latest event time. (With
 several replicas, a "complete" that another replica published stands until that replica
 publishes again, within about ``gate_check_interval_s``.)
-Labels come straight from their producers: a label partition read to its end is complete.
+Labels come straight from their producers: a label partition read to its end is complete,
+its end asked of the broker after this batch's transactions were read (`latest_offsets`). The
+end librdkafka caches from its last fetch is not enough: after a broker restart, a label
+partition's first fetch may come back after a transaction partition's, and until it does the
+cached end is the one from before the outage, so labels the producers flushed meanwhile would
+not count for the hours of transactions already in hand.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from confluent_kafka import TopicPartition
 from fraud_features.card_state import NO_EVENT_US, PartitionState
 from fraud_features.redis_keys import RedisKeys
 from fraudcore import features as F
-from fraudcore.kafka import high_watermark, partition_reader
+from fraudcore.kafka import high_watermark, latest_offsets, partition_reader
 from fraudcore.settings import Settings
 
 INF = float("inf")
@@ -45,11 +50,12 @@ class Watermark:
     transactions: float  # µs every transaction partition has progressed to
     labels: float  # µs every label partition has progressed to
 
-    def allows(self, day: int, delay_days: int) -> bool:
-        """Whether the terminal values of UTC ``day`` are final: every transaction partition
-        has progressed past day ``day - delay_days`` and every label partition past the start
-        of ``day``."""
-        return self.transactions >= (day - delay_days) * F.DAY_US and self.labels >= day * F.DAY_US
+    def allows(self, hour: int, delay_days: int) -> bool:
+        """Whether the terminal values of UTC ``hour`` are final: every transaction partition
+        has progressed ``delay_days`` before the start of ``hour`` and every label partition
+        past its start."""
+        start = hour * F.HOUR_US
+        return self.transactions >= start - delay_days * F.DAY_US and self.labels >= start
 
 
 class GateCheck:
@@ -126,41 +132,50 @@ class GateCheck:
         self.reader.close()
 
 
+def _read_to_end(read: int | None, end: int | None) -> bool:
+    """Whether a partition read up to ``read`` (the next offset) is read to ``end``."""
+    return end is not None and (end == 0 or (read is not None and read >= end))
+
+
 class Progress:
     def __init__(self, settings: Settings, client: redis.Redis, keys: RedisKeys) -> None:
         self.topics = settings.topics
         self.redis = client
         self.key = keys.progress()
         self.gate = GateCheck(settings) if settings.features.gate_group else None
+        # Ends are asked with a client of their own, so the job's consumer only consumes;
+        # it never joins a group (the id is only librdkafka's required setting).
+        self.end_reader = partition_reader(settings, f"{keys.namespace}-partition-ends")
+        self.end_timeout_s = 1.0
 
     def publish(
         self, consumer: confluent_kafka.Consumer, partitions: Mapping[TopicPartition, PartitionState]
     ) -> None:
         """Publish the progress of this replica's assigned partitions."""
-        gated_ends = None
+        assigned = consumer.assignment()
+        reads = {tp: state.next_offset if (state := partitions.get(tp)) else None for tp in assigned}
+        gated = {tp for tp in assigned if self.gate is not None and tp.topic == self.topics.transactions.name}
+        ends: dict[TopicPartition, int | None] = {}
         if self.gate is not None:
-            reads = {
-                tp.partition: state.next_offset
-                for tp, state in partitions.items()
-                if tp.topic == self.topics.transactions.name and state.next_offset is not None
-            }
-            gated_ends = self.gate.transaction_ends(reads)
+            gated_ends = self.gate.transaction_ends(
+                {tp.partition: read for tp in gated if (read := reads[tp]) is not None}
+            )
+            ends = {tp: None if gated_ends is None else gated_ends.get(tp.partition) for tp in gated}
+        cached = {tp: high_watermark(consumer, tp) for tp in assigned if tp not in gated}
+        # What looks read to its end by librdkafka's cached end is checked with the broker.
+        looks_done = [tp for tp, end in cached.items() if _read_to_end(reads[tp], end)]
+        latest = latest_offsets(self.end_reader, looks_done, self.end_timeout_s) if looks_done else {}
+        ends.update({tp: (latest or {}).get(tp) if tp in looks_done else end for tp, end in cached.items()})
         mapping: dict[str, str] = {}
         unknown: list[str] = []
-        for tp in consumer.assignment():
+        for tp in assigned:
             field = f"{tp.topic}:{tp.partition}"
             state = partitions.get(tp)
-            gated = self.gate is not None and tp.topic == self.topics.transactions.name
-            if gated:
-                end = None if gated_ends is None else gated_ends.get(tp.partition)
-            else:
-                end = high_watermark(consumer, tp)
-            read = state.next_offset if state is not None else None
-            if end is not None and (end == 0 or (read is not None and read >= end)):
+            if _read_to_end(reads[tp], ends[tp]):
                 mapping[field] = "inf"
             elif state is not None and state.max_event_us > NO_EVENT_US:
                 mapping[field] = str(state.max_event_us)
-            elif gated:
+            elif tp in gated:
                 unknown.append(field)  # an "inf" published earlier no longer holds
         if mapping:
             self.redis.hset(self.key, mapping=mapping)
@@ -168,6 +183,7 @@ class Progress:
             self.redis.hdel(self.key, *unknown)
 
     def close(self) -> None:
+        self.end_reader.close()
         if self.gate is not None:
             self.gate.close()
 

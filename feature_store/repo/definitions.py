@@ -41,11 +41,11 @@ card_batch = FileSource(
     description="Each card's state after each of its transactions.",
 )
 terminal_batch = FileSource(
-    name="terminal_daily",
-    path=f"{OFFLINE_ROOT}/terminal_daily",
+    name="terminal_hourly",
+    path=f"{OFFLINE_ROOT}/terminal_hourly",
     timestamp_field="event_timestamp",
     s3_endpoint_override=S3_ENDPOINT,
-    description="Each terminal's delayed count and risk, one row per terminal and UTC day.",
+    description="Each terminal's delayed count and risk, one row per terminal and UTC hour.",
 )
 card_push = PushSource(name="card_push", batch_source=card_batch)
 terminal_push = PushSource(name="terminal_push", batch_source=terminal_batch)
@@ -66,7 +66,7 @@ card_features = FeatureView(
 terminal_features = FeatureView(
     name="terminal_features",
     entities=[terminal],
-    ttl=timedelta(days=2),  # a value is for one UTC day; yesterday's is the fallback
+    ttl=timedelta(days=2),  # a value is for one UTC hour; an earlier hour's is the fallback
     schema=[
         Field(name="terminal_id", dtype=String),
         *[Field(name=name, dtype=Float64) for name in TERMINAL_FEATURES],

@@ -6,9 +6,11 @@ with ``fraudcore.features`` (the training code).
   match within ``TOLERANCE`` (relative). A mismatch is skew, or a card state the streaming
   job had not written yet when the transaction was scored (its freshness bound: a card
   paying twice within it is scored without the first payment).
-* Terminal values are per UTC day and final only once the watermark allows; until then the
-  online store serves the terminal's latest final day. A served value equal to the day's
-  or to one of the two days before it is "at its watermark"; anything else is skew.
+* Terminal values are per UTC hour and final only once the watermark allows; until then the
+  online store serves the terminal's latest final hour (the feature job computes a terminal's
+  values for the hours it has transactions in). A served value equal to the hour's, or to
+  those of an earlier hour of the terminal's within the terminal view's TTL (two days), is
+  "at its watermark"; anything else is skew.
 
 Decisions that fell back to defaults (``features_fallback``) are counted apart: defaults
 are what the contract says to serve for an unknown card or terminal, or a late lookup.
@@ -21,24 +23,26 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pandas as pd
 from confluent_kafka import TopicPartition
 
 from fraudcore.features import (
     CARD_HISTORY_S,
-    DAY_US,
+    HOURS_PER_DAY,
     MODEL_FEATURES,
     TERMINAL_FEATURES,
+    hour_of,
     offline_features,
     offline_terminal_features,
+    to_us,
 )
 from fraudcore.kafka import partition_reader
 from fraudcore.settings import Settings
 
 TOLERANCE = 1e-6
-WATERMARK_DAYS = 2  # how many earlier days' terminal values count as "at its watermark"
+# How far back a terminal's earlier hour counts as "at its watermark": the terminal view's TTL.
+WATERMARK_HOURS = 2 * HOURS_PER_DAY
 DETERMINISTIC = [name for name in MODEL_FEATURES if name not in TERMINAL_FEATURES]
 
 
@@ -153,27 +157,40 @@ def _terminal(
     labels: pd.DataFrame | None,
     delay_days: int,
 ) -> None:
-    day = np.asarray(
-        pd.to_datetime(rows["timestamp"], utc=True).astype("int64").to_numpy() // 1_000 // DAY_US, np.int64
+    hour = hour_of(to_us(rows["timestamp"]))
+    # Each row's candidates: its own hour, then the earlier hours (within the TTL) in which its
+    # terminal had transactions, the only hours the feature job computed values for.
+    own = pd.DataFrame(
+        {"row": np.arange(len(rows)), "terminal_id": rows["terminal_id"].to_numpy(), "hour": hour}
     )
+    active = pd.DataFrame(
+        {"terminal_id": history["terminal_id"].to_numpy(), "active": hour_of(to_us(history["timestamp"]))}
+    ).drop_duplicates()
+    earlier = own.merge(active, on="terminal_id")
+    earlier = earlier.loc[
+        (earlier["active"] < earlier["hour"]) & (earlier["active"] >= earlier["hour"] - WATERMARK_HOURS)
+    ]
+    candidates = pd.concat(
+        [own, earlier[["row", "terminal_id", "active"]].rename(columns={"active": "hour"})], ignore_index=True
+    )
+    values = offline_terminal_features(
+        history,
+        labels,
+        candidates["terminal_id"].to_numpy(),
+        candidates["hour"].to_numpy(np.int64),
+        delay_days,
+    )
+    row = candidates["row"].to_numpy()
     served = got[TERMINAL_FEATURES].to_numpy(np.float64)
-    matches_some_day: npt.NDArray[np.bool_] = np.zeros(len(rows), dtype=bool)
-    matches_today: npt.NDArray[np.bool_] = np.zeros(len(rows), dtype=bool)
-    for back in range(WATERMARK_DAYS + 1):
-        values = offline_terminal_features(
-            history, labels, rows["terminal_id"].to_numpy(), day - back, delay_days
-        )
-        expected = np.column_stack([values[n] for n in TERMINAL_FEATURES])
-        same = np.asarray(
-            (np.abs(served - expected) <= TOLERANCE * np.maximum(1.0, np.abs(expected))).all(axis=1)
-        )
-        matches_some_day |= same
-        if back == 0:
-            matches_today = same
-    report.terminal_at_watermark = int((matches_some_day & ~matches_today).sum())
-    report.terminal_skewed = int((~matches_some_day).sum())
+    expected = np.column_stack([values[n] for n in TERMINAL_FEATURES])
+    same = (np.abs(served[row] - expected) <= TOLERANCE * np.maximum(1.0, np.abs(expected))).all(axis=1)
+    matches_this_hour = same[: len(rows)]  # the first len(rows) candidates are the rows' own hours
+    matches_some_hour = np.zeros(len(rows), dtype=bool)
+    np.logical_or.at(matches_some_hour, row, same)
+    report.terminal_at_watermark = int((matches_some_hour & ~matches_this_hour).sum())
+    report.terminal_skewed = int((~matches_some_hour).sum())
     for j, name in enumerate(TERMINAL_FEATURES):
-        report.mismatches[name] = int((~matches_some_day & (served[:, j] != rows[name].to_numpy())).sum())
+        report.mismatches[name] = int((~matches_some_hour & (served[:, j] != rows[name].to_numpy())).sum())
 
 
 def check(settings: Settings, sample: int, archive_prefix: str = "") -> SkewReport:
@@ -185,8 +202,8 @@ def check(settings: Settings, sample: int, archive_prefix: str = "") -> SkewRepo
         return SkewReport()
     first = min(pd.Timestamp(d["transaction_timestamp"]) for d in decisions)
     # The card windows' history, and the terminal windows' (30 days before the label delay)
-    # for the day and the WATERMARK_DAYS before it.
+    # for the hour and the WATERMARK_HOURS before it.
     delay = settings.features.label_delay_days
-    look_back = timedelta(seconds=CARD_HISTORY_S) + timedelta(days=delay + WATERMARK_DAYS + 1)
+    look_back = timedelta(seconds=CARD_HISTORY_S) + timedelta(days=delay, hours=WATERMARK_HOURS + 1)
     raw = load_archive(settings, archive_prefix, since=first - look_back)
     return compare(decisions, raw.transactions, raw.labels, settings.features.label_delay_days)

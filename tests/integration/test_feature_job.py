@@ -179,17 +179,22 @@ def test_counters_beyond_the_retention_are_dropped_and_the_features_stay_equal(
     assert job.processed == len(transactions)
     _assert_same_features(_feature_log(settings), offline)
 
-    # A terminal's counters were last read for its latest day: nothing from before the
-    # retention behind that day is left.
+    # A terminal's counters were last read for its latest hour: nothing from before the
+    # retention behind that hour is left.
     day = F.to_us(transactions["timestamp"]) // F.DAY_US
+    hour = F.hour_of(F.to_us(transactions["timestamp"]))
     span = pd.DataFrame({"terminal": transactions["terminal_id"], "day": day}).groupby("terminal")["day"]
     first, last = span.min(), span.max()
     assert (first < last - retention).sum() >= 30  # over half the terminals had days to drop
-    ns = settings.features.namespace
-    for terminal, last_day in last.items():
-        for key in (f"{ns}:tc:{terminal}", f"{ns}:tf:{terminal}"):
-            kept = [int(f.split(b":")[0]) for f in cast(list[bytes], job.redis.hkeys(key))]
-            assert min(kept, default=last_day) >= last_day - retention, (key, sorted(kept))
+    last_hours = pd.Series(hour).groupby(transactions["terminal_id"].to_numpy()).max()
+    for terminal, last_hour in last_hours.items():
+        oldest = last_hour - retention * F.HOURS_PER_DAY
+        key = job.keys.transaction_counts(str(terminal))  # a field per day
+        kept = [int(f) for f in cast(list[bytes], job.redis.hkeys(key))]
+        assert min(kept, default=last_hour) >= oldest // F.HOURS_PER_DAY, (key, sorted(kept))
+        key = job.keys.fraud_counts(str(terminal))  # a field per (transaction hour, report hour)
+        kept = [int(f.split(b":")[0]) for f in cast(list[bytes], job.redis.hkeys(key))]
+        assert min(kept, default=last_hour) >= oldest, (key, sorted(kept))
     # The once-only fraud markers go by transaction day too.
     marked = cast(
         list[tuple[bytes, float]], job.redis.zrange(job.keys.counted_days(), 0, -1, withscores=True)
@@ -460,7 +465,7 @@ class LosesStateOnce(FeatureJob):
 
     def _features(self, tp: TopicPartition, txs: list[Transaction]) -> None:
         due = not self.wiped and self.processed >= self.after
-        if due and any((tx.terminal_id, tx.day) not in self.terminals.cache for tx in txs):
+        if due and any((tx.terminal_id, tx.hour) not in self.terminals.cache for tx in txs):
             self.wiped = _wipe_redis(self.settings)
         super()._features(tp, txs)
 

@@ -107,15 +107,14 @@ def test_history_plus_batch_gives_the_same_served_values_as_everything_at_once()
 
 
 def _reference_terminal(
-    q_term: int, q_day: int, txs: list[tuple[int, int]], frauds: list[tuple[int, int, int]], delay: int
+    q_term: int, q_hour: int, txs: list[tuple[int, int]], frauds: list[tuple[int, int, int]], delay: int
 ) -> dict[str, float]:
     out: dict[str, float] = {}
+    start = q_hour * F.HOUR_US
     for name, w in F.TERMINAL_WINDOWS_DAYS.items():
-        lo, hi = (q_day - delay - w) * F.DAY_US, (q_day - delay) * F.DAY_US
+        lo, hi = start - (delay + w) * F.DAY_US, start - delay * F.DAY_US
         count = sum(1 for term, t in txs if term == q_term and lo <= t < hi)
-        known = sum(
-            1 for term, t, rep in frauds if term == q_term and lo <= t < hi and rep < q_day * F.DAY_US
-        )
+        known = sum(1 for term, t, rep in frauds if term == q_term and lo <= t < hi and rep < start)
         out[f"terminal_tx_count_{name}"] = count
         out[f"terminal_risk_{name}"] = known / count if count else 0.0
     return out
@@ -134,28 +133,42 @@ def test_terminal_risk_matches_brute_force_and_never_uses_unreported_labels(
     frauds = [
         (txs[i][0], txs[i][1], txs[i][1] + data.draw(st.integers(0, 14 * DAY)) * 1_000_000) for i in fraud_idx
     ]
-    queries = data.draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 70)), min_size=1, max_size=20))
+    hours = st.integers(0, 70 * F.HOURS_PER_DAY)
+    queries = data.draw(st.lists(st.tuples(st.integers(0, 2), hours), min_size=1, max_size=20))
     arr = np.array(txs, dtype=np.int64)
     fr = np.array(frauds, dtype=np.int64).reshape(-1, 3)
     q = np.array(queries, dtype=np.int64)
     got = F.terminal_features(q[:, 0], q[:, 1], arr[:, 0], arr[:, 1], fr[:, 0], fr[:, 1], fr[:, 2], 7)
-    for k, (term, day) in enumerate(queries):
-        for name, value in _reference_terminal(term, day, txs, frauds, 7).items():
-            assert abs(got[name][k] - value) < 1e-12, (name, term, day)
+    for k, (term, hour) in enumerate(queries):
+        for name, value in _reference_terminal(term, hour, txs, frauds, 7).items():
+            assert abs(got[name][k] - value) < 1e-12, (name, term, hour)
 
 
-def test_a_label_reported_after_the_day_began_is_not_used() -> None:
-    day = 20
-    t = np.array([(day - 8) * F.DAY_US + 5], dtype=np.int64)  # inside the 1-day window of `day`
+def test_a_label_reported_after_the_hour_began_is_not_used() -> None:
+    hour = 20 * F.HOURS_PER_DAY + 13
+    start = hour * F.HOUR_US
+    t = np.array([start - 8 * F.DAY_US + 5], dtype=np.int64)  # inside the 1-day window of `hour`
     term = np.array([0])
     for reported, expected in [
-        (day * F.DAY_US - 1, 1.0),
-        (day * F.DAY_US, 0.0),
-        (day * F.DAY_US + 3600, 0.0),
+        (start - 1, 1.0),
+        (start, 0.0),
+        (start + 60 * F.US_PER_S, 0.0),
     ]:
-        got = F.terminal_features(np.array([0]), np.array([day]), term, t, term, t, np.array([reported]))
+        got = F.terminal_features(np.array([0]), np.array([hour]), term, t, term, t, np.array([reported]))
         assert got["terminal_risk_1d"][0] == expected
         assert got["terminal_tx_count_1d"][0] == 1.0
+
+
+def test_terminal_windows_end_on_the_hour_a_label_delay_before_the_transaction() -> None:
+    """A payment at 09:30 counts for a transaction at 10:xx a week later, not for one at
+    09:59, the hour it is in: the windows end at the start of the transaction's UTC hour."""
+    paid = 20 * F.DAY_US + 9 * F.HOUR_US + 30 * 60 * F.US_PER_S
+    term, t = np.array([0]), np.array([paid], dtype=np.int64)
+    week_on = paid + 7 * F.DAY_US
+    hours = F.hour_of(np.array([week_on + 29 * 60 * F.US_PER_S, week_on + 31 * 60 * F.US_PER_S]))
+    got = F.terminal_features(np.zeros(2, dtype=np.int64), hours, term, t, term, t, t + F.DAY_US)
+    assert list(got["terminal_tx_count_1d"]) == [0.0, 1.0]
+    assert list(got["terminal_risk_1d"]) == [0.0, 1.0]
 
 
 def test_request_features() -> None:
@@ -190,18 +203,18 @@ def test_offline_features_are_point_in_time() -> None:
     assert f.loc["b", "card_amount_sum_10m"] == 10.0
     assert f.loc["c", "card_tx_count_30d"] == 2
     assert f.loc["c", "card_mean_amount_30d"] == 20.0
-    # c is on day 9: its 1-day window is day 1 (empty), its 7-day window days [-5, 2) holds a and b,
-    # and a's label (reported on day 8) is known before day 9 began.
+    # c is at 00:00 on day 9: its 1-day window is day 1 (empty), its 7-day window days [-5, 2)
+    # holds a and b, and a's label (reported at 01:00 on day 8) is known before c's hour began.
     assert f.loc["c", "terminal_tx_count_1d"] == 0
     assert f.loc["c", "terminal_tx_count_7d"] == 2
     assert f.loc["c", "terminal_risk_7d"] == 0.5
     assert f.loc["b", "terminal_risk_30d"] == 0.0
 
 
-def test_terminal_features_of_any_day_equal_those_of_the_days_own_transactions() -> None:
+def test_terminal_features_of_any_hour_equal_those_of_the_hours_own_transactions() -> None:
     from fraudcore.features import (
         TERMINAL_FEATURES,
-        day_of,
+        hour_of,
         offline_features,
         offline_terminal_features,
         to_us,
@@ -210,14 +223,14 @@ def test_terminal_features_of_any_day_equal_those_of_the_days_own_transactions()
 
     tx, lab = simulated(days=30, customers=80, terminals=60)
     rows = offline_features(tx, lab)
-    days = day_of(to_us(tx["timestamp"]))
-    same = offline_terminal_features(tx, lab, tx["terminal_id"].to_numpy(), days)
+    hours = hour_of(to_us(tx["timestamp"]))
+    same = offline_terminal_features(tx, lab, tx["terminal_id"].to_numpy(), hours)
     for name in TERMINAL_FEATURES:
         np.testing.assert_array_equal(same[name], rows[name].to_numpy())
-    # The day before: what a terminal's online row still holds until the day's values are final.
-    earlier = offline_terminal_features(tx, lab, tx["terminal_id"].to_numpy(), days - 1)
+    # A day before: what a quiet terminal's online row may still hold.
+    earlier = offline_terminal_features(tx, lab, tx["terminal_id"].to_numpy(), hours - F.HOURS_PER_DAY)
     assert any((earlier[n] != rows[n].to_numpy()).any() for n in TERMINAL_FEATURES)
-    unknown = offline_terminal_features(tx, lab, np.array(["T-none"]), days[:1])
+    unknown = offline_terminal_features(tx, lab, np.array(["T-none"]), hours[:1])
     assert all(unknown[n][0] == 0 for n in TERMINAL_FEATURES)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
@@ -112,11 +113,11 @@ def test_the_skew_check_counts_stale_card_state_and_accepts_terminal_values_at_t
     assert report.skew_rate == pytest.approx(50 / 360)
 
 
-def test_terminal_values_of_the_day_before_are_at_their_watermark_not_skew() -> None:
-    from fraud_monitor.skew import compare
+def test_terminal_values_of_an_earlier_active_hour_are_at_their_watermark_not_skew() -> None:
+    from fraud_monitor.skew import WATERMARK_HOURS, compare
     from fraudcore.features import (
         TERMINAL_FEATURES,
-        day_of,
+        hour_of,
         offline_features,
         offline_terminal_features,
         to_us,
@@ -124,17 +125,29 @@ def test_terminal_values_of_the_day_before_are_at_their_watermark_not_skew() -> 
     from tests.helpers import simulated
 
     tx, lab = simulated(days=30, customers=80, terminals=60)
-    rows = offline_features(tx, lab).tail(200).reset_index(drop=True)
-    days = day_of(to_us(rows["timestamp"]))
-    yesterday = offline_terminal_features(tx, lab, rows["terminal_id"].to_numpy(), days - 1)
+    rows = offline_features(tx, lab).tail(300).reset_index(drop=True)
+    hours = hour_of(to_us(rows["timestamp"]))
+    # Until a transaction's own hour is final, its terminal's online row holds the values of the
+    # latest earlier hour the terminal had a transaction in (the hours the job computes).
+    tx_hours = pd.Series(hour_of(to_us(tx["timestamp"])), index=tx["terminal_id"].to_numpy())
+    previous = np.array(
+        [
+            tx_hours.loc[[terminal]].loc[lambda h, hour=hour: h < hour].max()
+            for terminal, hour in zip(rows["terminal_id"], hours, strict=True)
+        ]
+    )
+    within = (hours - previous <= WATERMARK_HOURS) & (previous > 0)
+    rows, previous = rows.loc[within].reset_index(drop=True), previous[within].astype(np.int64)
+    earlier = offline_terminal_features(tx, lab, rows["terminal_id"].to_numpy(), previous)
     decisions = []
     for i, row in enumerate(rows.to_dict("records")):
         features = {name: float(row[name]) for name in MODEL_FEATURES}
-        features.update({name: float(yesterday[name][i]) for name in TERMINAL_FEATURES})
+        features.update({name: float(earlier[name][i]) for name in TERMINAL_FEATURES})
         decisions.append(
             {"transaction_id": row["transaction_id"], "card_id": row["card_id"], "features": features}
         )
-    changed = sum(any(yesterday[n][i] != rows.loc[i, n] for n in TERMINAL_FEATURES) for i in range(len(rows)))
+    changed = sum(any(earlier[n][i] != rows.loc[i, n] for n in TERMINAL_FEATURES) for i in range(len(rows)))
     report = compare(decisions, tx, lab, delay_days=7)
+    assert len(rows) > 100
     assert changed > 0
     assert (report.terminal_at_watermark, report.terminal_skewed, report.skewed) == (changed, 0, 0)

@@ -42,3 +42,13 @@ def test_bytes_per_card_and_terminal_add_up_and_match_memory_usage() -> None:
     # 30 events of a card's history: each an event time, an amount and a terminal id.
     assert 30 * 10 <= result["card_checkpoint_bytes"] <= 30 * 60
     assert result["population"]["cards"] == 400
+
+
+def test_a_terminal_busy_around_the_clock_holds_a_counter_field_per_hour() -> None:
+    quiet = measure(cards=50, terminals=200, card_events=5, counter_days=5, active_hours=1, partitions=1)
+    busy = measure(cards=50, terminals=200, card_events=5, counter_days=5, active_hours=24, partitions=1)
+    assert busy["population"]["active_hours"] == 24
+    # A field per day either way; a busy day's field holds 24 "<hour>:<count>" pairs, not one.
+    extra = busy["terminal_counter_bytes"] - quiet["terminal_counter_bytes"]
+    assert 5 * 23 * 3 <= extra <= 5 * 23 * 12
+    assert busy["terminal_online_bytes"] == pytest.approx(quiet["terminal_online_bytes"], rel=0.2)

@@ -2,7 +2,7 @@
 
 One read of Feast's online store per view fetches every transaction's values, within a time
 budget (see ``OnlineFeatures``). What the store holds (see ``fraudcore.features``): each
-card's state after its latest transaction, and each terminal's values for a UTC day.
+card's state after its latest transaction, and each terminal's values for a UTC hour.
 
 Fallback, per transaction: an unknown card (never seen) gets zeros and an unknown
 ``card_last_tx_time`` (so "seconds since the previous transaction" takes its no-previous
