@@ -58,6 +58,9 @@ CARD_COUNT_MEAN_WINDOWS = {"1d": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 CARD_HISTORY_S = 30 * 86_400  # the longest card window: history older than this never matters
 DISTINCT_TERMINALS_WINDOW_S = 86_400
 TERMINAL_WINDOWS_DAYS = {"1d": 1, "7d": 7, "30d": 30}
+# How far behind the transaction's hour a terminal's online values may be: the terminal view's
+# TTL. The streaming job writes no older ones; the skew check counts those as at their watermark.
+TERMINAL_VALUES_TTL_HOURS = 48
 
 CARD_FEATURES = [
     "card_tx_count_10m",

@@ -43,7 +43,8 @@ from fraudcore import features as F
 from fraudcore.settings import Settings
 
 BATCH = 1_000  # entities per write call, as the job batches them
-FIRST_HOUR = 20_000 * F.HOURS_PER_DAY  # an arbitrary UTC hour (hours since the epoch) for the events
+FIRST_DAY = 20_000  # an arbitrary UTC day (days since the epoch) for the measured events
+FIRST_HOUR = FIRST_DAY * F.HOURS_PER_DAY
 
 
 def _free_port() -> int:
@@ -138,8 +139,8 @@ def measure(
     dropped, the terminal windows reaching 37 days back). ``active_hours``: hours of each of
     those days with transactions at the terminal, a count each in the day's field (1 for the
     Handbook's population, about one transaction per terminal a day; 24 for a terminal busy
-    around the clock). ``fraud_fields``: (transaction hour, report hour) fraud counts per terminal. ``id_length``: characters of a
-    card or terminal id."""
+    around the clock). ``fraud_fields``: (transaction hour, report hour) fraud counts per
+    terminal. ``id_length``: characters of a card or terminal id."""
     settings = Settings(_env_file=None)
     partitions = partitions or settings.topics.transactions.partitions
     password = secrets.token_urlsafe(24)
@@ -162,7 +163,6 @@ def measure(
         now_us = FIRST_HOUR * F.HOUR_US + counter_days * F.DAY_US
         delay_hours = settings.features.label_delay_days * F.HOURS_PER_DAY
         fraud_hour_fields = [f"{FIRST_HOUR + i}:{FIRST_HOUR + i + delay_hours}" for i in range(fraud_fields)]
-        first_day = FIRST_HOUR // F.HOURS_PER_DAY
 
         def write_cards(ids: list[str]) -> None:
             for part in _batches(len(ids)):
@@ -183,7 +183,7 @@ def measure(
                 increments: list[Increment] = []
                 for terminal in ids[part]:
                     fields = [
-                        (keys.transaction_counts(terminal), str(first_day + d), str(h))
+                        (keys.transaction_counts(terminal), str(FIRST_DAY + d), str(h))
                         for d in range(counter_days)
                         for h in range(active_hours)
                     ]

@@ -4,8 +4,9 @@ watermark makes them final.
 
 The counters are per-hour transaction counts, packed one field per UTC day (``"<hour of the
 day>:<count>"`` pairs, comma-separated, for the hours with transactions), and
-per-(transaction hour, report hour) fraud counts. A Lua script applies a partition's increments together with the partition's applied
-offset, so a replayed record is never counted twice whichever replica replays it. A fraud
+per-(transaction hour, report hour) fraud counts. A Lua script applies a partition's
+increments together with the partition's applied offset, so a replayed record is never
+counted twice whichever replica replays it. A fraud
 counts once per transaction, at its first fraud verdict (an analyst's and then the
 chargeback's are one fraud), as in the backfill (``fraudcore.features``): a per-transaction
 marker set with the increment keeps the second one out. Values of
@@ -105,9 +106,6 @@ return out
 # Hours of computed values cached behind the stream's latest hour: this hour and the last are
 # what live transactions read, one more for stragglers; a later one's values are computed again.
 CACHE_HOURS = 3
-# Values of hours this far behind the stream's latest are not written online: the terminal
-# view's TTL (two days), past which Feast would not serve them anyway.
-ONLINE_HOURS = 2 * F.HOURS_PER_DAY
 
 # (record offset, counter hash, field, once-set or "", its member, the set's day, hour of the day
 # in a packed field or "")
@@ -301,7 +299,7 @@ class TerminalCounters:
         # the features follow them. (Feast's newer-wins rule keeps a late hour from replacing a
         # later one's values.)
         self.latest_hour = max(self.latest_hour, int(hours.max()))
-        recent = hours > self.latest_hour - ONLINE_HOURS
+        recent = hours > self.latest_hour - F.TERMINAL_VALUES_TTL_HOURS
         if recent.any():
             self.writer.write_terminals(
                 [m for (m, _), keep in zip(terminal_hours, recent, strict=True) if keep],

@@ -161,11 +161,12 @@ class Progress:
                 {tp.partition: read for tp in gated if (read := reads[tp]) is not None}
             )
             ends = {tp: None if gated_ends is None else gated_ends.get(tp.partition) for tp in gated}
-        cached = {tp: high_watermark(consumer, tp) for tp in assigned if tp not in gated}
+        ends.update({tp: high_watermark(consumer, tp) for tp in assigned if tp not in gated})
         # What looks read to its end by librdkafka's cached end is checked with the broker.
-        looks_done = [tp for tp, end in cached.items() if _read_to_end(reads[tp], end)]
-        latest = latest_offsets(self.end_reader, looks_done, self.end_timeout_s) if looks_done else {}
-        ends.update({tp: (latest or {}).get(tp) if tp in looks_done else end for tp, end in cached.items()})
+        looks_done = [tp for tp in assigned if tp not in gated and _read_to_end(reads[tp], ends[tp])]
+        if looks_done:
+            latest = latest_offsets(self.end_reader, looks_done, self.end_timeout_s) or {}
+            ends.update({tp: latest.get(tp) for tp in looks_done})
         mapping: dict[str, str] = {}
         unknown: list[str] = []
         for tp in assigned:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Float64, String
 
-from fraudcore.features import CARD_STATE, TERMINAL_FEATURES
+from fraudcore.features import CARD_STATE, TERMINAL_FEATURES, TERMINAL_VALUES_TTL_HOURS
 
 OFFLINE_ROOT = os.environ.get("FRAUD_FEAST_OFFLINE_ROOT", "data").rstrip("/")
 S3_ENDPOINT = os.environ.get("FRAUD_FEAST_S3_ENDPOINT") or None
@@ -66,7 +66,9 @@ card_features = FeatureView(
 terminal_features = FeatureView(
     name="terminal_features",
     entities=[terminal],
-    ttl=timedelta(days=2),  # a value is for one UTC hour; an earlier hour's is the fallback
+    ttl=timedelta(
+        hours=TERMINAL_VALUES_TTL_HOURS
+    ),  # a value is for one UTC hour; an earlier hour's is the fallback
     schema=[
         Field(name="terminal_id", dtype=String),
         *[Field(name=name, dtype=Float64) for name in TERMINAL_FEATURES],

@@ -29,9 +29,9 @@ from confluent_kafka import TopicPartition
 
 from fraudcore.features import (
     CARD_HISTORY_S,
-    HOURS_PER_DAY,
     MODEL_FEATURES,
     TERMINAL_FEATURES,
+    TERMINAL_VALUES_TTL_HOURS,
     hour_of,
     offline_features,
     offline_terminal_features,
@@ -41,8 +41,6 @@ from fraudcore.kafka import partition_reader
 from fraudcore.settings import Settings
 
 TOLERANCE = 1e-6
-# How far back a terminal's earlier hour counts as "at its watermark": the terminal view's TTL.
-WATERMARK_HOURS = 2 * HOURS_PER_DAY
 DETERMINISTIC = [name for name in MODEL_FEATURES if name not in TERMINAL_FEATURES]
 
 
@@ -168,7 +166,8 @@ def _terminal(
     ).drop_duplicates()
     earlier = own.merge(active, on="terminal_id")
     earlier = earlier.loc[
-        (earlier["active"] < earlier["hour"]) & (earlier["active"] >= earlier["hour"] - WATERMARK_HOURS)
+        (earlier["active"] < earlier["hour"])
+        & (earlier["active"] >= earlier["hour"] - TERMINAL_VALUES_TTL_HOURS)
     ]
     candidates = pd.concat(
         [own, earlier[["row", "terminal_id", "active"]].rename(columns={"active": "hour"})], ignore_index=True
@@ -202,8 +201,8 @@ def check(settings: Settings, sample: int, archive_prefix: str = "") -> SkewRepo
         return SkewReport()
     first = min(pd.Timestamp(d["transaction_timestamp"]) for d in decisions)
     # The card windows' history, and the terminal windows' (30 days before the label delay)
-    # for the hour and the WATERMARK_HOURS before it.
+    # for the hour and the TERMINAL_VALUES_TTL_HOURS before it.
     delay = settings.features.label_delay_days
-    look_back = timedelta(seconds=CARD_HISTORY_S) + timedelta(days=delay, hours=WATERMARK_HOURS + 1)
+    look_back = timedelta(seconds=CARD_HISTORY_S) + timedelta(days=delay, hours=TERMINAL_VALUES_TTL_HOURS + 1)
     raw = load_archive(settings, archive_prefix, since=first - look_back)
     return compare(decisions, raw.transactions, raw.labels, settings.features.label_delay_days)

@@ -114,9 +114,10 @@ def test_the_skew_check_counts_stale_card_state_and_accepts_terminal_values_at_t
 
 
 def test_terminal_values_of_an_earlier_active_hour_are_at_their_watermark_not_skew() -> None:
-    from fraud_monitor.skew import WATERMARK_HOURS, compare
+    from fraud_monitor.skew import compare
     from fraudcore.features import (
         TERMINAL_FEATURES,
+        TERMINAL_VALUES_TTL_HOURS,
         hour_of,
         offline_features,
         offline_terminal_features,
@@ -136,7 +137,7 @@ def test_terminal_values_of_an_earlier_active_hour_are_at_their_watermark_not_sk
             for terminal, hour in zip(rows["terminal_id"], hours, strict=True)
         ]
     )
-    within = (hours - previous <= WATERMARK_HOURS) & (previous > 0)
+    within = (hours - previous <= TERMINAL_VALUES_TTL_HOURS) & (previous > 0)
     rows, previous = rows.loc[within].reset_index(drop=True), previous[within].astype(np.int64)
     earlier = offline_terminal_features(tx, lab, rows["terminal_id"].to_numpy(), previous)
     decisions = []
