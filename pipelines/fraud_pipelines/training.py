@@ -57,8 +57,12 @@ def param_grid(candidate: str, search: str = "standard") -> list[dict[str, Any]]
             {"C": 0.1, "class_weight": "balanced"},
             {"C": 1.0, "class_weight": "balanced"},
         ],
+        # 100 trees first: the quick search's forest (the demo, tests). 300 trees: on the
+        # Handbook's data (seeds 0-2) they raised the validation AP and AUC of every seed (AP
+        # +0.001 to +0.004, AUC +0.002 to +0.009) for three times the fitting time.
         "random_forest": [
             {"n_estimators": 100, "max_depth": 20, "min_samples_leaf": 1, "class_weight": None},
+            {"n_estimators": 300, "max_depth": 20, "min_samples_leaf": 1, "class_weight": None},
             {
                 "n_estimators": 100,
                 "max_depth": 12,
