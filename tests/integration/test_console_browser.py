@@ -24,6 +24,7 @@ import httpx
 import orjson
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -163,7 +164,11 @@ def _screenshot(driver: WebDriver, name: str) -> None:
 
 
 def _wait(driver: WebDriver, timeout_s: float = 20) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.05)
+    # htmx swaps refreshed parts in place: an element found just before a swap goes stale,
+    # and the condition is asked again rather than failing.
+    return WebDriverWait(
+        driver, timeout_s, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def _produce_review(settings: Settings, transaction_id: str) -> dict[str, Any]:
@@ -230,7 +235,9 @@ def test_an_analysts_verdict_reaches_fraud_labels(running: Running, browser: Web
         assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
 
         # The live page refreshes itself (htmx) with Prometheus's numbers; the charts draw.
-        first = driver.find_element(By.ID, "live-numbers").get_attribute("data-rendered-at")
+        first = _wait(driver).until(
+            lambda d: d.find_element(By.ID, "live-numbers").get_attribute("data-rendered-at")
+        )
         _wait(driver).until(
             lambda d: d.find_element(By.ID, "live-numbers").get_attribute("data-rendered-at") != first
         )
