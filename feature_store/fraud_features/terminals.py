@@ -6,12 +6,12 @@ The counters are per-hour transaction counts, packed one field per UTC day (``"<
 day>:<count>"`` pairs, comma-separated, for the hours with transactions), and
 per-(transaction hour, report hour) fraud counts. A Lua script applies a partition's
 increments together with the partition's applied offset, so a replayed record is never
-counted twice whichever replica replays it. A fraud
-counts once per transaction, at its first fraud verdict (an analyst's and then the
-chargeback's are one fraud), as in the backfill (``fraudcore.features``): a per-transaction
-marker set with the increment keeps the second one out. Values of
-hour ``h`` only read counters of hours before ``h - D`` and labels reported before ``h``, so
-every replica computes the same values for an hour once the watermark allows it.
+counted twice whichever replica replays it. A fraud counts once per transaction, at its first
+fraud verdict (an analyst's and then the chargeback's are one fraud), as in the backfill
+(``fraudcore.features``): a per-transaction marker set with the increment keeps the second one
+out. Values of hour ``h`` only read counters of hours before ``h - D`` and labels reported
+before ``h``, so every replica computes the same values for an hour once the watermark allows
+it.
 
 Counters of hours older than the retention (``features.counter_retention_days``, in event
 time behind the latest hour computed) are dropped when a terminal's counters are next read.

@@ -66,9 +66,8 @@ card_features = FeatureView(
 terminal_features = FeatureView(
     name="terminal_features",
     entities=[terminal],
-    ttl=timedelta(
-        hours=TERMINAL_VALUES_TTL_HOURS
-    ),  # a value is for one UTC hour; an earlier hour's is the fallback
+    # A value is for one UTC hour; an earlier hour's is the fallback.
+    ttl=timedelta(hours=TERMINAL_VALUES_TTL_HOURS),
     schema=[
         Field(name="terminal_id", dtype=String),
         *[Field(name=name, dtype=Float64) for name in TERMINAL_FEATURES],
